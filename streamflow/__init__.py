@@ -1,0 +1,29 @@
+"""StreamFlow: event-driven streaming orchestration.
+
+Declare assets with pydantic contracts, sources, stages and sinks on a :class:`Pipeline`, then
+run it with ``streamflow run module:pipeline`` or :func:`run_pipeline`.
+"""
+
+from ._config import ConfigError, Settings
+from ._engine import RunSummary, Worker, run_pipeline
+from ._model import Arrival, Asset, stable_id
+from ._pipeline import Pipeline, PipelineError, load_pipeline
+from .connectors import ConnectorError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Arrival",
+    "Asset",
+    "ConfigError",
+    "ConnectorError",
+    "Pipeline",
+    "PipelineError",
+    "RunSummary",
+    "Settings",
+    "Worker",
+    "__version__",
+    "load_pipeline",
+    "run_pipeline",
+    "stable_id",
+]

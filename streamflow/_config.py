@@ -1,0 +1,63 @@
+"""Settings from the environment and an optional TOML file; the embedded transport by default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._model import DEAD_LETTER_TOPIC
+
+ENV_PREFIX = "STREAMFLOW_"
+CONFIG_FILES = ("streamflow.toml",)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Settings(BaseModel):
+    """What a worker needs to know about its surroundings.
+
+    Precedence: explicit arguments, then ``STREAMFLOW_*`` variables, then the file named by
+    ``STREAMFLOW_CONFIG`` (or ``./streamflow.toml``), then these defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka_bootstrap: str | None = None
+    state_dir: Path = Path(".streamflow")
+    partitions: int = Field(4, ge=1)
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    drain_timeout_s: float = Field(30.0, gt=0)
+    poll_batch: int = Field(500, ge=1)
+
+    @property
+    def transport(self) -> Literal["kafka", "embedded"]:
+        return "kafka" if self.kafka_bootstrap else "embedded"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        path_s = os.environ.get(ENV_PREFIX + "CONFIG")
+        path = Path(path_s) if path_s else next(
+            (Path(p) for p in CONFIG_FILES if Path(p).is_file()), None
+        )
+        if path is not None:
+            try:
+                values.update(tomllib.loads(path.read_text()).get("streamflow", {}))
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"cannot read config file {path}: {e}") from e
+        for name in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            if env is not None and env != "":
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            where = f" (file {path})" if path else ""
+            raise ConfigError(f"invalid StreamFlow settings{where}: {e}") from e

@@ -1,0 +1,50 @@
+"""Dead letters: nothing is dropped; a record that cannot go on is published with its reason."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ._model import H_REASON, H_TRACEPARENT, DeadLetter
+from .transports import OutMessage
+
+
+def describe_validation(e: ValidationError, contract: str, version: int) -> str:
+    """One line naming each bad field, its value and the contract version."""
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "<missing>"
+        if err["type"] == "missing":
+            parts.append(f"field {loc!r} is missing")
+        else:
+            parts.append(f"field {loc!r}: {err['msg']} (got {shown})")
+    return f"{'; '.join(parts)} [contract {contract} v{version}]"
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:
+    body = {
+        "reason": dl.reason,
+        "stage": dl.stage,
+        "origin": dl.origin,
+        "payload": dl.payload,
+        "error": dl.error,
+        "arrival_id": dl.arrival_id,
+    }
+    headers = [(H_REASON, dl.reason.encode()[:1024])]
+    if traceparent is not None:
+        headers.append((H_TRACEPARENT, traceparent))
+    key = (dl.arrival_id or orjson.dumps(dl.origin).decode()).encode()
+    return OutMessage(topic, orjson.dumps(body), key, headers)

@@ -1,0 +1,198 @@
+"""A worker: wires a pipeline to a transport, runs it, and drains before it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._config import Settings
+from ._pipeline import Pipeline
+from ._runners import Counters, Ctx, SinkRunner, SourceRunner, StageRunner, connector_context
+from ._telemetry import Tracing, configure_tracing, shutdown_tracing
+from .connectors import build_sink, build_source
+from .transports import EmbeddedTransport, KafkaTransport, Transport
+
+log = logging.getLogger("streamflow.engine")
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    transport: str
+    records_in: int
+    records_out: int
+    dead_lettered: int
+    runs: int
+    outputs: dict[str, str] = field(default_factory=dict)
+    dead_letter_topic: str = ""
+    drained: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline, "transport": self.transport,
+            "records_in": self.records_in, "records_out": self.records_out,
+            "dead_lettered": self.dead_lettered, "runs": self.runs, "outputs": self.outputs,
+            "dead_letter_topic": self.dead_letter_topic, "drained": self.drained,
+        }
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.kafka_bootstrap:
+        return KafkaTransport(settings.kafka_bootstrap, partitions=settings.partitions)
+    return EmbeddedTransport(Path(settings.state_dir) / "embedded.db")
+
+
+class Worker:
+    """Runs one pipeline until its sources are exhausted or it is asked to stop."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        settings: Settings | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        pipeline.validate()
+        self.pipeline = pipeline
+        self.settings = settings or Settings.load()
+        self.transport = transport or make_transport(self.settings)
+        self.counters = Counters()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Stop reading sources, finish what is in flight, then return (Ctrl-C, SIGTERM)."""
+        self._stop.set()
+
+    async def run(self) -> RunSummary:
+        s, p = self.settings, self.pipeline
+        provider = configure_tracing(default_service=f"streamflow-{p.name}")
+        tracer = provider.get_tracer("streamflow") if provider is not None else None
+        tracing = Tracing(tracer, self.transport.messaging_system)
+        ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch)
+        state = str(Path(s.state_dir) / p.name)
+
+        # Build every connector first so a misconfigured one fails before anything runs.
+        sources = [(sp, build_source(sp.connector, sp.config)) for sp in p.sources]
+        sinks = [(sp, build_sink(sp.connector, sp.config)) for sp in p.sinks]
+
+        await self.transport.start()
+        consumers: list[StageRunner | SinkRunner] = []
+        tasks: list[asyncio.Task[None]] = []
+        drained = True
+        try:
+            topics = [a.topic for a in p.assets.values()] + [s.dead_letter_topic]
+            await self.transport.ensure_topics(topics)
+            for sp, src in sources:
+                await src.setup(connector_context(sp.name, sp.asset, state))
+            for skp, snk in sinks:
+                await snk.setup(connector_context(skp.name, skp.asset, state))
+            consumers = [StageRunner(st, ctx) for st in _topological(p)]
+            consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
+            for cons in consumers:
+                await cons.open()
+            tasks = [asyncio.create_task(k.run(), name=f"consumer:{k.group}") for k in consumers]
+            src_tasks = [
+                asyncio.create_task(SourceRunner(sp, src, ctx).run(), name=f"source:{sp.name}")
+                for sp, src in sources
+            ]
+            await self._wait_sources(src_tasks, tasks)
+            for _, src in sources:
+                await src.stop()
+            drained = await self._drain(consumers, tasks)
+        finally:
+            for cons in consumers:
+                cons.stop()
+            if tasks:
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        log.error("consumer failed: %r", r)
+            for _, snk in sinks:
+                with contextlib.suppress(Exception):
+                    await snk.stop()
+            await self.transport.close()
+            shutdown_tracing(provider)
+        c = self.counters
+        return RunSummary(
+            p.name, self.transport.name, c.records_in, c.records_out, c.dead_lettered, c.runs,
+            {skp.name: snk.location for skp, snk in sinks},
+            s.dead_letter_topic, drained,
+        )
+
+    async def _wait_sources(
+        self, src_tasks: list[asyncio.Task[None]], consumer_tasks: list[asyncio.Task[None]]
+    ) -> None:
+        stop = asyncio.create_task(self._stop.wait())
+        pending = set(src_tasks)
+        try:
+            while pending:
+                done, _ = await asyncio.wait(
+                    pending | {stop} | set(consumer_tasks), return_when=asyncio.FIRST_COMPLETED
+                )
+                for t in done:
+                    if t in consumer_tasks:
+                        t.result()  # a consumer died: surface its error now
+                        raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
+                    if t in pending:
+                        pending.discard(t)
+                        t.result()
+                if stop.done():
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    return
+        finally:
+            stop.cancel()
+
+    async def _drain(
+        self, consumers: list[StageRunner | SinkRunner], tasks: list[asyncio.Task[None]]
+    ) -> bool:
+        """Wait until every consumer has committed everything upstream produced.
+
+        Lags are read upstream first: a stage commits only after publishing its outputs, so
+        once each lag in topological order reads zero, nothing is left in flight.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        clean_rounds = 0
+        while loop.time() < deadline:
+            for t in tasks:
+                if t.done():
+                    t.result()
+                    raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
+            lags = [await c.lag() for c in consumers]
+            clean_rounds = clean_rounds + 1 if sum(lags) == 0 else 0
+            if clean_rounds >= 2:
+                return True
+            await asyncio.sleep(0.05)
+        log.warning("drain timed out after %.0fs; uncommitted work is redelivered next run",
+                    self.settings.drain_timeout_s)
+        return False
+
+
+def _topological(p: Pipeline) -> list[Any]:
+    """Stages ordered so that every producer comes before its consumers."""
+    produced_by = {st.output.name: st for st in p.stages if st.output is not None}
+    order: list[Any] = []
+    seen: set[str] = set()
+
+    def visit(st: Any) -> None:
+        if st.name in seen:
+            return
+        seen.add(st.name)
+        for a in st.inputs:
+            if a.name in produced_by:
+                visit(produced_by[a.name])
+        order.append(st)
+
+    for st in p.stages:
+        visit(st)
+    return order
+
+
+async def run_pipeline(pipeline: Pipeline, settings: Settings | None = None) -> RunSummary:
+    """Run ``pipeline`` until its sources are exhausted, then drain; the embedded default."""
+    return await Worker(pipeline, settings).run()

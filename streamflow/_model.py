@@ -1,0 +1,147 @@
+"""The pure model: assets, arrivals and their deterministic ids. No I/O lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+TOPIC_PREFIX = "sf."
+DEAD_LETTER_TOPIC = "sf.dead-letters"
+
+# Header names. Arrival metadata rides in headers so the value stays the plain record JSON
+# that any Kafka consumer can read.
+H_TRACEPARENT = "traceparent"
+H_ARRIVAL_ID = "sf-arrival-id"
+H_ASSET = "sf-asset"
+H_VERSION = "sf-contract-version"
+H_PARTITION = "sf-partition"
+H_EVENT_TIME = "sf-event-time-ms"
+H_RUN = "sf-run"
+H_MODE = "sf-mode"
+H_REASON = "sf-reason"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Asset(Generic[M]):
+    """A named data product with a versioned contract; one topic each.
+
+    ``key`` names the contract field used as the record key; ``partition_by`` names the field
+    barriers align on (a date, a store); it defaults to the key.
+    """
+
+    name: str
+    contract: type[M]
+    key: str | None = None
+    partition_by: str | None = None
+    version: int = 1
+    event_time: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise ValueError(
+                f"asset name {self.name!r} must be non-empty letters, digits, '_' or '-'"
+            )
+        fields = self.contract.model_fields
+        for role, fname in (("key", self.key), ("partition_by", self.partition_by),
+                            ("event_time", self.event_time)):
+            if fname is not None and fname not in fields:
+                raise ValueError(
+                    f"asset {self.name!r}: {role}={fname!r} is not a field of "
+                    f"{self.contract.__name__} (fields: {', '.join(fields)})"
+                )
+
+    @property
+    def topic(self) -> str:
+        return TOPIC_PREFIX + self.name
+
+    def key_of(self, record: BaseModel) -> str | None:
+        return None if self.key is None else str(getattr(record, self.key))
+
+    def partition_of(self, record: BaseModel) -> str:
+        fname = self.partition_by or self.key
+        if fname is None:
+            return "default"
+        value = getattr(record, fname)
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+    def event_time_ms(self, record: BaseModel) -> int:
+        if self.event_time is not None:
+            value = getattr(record, self.event_time)
+            if hasattr(value, "timestamp"):
+                return int(value.timestamp() * 1000)
+        return int(time.time() * 1000)
+
+
+def stable_id(*parts: str | int) -> str:
+    """A deterministic id: the same inputs always give the same id, so redelivery is harmless."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Arrival:
+    """Asset ``asset``, partition ``partition``, version ``version`` is available: one record."""
+
+    arrival_id: str
+    asset: str
+    partition: str
+    version: int
+    event_time_ms: int
+    run: str
+    mode: str
+    key: bytes | None
+    value: bytes
+    traceparent: bytes | None = None
+
+    def headers(self) -> Headers:
+        h: Headers = [
+            (H_ARRIVAL_ID, self.arrival_id.encode()),
+            (H_ASSET, self.asset.encode()),
+            (H_VERSION, str(self.version).encode()),
+            (H_PARTITION, self.partition.encode()),
+            (H_EVENT_TIME, str(self.event_time_ms).encode()),
+            (H_RUN, self.run.encode()),
+            (H_MODE, self.mode.encode()),
+        ]
+        if self.traceparent is not None:
+            h.append((H_TRACEPARENT, self.traceparent))
+        return h
+
+    @classmethod
+    def from_message(cls, key: bytes | None, value: bytes, headers: Headers) -> Arrival:
+        d = {k: v for k, v in headers}
+        return cls(
+            arrival_id=d.get(H_ARRIVAL_ID, b"").decode(),
+            asset=d.get(H_ASSET, b"").decode(),
+            partition=d.get(H_PARTITION, b"default").decode(),
+            version=int(d.get(H_VERSION, b"1")),
+            event_time_ms=int(d.get(H_EVENT_TIME, b"0")),
+            run=d.get(H_RUN, b"").decode(),
+            mode=d.get(H_MODE, b"live").decode(),
+            key=key,
+            value=value,
+            traceparent=d.get(H_TRACEPARENT),
+        )
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that could not go on, with where it came from and why."""
+
+    reason: str
+    stage: str
+    origin: dict[str, Any]
+    payload: str
+    error: dict[str, Any] = field(default_factory=dict)
+    arrival_id: str | None = None

@@ -1,0 +1,166 @@
+"""Declaring a pipeline: assets, sources, stages and sinks. Declaration only; no I/O."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from pydantic import BaseModel
+
+from ._model import Asset
+
+StageResult: TypeAlias = BaseModel | dict[str, Any] | Iterable[BaseModel | dict[str, Any]] | None
+StageFn: TypeAlias = Callable[..., StageResult | Awaitable[StageResult]]
+
+
+class PipelineError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    name: str
+    connector: str
+    asset: Asset[Any]
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSpec:
+    name: str
+    connector: str
+    asset: Asset[Any]
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A transformation: called once per input arrival (the ``on each arrival`` trigger)."""
+
+    name: str
+    fn: StageFn
+    inputs: tuple[Asset[Any], ...]
+    output: Asset[Any] | None
+    is_async: bool
+
+
+@dataclass
+class Pipeline:
+    name: str
+    sources: list[SourceSpec] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=list)
+    sinks: list[SinkSpec] = field(default_factory=list)
+
+    def _check_name(self, name: str) -> None:
+        taken = {s.name for s in self.sources} | {s.name for s in self.stages}
+        taken |= {s.name for s in self.sinks}
+        if name in taken:
+            raise PipelineError(f"pipeline {self.name!r}: the name {name!r} is used twice")
+
+    def source(
+        self, connector: str, *, asset: Asset[Any], name: str | None = None, **config: Any
+    ) -> SourceSpec:
+        """Read ``asset`` from connector ``connector`` (an entry-point name, e.g. ``files``)."""
+        spec = SourceSpec(name or f"{connector}-{asset.name}", connector, asset, config)
+        self._check_name(spec.name)
+        self.sources.append(spec)
+        return spec
+
+    def sink(
+        self, connector: str, *, asset: Asset[Any], name: str | None = None, **config: Any
+    ) -> SinkSpec:
+        spec = SinkSpec(name or f"{connector}-{asset.name}", connector, asset, config)
+        self._check_name(spec.name)
+        self.sinks.append(spec)
+        return spec
+
+    def stage(
+        self,
+        *,
+        inputs: Sequence[Asset[Any]],
+        output: Asset[Any] | None = None,
+        name: str | None = None,
+    ) -> Callable[[StageFn], StageFn]:
+        """Decorate a function taking one input record (a contract instance) and returning
+        the output record(s): a model, a dict, a list of them, or None to drop it."""
+        if not inputs:
+            raise PipelineError("a stage needs at least one input asset")
+
+        def deco(fn: StageFn) -> StageFn:
+            spec = StageSpec(
+                name or fn.__name__, fn, tuple(inputs), output,
+                inspect.iscoroutinefunction(fn),
+            )
+            self._check_name(spec.name)
+            self.stages.append(spec)
+            return fn
+
+        return deco
+
+    @property
+    def assets(self) -> dict[str, Asset[Any]]:
+        found: dict[str, Asset[Any]] = {}
+        every = [s.asset for s in self.sources] + [s.asset for s in self.sinks]
+        for st in self.stages:
+            every.extend(st.inputs)
+            if st.output is not None:
+                every.append(st.output)
+        for a in every:
+            if a.name in found and found[a.name] != a:
+                raise PipelineError(f"two different assets are named {a.name!r}")
+            found[a.name] = a
+        return found
+
+    def validate(self) -> None:
+        """Fail at start, not mid-stream: every consumed asset must have a producer."""
+        produced = {s.asset.name for s in self.sources}
+        produced |= {st.output.name for st in self.stages if st.output is not None}
+        for st in self.stages:
+            for a in st.inputs:
+                if a.name not in produced:
+                    raise PipelineError(
+                        f"stage {st.name!r} reads asset {a.name!r}, which no source or stage "
+                        "produces"
+                    )
+        for sk in self.sinks:
+            if sk.asset.name not in produced:
+                raise PipelineError(
+                    f"sink {sk.name!r} reads asset {sk.asset.name!r}, which nothing produces"
+                )
+        if not self.sources:
+            raise PipelineError(f"pipeline {self.name!r} has no source")
+
+
+def load_pipeline(target: str) -> Pipeline:
+    """Load ``module:attr`` or ``path/to/file.py:attr`` (attr defaults to ``pipeline``)."""
+    mod_name, _, attr = target.partition(":")
+    attr = attr or "pipeline"
+    try:
+        if mod_name.endswith(".py") or "/" in mod_name:
+            path = Path(mod_name).resolve()
+            if not path.is_file():
+                raise PipelineError(f"no such file: {mod_name}")
+            unique = f"_streamflow_user_{path.stem}_{abs(hash(path))}"
+            spec = importlib.util.spec_from_file_location(unique, path)
+            if spec is None or spec.loader is None:
+                raise PipelineError(f"cannot import {mod_name}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise PipelineError(
+            f"cannot import {mod_name!r}: {e}. Pass module:attr (on PYTHONPATH) or "
+            "path/to/file.py:attr"
+        ) from e
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Pipeline):
+        raise PipelineError(f"{target}: {attr!r} is not a streamflow.Pipeline (got {obj!r})")
+    return obj

@@ -1,0 +1,287 @@
+"""The three loops of a worker: sources publish arrivals, stages run, sinks deliver.
+
+Each loop handles a polled batch as a unit: publish everything it produced (outputs and dead
+letters), and only then commit its input, so a crash redelivers rather than loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from pydantic import BaseModel, ValidationError
+
+from ._deadletter import dead_letter_message, describe_validation, error_info
+from ._model import Arrival, Asset, DeadLetter, stable_id
+from ._pipeline import SinkSpec, SourceSpec, StageSpec
+from ._telemetry import Tracing, traceparent_of
+from .connectors import ConnectorContext, Sink, SinkRecord, Source
+from .transports import Message, OutMessage, Subscription, Transport
+
+
+@dataclass
+class Counters:
+    records_in: int = 0
+    records_out: int = 0
+    dead_lettered: int = 0
+    runs: int = 0
+    per_stage: dict[str, int] = field(default_factory=dict)
+
+
+def _end(spans: Iterable[Span | None]) -> None:
+    for s in spans:
+        if s is not None:
+            s.end()
+
+
+def _fail(span: Span | None, exc: BaseException | None, message: str) -> None:
+    if span is not None:
+        if exc is not None:
+            span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, message))
+
+
+@dataclass
+class Ctx:
+    transport: Transport
+    tracing: Tracing
+    counters: Counters
+    dlq_topic: str
+    poll_batch: int
+
+
+class SourceRunner:
+    def __init__(self, spec: SourceSpec, source: Source, ctx: Ctx) -> None:
+        self.spec, self.source, self.ctx = spec, source, ctx
+
+    async def run(self) -> None:
+        asset = self.spec.asset
+        tr = self.ctx.tracing
+        async for batch in self.source.read():
+            out: list[OutMessage] = []
+            spans: list[Span | None] = []
+            for rec in batch.records:
+                root = tr.start_root(f"read {self.spec.name}", {
+                    "streamflow.source": self.spec.name,
+                    "streamflow.asset": asset.name,
+                    **{f"streamflow.origin.{k}": str(v) for k, v in rec.origin.items()},
+                })
+                spans.append(root)
+                arrival_id = stable_id(asset.name, rec.record_id)
+                try:
+                    model = asset.contract.model_validate(rec.data)
+                except ValidationError as e:
+                    reason = (f"{_where(rec.origin)}: "
+                              f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+                    _fail(root, None, reason)
+                    out.append(self._dead(reason, rec.origin, orjson.dumps(rec.data).decode(),
+                                          arrival_id, root, spans))
+                    continue
+                key = asset.key_of(model)
+                key_b = key.encode() if key is not None else None
+                send = tr.start_child(f"send {asset.topic}", root, SpanKind.PRODUCER,
+                                      tr.send_attributes(asset.topic, key_b))
+                spans.append(send)
+                arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
+                              asset.event_time_ms(model), f"source:{self.spec.name}", "live",
+                              key_b, model.model_dump_json().encode(), traceparent_of(send))
+                out.append(OutMessage(asset.topic, arr.value, arr.key, arr.headers()))
+            for rej in batch.rejects:
+                root = tr.start_root(f"read {self.spec.name}",
+                                     {"streamflow.source": self.spec.name})
+                spans.append(root)
+                _fail(root, None, rej.reason)
+                rid = stable_id(asset.name, "reject", str(rej.origin))
+                out.append(self._dead(rej.reason, rej.origin, rej.payload, rid, root, spans))
+            await self.ctx.transport.publish(out)
+            _end(reversed(spans))
+            await self.source.ack(batch)
+            c = self.ctx.counters
+            c.records_in += len(batch.records) + len(batch.rejects)
+
+    def _dead(self, reason: str, origin: dict[str, Any], payload: str, arrival_id: str,
+              parent: Span | None, spans: list[Span | None]) -> OutMessage:
+        tr = self.ctx.tracing
+        send = tr.start_child(f"send {self.ctx.dlq_topic}", parent, SpanKind.PRODUCER,
+                              tr.send_attributes(self.ctx.dlq_topic, arrival_id.encode()))
+        spans.append(send)
+        self.ctx.counters.dead_lettered += 1
+        dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id)
+        return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))
+
+
+def _where(origin: dict[str, Any]) -> str:
+    if "file" in origin and "line" in origin:
+        return f"{origin['file']} line {origin['line']}"
+    return ", ".join(f"{k}={v}" for k, v in origin.items()) or "record"
+
+
+class _Consumer:
+    """Shared poll → handle → publish → commit loop of stages and sinks."""
+
+    group: str
+    topics: list[str]
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.sub: Subscription | None = None
+        self._stop = asyncio.Event()
+
+    async def open(self) -> None:
+        self.sub = await self.ctx.transport.subscribe(self.group, self.topics)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def lag(self) -> int:
+        return 1 << 30 if self.sub is None else await self.sub.lag()
+
+    async def run(self) -> None:
+        assert self.sub is not None, "open() first"
+        while not self._stop.is_set():
+            msgs = await self.sub.poll(self.ctx.poll_batch, timeout=0.2)
+            if msgs:
+                await self.handle(msgs)
+                await self.sub.commit(msgs)
+        await self.sub.close()
+
+    async def handle(self, msgs: list[Message]) -> None:
+        raise NotImplementedError
+
+
+class StageRunner(_Consumer):
+    def __init__(self, spec: StageSpec, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        self.spec = spec
+        self.group = f"sf.stage.{spec.name}"
+        self.topics = [a.topic for a in spec.inputs]
+        self.by_topic: dict[str, Asset[Any]] = {a.topic: a for a in spec.inputs}
+
+    async def handle(self, msgs: list[Message]) -> None:
+        tr, spec, out_asset = self.ctx.tracing, self.spec, self.spec.output
+        out: list[OutMessage] = []
+        spans: list[Span | None] = []
+        for m in msgs:
+            arr = Arrival.from_message(m.key, m.value, m.headers)
+            asset = self.by_topic[m.topic]
+            proc = tr.start_child(
+                f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
+                tr.process_attributes(m.topic, m.partition, m.offset, self.group, m.key))
+            spans.append(proc)
+            try:
+                record = asset.contract.model_validate_json(m.value)
+            except ValidationError as e:
+                reason = (f"{m.topic}@{m.partition}:{m.offset}: "
+                          f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+                _fail(proc, None, reason)
+                out.append(self._dead(reason, m, arr, proc, spans, None))
+                continue
+            run_id = stable_id(spec.name, arr.partition, arr.arrival_id)
+            run = tr.start_child(f"run {spec.name}", proc, SpanKind.INTERNAL, {
+                "streamflow.stage": spec.name, "streamflow.run_id": run_id,
+                "streamflow.partition": arr.partition, "streamflow.mode": arr.mode,
+            })
+            spans.append(run)
+            t0 = time.perf_counter()
+            try:
+                ctx_mgr = trace.use_span(run, end_on_exit=False) if run is not None \
+                    else contextlib.nullcontext()
+                with ctx_mgr:
+                    result = spec.fn(record)
+                    if inspect.isawaitable(result):
+                        result = await result
+                outputs = list(_outputs(result, out_asset))
+            except Exception as e:  # user code: any failure dead-letters the input, not the worker
+                reason = f"stage {spec.name!r} failed on {arr.arrival_id}: {type(e).__name__}: {e}"
+                _fail(run, e, reason)
+                out.append(self._dead(reason, m, arr, run, spans, e))
+                continue
+            finally:
+                self.ctx.counters.runs += 1
+            if run is not None:
+                run.set_attribute("streamflow.duration_ms", (time.perf_counter() - t0) * 1000)
+            if out_asset is None:
+                continue
+            for i, rec in enumerate(outputs):
+                key = out_asset.key_of(rec)
+                key_b = key.encode() if key is not None else None
+                send = tr.start_child(f"send {out_asset.topic}", run, SpanKind.PRODUCER,
+                                      tr.send_attributes(out_asset.topic, key_b))
+                spans.append(send)
+                o = Arrival(stable_id(run_id, i), out_asset.name, out_asset.partition_of(rec),
+                            out_asset.version, out_asset.event_time_ms(rec), run_id, arr.mode,
+                            key_b, rec.model_dump_json().encode(),
+                            traceparent_of(send, arr.traceparent))
+                out.append(OutMessage(out_asset.topic, o.value, o.key, o.headers()))
+        await self.ctx.transport.publish(out)
+        _end(reversed(spans))
+
+    def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
+              spans: list[Span | None], exc: BaseException | None) -> OutMessage:
+        tr, topic = self.ctx.tracing, self.ctx.dlq_topic
+        send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
+                              tr.send_attributes(topic, arr.arrival_id.encode()))
+        spans.append(send)
+        self.ctx.counters.dead_lettered += 1
+        origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
+                  "asset": arr.asset, "partition_key": arr.partition}
+        dl = DeadLetter(reason, self.spec.name, origin, m.value.decode("utf-8", "replace"),
+                        error_info(exc) if exc is not None else {}, arr.arrival_id)
+        return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
+
+
+def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
+    """Normalise what a stage returned and hold it to the output contract."""
+    if result is None:
+        return
+    items = [result] if isinstance(result, BaseModel | dict) else list(result)
+    for item in items:
+        if asset is None:
+            raise TypeError("stage has no output asset but returned a value")
+        if isinstance(item, asset.contract):
+            yield item
+        elif isinstance(item, BaseModel):
+            yield asset.contract.model_validate(item.model_dump())
+        else:
+            yield asset.contract.model_validate(item)
+
+
+class SinkRunner(_Consumer):
+    def __init__(self, spec: SinkSpec, sink: Sink, ctx: Ctx) -> None:
+        super().__init__(ctx)
+        self.spec, self.sink = spec, sink
+        self.group = f"sf.sink.{spec.name}"
+        self.topics = [spec.asset.topic]
+
+    async def handle(self, msgs: list[Message]) -> None:
+        tr = self.ctx.tracing
+        records: list[SinkRecord] = []
+        spans: list[Span | None] = []
+        for m in msgs:
+            arr = Arrival.from_message(m.key, m.value, m.headers)
+            proc = tr.start_child(
+                f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
+                tr.process_attributes(m.topic, m.partition, m.offset, self.group, m.key))
+            spans.append(proc)
+            spans.append(tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL, {
+                "streamflow.sink": self.spec.name, "streamflow.connector": self.spec.connector,
+                "streamflow.sink.location": self.sink.location,
+            }))
+            records.append(SinkRecord(m.key.decode() if m.key is not None else None,
+                                      arr.arrival_id, arr.partition, orjson.loads(m.value)))
+        await self.sink.write(records)
+        await self.sink.flush()
+        _end(reversed(spans))
+        self.ctx.counters.records_out += len(records)
+
+
+def connector_context(name: str, asset: Asset[Any], state_dir: str) -> ConnectorContext:
+    return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir)

@@ -1,0 +1,121 @@
+"""The ``streamflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from . import __version__
+from ._config import ConfigError, Settings
+from ._engine import RunSummary, Worker
+from ._pipeline import PipelineError, load_pipeline
+from ._telemetry import TelemetryError
+from .connectors import ConnectorError, known_connectors, load_spec
+from .transports import TransportError
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings.load(
+        kafka_bootstrap=args.kafka, state_dir=args.state_dir, partitions=args.partitions
+    )
+    pipeline = load_pipeline(args.target)
+    worker = Worker(pipeline, settings)
+    where = (f"Kafka at {settings.kafka_bootstrap}" if settings.kafka_bootstrap
+             else f"the embedded log in {settings.state_dir}")
+    print(f"streamflow: running pipeline {pipeline.name!r} on {where} (Ctrl-C drains and stops)",
+          file=sys.stderr)
+
+    async def main() -> RunSummary:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.request_stop)
+        return await worker.run()
+
+    summary = asyncio.run(main())
+    if args.json:
+        print(orjson.dumps(summary.to_json()).decode())
+    else:
+        print(f"pipeline {summary.pipeline!r} done on the {summary.transport} transport")
+        print(f"  records in:     {summary.records_in}")
+        print(f"  records out:    {summary.records_out}")
+        print(f"  dead-lettered:  {summary.dead_lettered} (topic {summary.dead_letter_topic})")
+        for name, loc in summary.outputs.items():
+            print(f"  output ({name}): {loc}")
+        if not summary.drained:
+            print("  warning: stopped before draining; the rest is redelivered on the next run")
+    return 0
+
+
+def _connectors_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in known_connectors():
+        spec = load_spec(name)
+        for kind, cls, cfg in (("source", spec.source, spec.source_config),
+                               ("sink", spec.sink, spec.sink_config)):
+            if cls is not None and cfg is not None:
+                rows.append({"name": name, "kind": kind, "class": cls.__qualname__,
+                             "extra": spec.extra, "config_schema": cfg.model_json_schema()})
+    if args.json:
+        print(orjson.dumps(rows).decode())
+    else:
+        for r in rows:
+            print(f"{r['name']:<12} {r['kind']:<7} {r['class']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamflow",
+        description="Event-driven streaming orchestration: stages fire when their inputs arrive.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run a pipeline until its sources are exhausted or Ctrl-C",
+        description="Run a pipeline until its sources are exhausted (or Ctrl-C / SIGTERM), "
+        "drain in-flight work and exit 0. Uses the embedded transport unless Kafka is "
+        "configured (--kafka or STREAMFLOW_KAFKA_BOOTSTRAP).",
+    )
+    run.add_argument("target", help="module:pipeline or path/to/file.py:pipeline")
+    run.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers")
+    run.add_argument("--state-dir", help="where the embedded log and local state live "
+                     "(default .streamflow)")
+    run.add_argument("--partitions", type=int, help="partitions for new Kafka topics")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.set_defaults(func=_run)
+
+    conn = sub.add_parser("connectors", help="installed connectors")
+    conn_sub = conn.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    cl = conn_sub.add_parser("list", help="list the connectors registered through entry points")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=_connectors_list)
+
+    from . import services
+
+    services.add_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rc: int = args.func(args)
+        return rc
+    except (ConfigError, PipelineError, ConnectorError, TransportError, TelemetryError) as e:
+        print(f"streamflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,39 @@
+"""Connector contracts and the registry; built-in connectors live in submodules, loaded lazily."""
+
+from ._api import (
+    ConnectorContext,
+    ConnectorSpec,
+    Reject,
+    Sink,
+    SinkRecord,
+    Source,
+    SourceBatch,
+    SourceRecord,
+)
+from ._registry import (
+    GROUP,
+    ConnectorError,
+    build,
+    build_sink,
+    build_source,
+    known_connectors,
+    load_spec,
+)
+
+__all__ = [
+    "GROUP",
+    "ConnectorContext",
+    "ConnectorError",
+    "ConnectorSpec",
+    "Reject",
+    "Sink",
+    "SinkRecord",
+    "Source",
+    "SourceBatch",
+    "SourceRecord",
+    "build",
+    "build_sink",
+    "build_source",
+    "known_connectors",
+    "load_spec",
+]

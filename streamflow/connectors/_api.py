@@ -1,0 +1,95 @@
+"""The connector contracts: small async sources and sinks with a setup/stop lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """One raw record a source read, and where it came from (for errors and deterministic ids)."""
+
+    data: dict[str, Any]
+    origin: dict[str, Any]
+    record_id: str
+
+
+@dataclass(slots=True)
+class Reject:
+    """A raw record the source could not even parse; it goes to the dead-letter topic."""
+
+    origin: dict[str, Any]
+    reason: str
+    payload: str
+
+
+@dataclass(slots=True)
+class SourceBatch:
+    """A unit the source acknowledges as a whole once its arrivals are durable (e.g. a file)."""
+
+    records: list[SourceRecord]
+    rejects: list[Reject] = field(default_factory=list)
+    position: str = ""
+
+
+@dataclass(slots=True)
+class SinkRecord:
+    key: str | None
+    arrival_id: str
+    partition: str
+    value: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ConnectorContext:
+    """What the engine hands a connector: its name in the pipeline and where it may keep state."""
+
+    name: str
+    asset: str
+    state_dir: str
+
+
+@runtime_checkable
+class Source(Protocol):
+    async def setup(self, ctx: ConnectorContext) -> None: ...
+
+    def read(self) -> AsyncIterator[SourceBatch]:
+        """Yield batches; a finite source returns when it is exhausted."""
+        ...
+
+    async def ack(self, batch: SourceBatch) -> None:
+        """Called once the batch's arrivals and dead letters are durable."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    location: str
+
+    async def setup(self, ctx: ConnectorContext) -> None: ...
+
+    async def write(self, records: Sequence[SinkRecord]) -> None:
+        """Write idempotently by key: a redelivered record must not appear twice."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorSpec:
+    """What an entry point in the ``streamflow.connectors`` group points at."""
+
+    name: str
+    source: type[Any] | None = None
+    sink: type[Any] | None = None
+    source_config: type[BaseModel] | None = None
+    sink_config: type[BaseModel] | None = None
+    extra: str | None = None

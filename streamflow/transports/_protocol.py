@@ -1,0 +1,63 @@
+"""The transport seam: the log underneath the engine, Kafka or embedded SQLite, same semantics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class OutMessage:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+
+class Subscription(Protocol):
+    """A consumer-group member: poll, handle, commit; redelivery after a crash is at-least-once."""
+
+    group: str
+
+    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]: ...
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Mark everything up to and including these messages as done for the group."""
+        ...
+
+    async def lag(self) -> int:
+        """Records on the subscribed topics the group has not committed yet."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    name: str
+    messaging_system: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None: ...
+
+    async def publish(self, messages: Sequence[OutMessage]) -> None:
+        """Return only once every message is durable (acks=all on Kafka, committed on SQLite)."""
+        ...
+
+    async def subscribe(self, group: str, topics: Sequence[str]) -> Subscription: ...
