@@ -7,9 +7,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ._model import DEAD_LETTER_TOPIC
+from ._model import DEFAULT_NAMESPACE
 
 ENV_PREFIX = "STREAMFLOW_"
 CONFIG_FILES = ("streamflow.toml",)
@@ -31,9 +31,17 @@ class Settings(BaseModel):
     kafka_bootstrap: str | None = None
     state_dir: Path = Path(".streamflow")
     partitions: int = Field(4, ge=1)
-    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    namespace: str = Field(DEFAULT_NAMESPACE, pattern=r"^[A-Za-z0-9_-]+$",
+                           description="prefix of every topic and consumer group")
+    dead_letter_topic: str = Field("", description="default: <namespace>.dead-letters")
     drain_timeout_s: float = Field(30.0, gt=0)
     poll_batch: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _default_dead_letter_topic(self) -> Settings:
+        if not self.dead_letter_topic:
+            object.__setattr__(self, "dead_letter_topic", f"{self.namespace}.dead-letters")
+        return self
 
     @property
     def transport(self) -> Literal["kafka", "embedded"]:

@@ -71,8 +71,9 @@ class Worker:
         provider = configure_tracing(default_service=f"streamflow-{p.name}")
         tracer = provider.get_tracer("streamflow") if provider is not None else None
         tracing = Tracing(tracer, self.transport.messaging_system)
-        ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch)
-        state = str(Path(s.state_dir) / p.name)
+        ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
+                  s.namespace)
+        state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
         sources = [(sp, build_source(sp.connector, sp.config)) for sp in p.sources]
@@ -83,7 +84,7 @@ class Worker:
         tasks: list[asyncio.Task[None]] = []
         drained = True
         try:
-            topics = [a.topic for a in p.assets.values()] + [s.dead_letter_topic]
+            topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
             await self.transport.ensure_topics(topics)
             for sp, src in sources:
                 await src.setup(connector_context(sp.name, sp.asset, state))

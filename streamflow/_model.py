@@ -11,8 +11,7 @@ from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 
-TOPIC_PREFIX = "sf."
-DEAD_LETTER_TOPIC = "sf.dead-letters"
+DEFAULT_NAMESPACE = "sf"
 
 # Header names. Arrival metadata rides in headers so the value stays the plain record JSON
 # that any Kafka consumer can read.
@@ -58,9 +57,9 @@ class Asset(Generic[M]):
                     f"{self.contract.__name__} (fields: {', '.join(fields)})"
                 )
 
-    @property
-    def topic(self) -> str:
-        return TOPIC_PREFIX + self.name
+    def topic(self, namespace: str = DEFAULT_NAMESPACE) -> str:
+        """Its topic; the namespace keeps several deployments (or tests) apart on one broker."""
+        return f"{namespace}.{self.name}"
 
     def key_of(self, record: BaseModel) -> str | None:
         return None if self.key is None else str(getattr(record, self.key))

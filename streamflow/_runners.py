@@ -56,6 +56,10 @@ class Ctx:
     counters: Counters
     dlq_topic: str
     poll_batch: int
+    namespace: str
+
+    def topic(self, asset: Asset[Any]) -> str:
+        return asset.topic(self.namespace)
 
 
 class SourceRunner:
@@ -65,6 +69,7 @@ class SourceRunner:
     async def run(self) -> None:
         asset = self.spec.asset
         tr = self.ctx.tracing
+        topic = self.ctx.topic(asset)
         async for batch in self.source.read():
             out: list[OutMessage] = []
             spans: list[Span | None] = []
@@ -87,13 +92,13 @@ class SourceRunner:
                     continue
                 key = asset.key_of(model)
                 key_b = key.encode() if key is not None else None
-                send = tr.start_child(f"send {asset.topic}", root, SpanKind.PRODUCER,
-                                      tr.send_attributes(asset.topic, key_b))
+                send = tr.start_child(f"send {topic}", root, SpanKind.PRODUCER,
+                                      tr.send_attributes(topic, key_b))
                 spans.append(send)
                 arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
                               asset.event_time_ms(model), f"source:{self.spec.name}", "live",
                               key_b, model.model_dump_json().encode(), traceparent_of(send))
-                out.append(OutMessage(asset.topic, arr.value, arr.key, arr.headers()))
+                out.append(OutMessage(topic, arr.value, arr.key, arr.headers()))
             for rej in batch.rejects:
                 root = tr.start_root(f"read {self.spec.name}",
                                      {"streamflow.source": self.spec.name})
@@ -161,9 +166,10 @@ class StageRunner(_Consumer):
     def __init__(self, spec: StageSpec, ctx: Ctx) -> None:
         super().__init__(ctx)
         self.spec = spec
-        self.group = f"sf.stage.{spec.name}"
-        self.topics = [a.topic for a in spec.inputs]
-        self.by_topic: dict[str, Asset[Any]] = {a.topic: a for a in spec.inputs}
+        self.group = f"{ctx.namespace}.stage.{spec.name}"
+        self.topics = [ctx.topic(a) for a in spec.inputs]
+        self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
+        self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
 
     async def handle(self, msgs: list[Message]) -> None:
         tr, spec, out_asset = self.ctx.tracing, self.spec, self.spec.output
@@ -213,14 +219,14 @@ class StageRunner(_Consumer):
             for i, rec in enumerate(outputs):
                 key = out_asset.key_of(rec)
                 key_b = key.encode() if key is not None else None
-                send = tr.start_child(f"send {out_asset.topic}", run, SpanKind.PRODUCER,
-                                      tr.send_attributes(out_asset.topic, key_b))
+                send = tr.start_child(f"send {self.out_topic}", run, SpanKind.PRODUCER,
+                                      tr.send_attributes(self.out_topic, key_b))
                 spans.append(send)
                 o = Arrival(stable_id(run_id, i), out_asset.name, out_asset.partition_of(rec),
                             out_asset.version, out_asset.event_time_ms(rec), run_id, arr.mode,
                             key_b, rec.model_dump_json().encode(),
                             traceparent_of(send, arr.traceparent))
-                out.append(OutMessage(out_asset.topic, o.value, o.key, o.headers()))
+                out.append(OutMessage(self.out_topic, o.value, o.key, o.headers()))
         await self.ctx.transport.publish(out)
         _end(reversed(spans))
 
@@ -258,8 +264,8 @@ class SinkRunner(_Consumer):
     def __init__(self, spec: SinkSpec, sink: Sink, ctx: Ctx) -> None:
         super().__init__(ctx)
         self.spec, self.sink = spec, sink
-        self.group = f"sf.sink.{spec.name}"
-        self.topics = [spec.asset.topic]
+        self.group = f"{ctx.namespace}.sink.{spec.name}"
+        self.topics = [ctx.topic(spec.asset)]
 
     async def handle(self, msgs: list[Message]) -> None:
         tr = self.ctx.tracing

@@ -55,26 +55,26 @@ class FilesSource:
         for f in self.claimed.iterdir():  # a crash left these half-done: read them again
             os.replace(f, self.landing / f.name)
 
-    def _ready_files(self) -> list[Path]:
+    def _scan(self) -> tuple[list[Path], bool]:
+        """Files ready to read, and whether others are still settling (being written)."""
         now = time.time()
-        out = []
+        ready: list[Path] = []
+        settling = False
         for f in sorted(self.landing.glob(self.cfg.pattern)):
             if not f.is_file() or f.name.startswith(".") or f.name.endswith(IGNORED_SUFFIXES):
                 continue
             try:
                 if now - f.stat().st_mtime < self.cfg.settle_s:
+                    settling = True
                     continue
             except FileNotFoundError:
                 continue
-            out.append(f)
-        return out
+            ready.append(f)
+        return ready, settling
 
     async def read(self) -> AsyncIterator[SourceBatch]:
         while True:
-            files = self._ready_files()
-            pending = any(
-                f.is_file() and not f.name.startswith(".") for f in self.landing.iterdir()
-            )
+            files, settling = self._scan()
             for f in files:
                 target = self.claimed / f.name
                 try:
@@ -84,7 +84,7 @@ class FilesSource:
                 batch = self._parse(target)
                 if batch is not None:
                     yield batch
-            if not files and not pending and not self.cfg.watch:
+            if not files and not settling and not self.cfg.watch:
                 return
             await asyncio.sleep(self.cfg.poll_interval_s if not files else 0)
 

@@ -1,0 +1,103 @@
+"""Local dev services (Kafka, Jaeger, PostgreSQL) on 127.0.0.1 without Docker.
+
+Tests, the demo, benchmarks and CI all need the same real services; ``up`` builds/downloads them
+once into ``~/.cache/streamflow`` and reuses anything of ours that is already healthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from . import jaeger, kafka, postgres
+from .base import ServiceError, ServiceStatus, check_port_free, port_holder
+from .cli import add_cli
+from .config import (
+    JAEGER_QUERY_URL,
+    JAEGER_VERSION,
+    KAFKA_BOOTSTRAP,
+    KAFKA_VERSION,
+    OTLP_GRPC_ENDPOINT,
+    OTLP_HTTP_ENDPOINT,
+    POSTGRES_DSN,
+    SERVICE_NAMES,
+)
+
+__all__ = [
+    "JAEGER_QUERY_URL",
+    "JAEGER_VERSION",
+    "KAFKA_BOOTSTRAP",
+    "KAFKA_VERSION",
+    "OTLP_GRPC_ENDPOINT",
+    "OTLP_HTTP_ENDPOINT",
+    "POSTGRES_DSN",
+    "SERVICE_NAMES",
+    "ServiceError",
+    "ServiceStatus",
+    "add_cli",
+    "check_port_free",
+    "down",
+    "port_holder",
+    "status",
+    "up",
+]
+
+_MODULES: dict[str, ModuleType] = {"kafka": kafka, "postgres": postgres, "jaeger": jaeger}
+
+
+def _resolve(names: Sequence[str] | None) -> list[str]:
+    """Requested names in canonical start order; unknown names are a ServiceError."""
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        return list(SERVICE_NAMES)
+    unknown = sorted(set(names) - set(SERVICE_NAMES))
+    if unknown:
+        raise ServiceError(
+            f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}"
+        )
+    return [n for n in SERVICE_NAMES if n in names]
+
+
+def _call(name: str, fn: str) -> Callable[[], object]:
+    func: Callable[[], object] = getattr(_MODULES[name], fn)
+    return func
+
+
+def up(names: Sequence[str] | None = None) -> dict[str, ServiceStatus]:
+    """Start (or reuse) the named services; all are attempted, failures raised together."""
+    result: dict[str, ServiceStatus] = {}
+    errors: list[str] = []
+    for name in _resolve(names):
+        try:
+            st = _call(name, "up")()
+        except ServiceError as exc:
+            errors.append(str(exc))
+            continue
+        assert isinstance(st, ServiceStatus)
+        result[name] = st
+    if errors:
+        raise ServiceError("\n".join(errors))
+    return result
+
+
+def status(names: Sequence[str] | None = None) -> dict[str, ServiceStatus]:
+    """Report the named services without starting anything."""
+    out: dict[str, ServiceStatus] = {}
+    for name in _resolve(names):
+        st = _call(name, "status")()
+        assert isinstance(st, ServiceStatus)
+        out[name] = st
+    return out
+
+
+def down(names: Sequence[str] | None = None) -> None:
+    """Stop the named services that we started (reverse start order)."""
+    errors: list[str] = []
+    for name in reversed(_resolve(names)):
+        try:
+            _call(name, "down")()
+        except ServiceError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ServiceError("\n".join(errors))

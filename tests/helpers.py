@@ -1,0 +1,39 @@
+"""Test helpers that read what a pipeline wrote, through the same transport it used."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+
+from streamflow import Settings
+from streamflow._engine import make_transport
+from streamflow.transports import Message
+
+
+async def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Everything on ``topic`` (read_committed on Kafka), read by a fresh consumer group."""
+    transport = make_transport(settings)
+    await transport.start()
+    try:
+        await transport.ensure_topics([topic])
+        sub = await transport.subscribe(f"test-reader-{uuid.uuid4().hex[:8]}", [topic])
+        out: list[Message] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            msgs = await sub.poll(1000, timeout=0.3)
+            if msgs:
+                out.extend(msgs)
+                await sub.commit(msgs)
+            elif await sub.lag() == 0:
+                break
+        await sub.close()
+        return out
+    finally:
+        await transport.close()
+
+
+def values(msgs: list[Message]) -> list[dict[str, object]]:
+    return [orjson.loads(m.value) for m in msgs]

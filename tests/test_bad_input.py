@@ -1,0 +1,119 @@
+"""Bad input never stops a pipeline and is never lost: dead letters and quarantine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from streamflow import Asset, Pipeline, Settings, run_pipeline
+
+from .helpers import read_topic, values
+from .pipelines.echo import Person
+
+
+def _aged(path: Path, body: bytes) -> None:
+    path.write_bytes(body)
+    os.utime(path, (time.time() - 5, time.time() - 5))
+
+
+def echo_pipeline(workdir: Path) -> Pipeline:
+    people = Asset("people", Person, key="id")
+    shouted = Asset("shouted", Person, key="id")
+    p = Pipeline("bad-input")
+    p.source("files", asset=people, path=workdir / "landing", format="jsonl", settle_s=0)
+
+    @p.stage(inputs=[people], output=shouted)
+    def shout(x: Person) -> Person:
+        return Person(id=x.id, name=x.name.upper())
+
+    p.sink("files", asset=shouted, path=workdir / "out")
+    return p
+
+
+async def test_unreadable_files_go_to_quarantine_with_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _aged(landing / "good.jsonl", b'{"id": 1, "name": "ada"}\n{"id": 2, "name": "bob"}\n')
+    _aged(landing / "binary.jsonl", b"\xff\xfe\x00garbage\x81")
+    _aged(landing / "still-writing.jsonl.part", b'{"id": 9, "name": "zed"}\n')
+
+    summary = await run_pipeline(echo_pipeline(tmp_path), settings)
+
+    assert (summary.records_in, summary.records_out, summary.dead_lettered) == (2, 2, 0)
+    q = landing / "quarantine"
+    assert sorted(p.name for p in q.iterdir()) == ["binary.jsonl", "binary.jsonl.reason.txt"]
+    reason = (q / "binary.jsonl.reason.txt").read_text()
+    assert "cannot read binary.jsonl" in reason and "utf-8" in reason
+    assert [p.name for p in (landing / "processed").iterdir()] == ["good.jsonl"]
+    assert (landing / "still-writing.jsonl.part").exists(), "a file being written is not read"
+
+
+async def test_bad_rows_dead_letter_and_good_rows_flow(settings: Settings, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _aged(landing / "mixed.jsonl", b"\n".join([
+        b'{"id": 1, "name": "ada"}',
+        b'{"id": "one", "name": "bob"}',   # contract violation
+        b'{"id": 3, "name": ',              # not JSON
+        b'[1, 2]',                          # not an object
+        b'{"id": 5, "name": "eve"}',
+    ]) + b"\n")
+
+    summary = await run_pipeline(echo_pipeline(tmp_path), settings)
+
+    assert (summary.records_in, summary.records_out, summary.dead_lettered) == (5, 2, 3)
+    out = [orjson.loads(x) for f in sorted((tmp_path / "out").glob("*.jsonl"))
+           for x in f.read_bytes().splitlines()]
+    assert sorted(str(r["name"]) for r in out) == ["ADA", "EVE"]
+    dead = sorted(values(await read_topic(settings, settings.dead_letter_topic)),
+                  key=lambda v: v["origin"]["line"])  # type: ignore[index]
+    assert [d["origin"] for d in dead] == [
+        {"file": "mixed.jsonl", "line": n} for n in (2, 3, 4)]
+    assert "field 'id'" in str(dead[0]["reason"]) and "'one'" in str(dead[0]["reason"])
+    assert "invalid JSON" in str(dead[1]["reason"])
+    assert "not a JSON object" in str(dead[2]["reason"])
+    assert (landing / "processed" / "mixed.jsonl").exists()
+
+
+def test_ctrl_c_drains_in_flight_work_and_exits_zero(settings: Settings, tmp_path: Path,
+                                                     repo_root: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    env = {**os.environ, "ECHO_WORKDIR": str(tmp_path), "ECHO_WATCH": "1",
+           "STREAMFLOW_NAMESPACE": settings.namespace,
+           "STREAMFLOW_STATE_DIR": str(settings.state_dir)}
+    env.pop("STREAMFLOW_KAFKA_BOOTSTRAP", None)
+    if settings.kafka_bootstrap:
+        env["STREAMFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamflow", "run", "tests/pipelines/echo.py:pipeline", "--json"],
+        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        rows = b"".join(b'{"id": %d, "name": "n%d"}\n' % (i, i) for i in range(200))
+        (landing / "batch.jsonl.tmp").write_bytes(rows)
+        os.replace(landing / "batch.jsonl.tmp", landing / "batch.jsonl")
+        deadline = time.time() + 60
+        while time.time() < deadline and not (landing / "processed" / "batch.jsonl").exists():
+            time.sleep(0.05)
+        assert (landing / "processed" / "batch.jsonl").exists(), "watching source never read it"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    summary = orjson.loads(stdout.strip().splitlines()[-1])
+    assert summary["records_in"] == 200 and summary["drained"] is True
+    assert summary["records_out"] == 200, "in-flight work was drained before exit"
+    out = [orjson.loads(x) for f in (tmp_path / "out").glob("*.jsonl")
+           for x in f.read_bytes().splitlines()]
+    assert sorted(int(r["id"]) for r in out) == list(range(200))

@@ -1,0 +1,167 @@
+"""The `services` API and CLI wiring against the real local services (no mocks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psutil
+import pytest
+
+from streamflow import services
+from streamflow.services import ServiceError, ServiceStatus
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+    services.add_cli(sub)
+    return parser
+
+
+def test_constants_are_loopback() -> None:
+    assert services.KAFKA_VERSION == "4.1.2"
+    assert services.KAFKA_BOOTSTRAP == "127.0.0.1:9092"
+    assert services.JAEGER_QUERY_URL == "http://127.0.0.1:16686"
+    assert services.OTLP_HTTP_ENDPOINT == "http://127.0.0.1:4318"
+    assert services.POSTGRES_DSN == "postgresql://streamflow:streamflow@127.0.0.1:5432/streamflow"
+
+
+def test_status_starts_nothing_and_has_shape() -> None:
+    before = {p.pid for p in psutil.process_iter()}
+    result = services.status()
+    assert list(result) == ["kafka", "postgres", "jaeger"]
+    for name, st in result.items():
+        assert isinstance(st, ServiceStatus)
+        assert st.name == name
+        assert st.ports
+    started = {p.pid for p in psutil.process_iter()} - before
+    assert not any(
+        "kafka.Kafka" in " ".join(psutil.Process(pid).cmdline())
+        for pid in started
+        if psutil.pid_exists(pid)
+    )
+
+
+@pytest.mark.kafka
+def test_up_is_idempotent_and_reuses_running_broker() -> None:
+    first = services.up(["kafka"])["kafka"]
+    assert first.running and first.pid is not None
+    t0 = time.monotonic()
+    second = services.up(["kafka"])["kafka"]
+    assert time.monotonic() - t0 < 5, "second up must reuse, not restart"
+    assert second.pid == first.pid
+    assert services.status(["kafka"])["kafka"].running
+
+
+def test_unknown_service_is_an_error() -> None:
+    with pytest.raises(ServiceError, match="unknown service"):
+        services.status(["zookeeper"])
+
+
+@pytest.mark.kafka
+def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    services.up(["kafka"])
+    args = _parser().parse_args(["services", "up", "--json", "kafka"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["kafka"]
+    kafka = out["kafka"]
+    assert kafka["running"] is True
+    assert isinstance(kafka["pid"], int)
+    assert kafka["ports"] == [9092, 9093]
+    assert kafka["bootstrap"] == services.KAFKA_BOOTSTRAP
+    assert kafka["version"] == services.KAFKA_VERSION
+    assert kafka["log"].endswith("kafka.log")
+
+    args = _parser().parse_args(["services", "status", "--json"])
+    rc = args.func(args)
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"kafka", "postgres", "jaeger"}
+    assert rc == (0 if all(v["running"] for v in out.values()) else 1)
+    for value in out.values():
+        assert {"running", "pid", "ports", "version", "log"} <= set(value)
+        assert "url" in value or "bootstrap" in value
+    assert out["jaeger"]["url"] == services.JAEGER_QUERY_URL
+    assert out["postgres"]["url"] == services.POSTGRES_DSN
+
+
+def test_cli_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("up", "status", "down"):
+        with pytest.raises(SystemExit) as exc:
+            _parser().parse_args(["services", cmd, "--help"])
+        assert exc.value.code == 0
+        assert "--json" in capsys.readouterr().out
+
+
+def test_cli_unknown_name_exits_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parser().parse_args(["services", "status", "nope"])
+    assert args.func(args) != 0
+    assert "unknown service" in capsys.readouterr().err
+
+
+def test_taken_port_names_port_and_holder() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ServiceError) as exc:
+            services.check_port_free(port, "kafka")
+    message = str(exc.value)
+    assert str(port) in message
+    assert f"pid {os.getpid()}" in message
+    assert psutil.Process().name() in message
+    services.check_port_free(port, "kafka")  # released again: no error
+
+
+def test_postgres_dsn_logs_in() -> None:
+    st = services.up(["postgres"])["postgres"]
+    assert st.running and st.pid is not None
+    out = subprocess.run(
+        ["psql", services.POSTGRES_DSN, "-X", "-tAc", "select current_user, current_database()"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "streamflow|streamflow"
+
+
+@pytest.mark.jaeger
+@pytest.mark.timeout(1800)  # the first `up` on a fresh machine compiles Jaeger
+def test_jaeger_trace_round_trip() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    assert services.up(["jaeger"])["jaeger"].running
+    provider = TracerProvider(resource=Resource.create({"service.name": "test-services"}))
+    exporter = OTLPSpanExporter(endpoint=f"{services.OTLP_HTTP_ENDPOINT}/v1/traces")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer(__name__).start_as_current_span("round-trip") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+
+    url = f"{services.JAEGER_QUERY_URL}/api/v3/traces/{trace_id}"
+    deadline = time.monotonic() + 30
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # ingestion is asynchronous (batch processor)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = json.load(resp)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            time.sleep(0.3)
+    spans = [
+        s for rs in body["result"]["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+    ]
+    assert [s["name"] for s in spans] == ["round-trip"]
