@@ -121,17 +121,26 @@ class Arrival:
     def from_message(cls, key: bytes | None, value: bytes, headers: Headers) -> Arrival:
         d = {k: v for k, v in headers}
         return cls(
-            arrival_id=d.get(H_ARRIVAL_ID, b"").decode(),
-            asset=d.get(H_ASSET, b"").decode(),
-            partition=d.get(H_PARTITION, b"default").decode(),
-            version=int(d.get(H_VERSION, b"1")),
-            event_time_ms=int(d.get(H_EVENT_TIME, b"0")),
-            run=d.get(H_RUN, b"").decode(),
-            mode=d.get(H_MODE, b"live").decode(),
+            arrival_id=d.get(H_ARRIVAL_ID, b"").decode("utf-8", "replace")
+            or stable_id("foreign", value.hex() if len(value) < 64 else hash(value)),
+            asset=d.get(H_ASSET, b"").decode("utf-8", "replace"),
+            partition=d.get(H_PARTITION, b"default").decode("utf-8", "replace"),
+            version=_int(d.get(H_VERSION), 1),
+            event_time_ms=_int(d.get(H_EVENT_TIME), 0),
+            run=d.get(H_RUN, b"").decode("utf-8", "replace"),
+            mode=d.get(H_MODE, b"live").decode("utf-8", "replace"),
             key=key,
             value=value,
             traceparent=d.get(H_TRACEPARENT),
         )
+
+
+def _int(raw: bytes | None, default: int) -> int:
+    """Headers from a foreign producer may be anything; bad metadata must not stop a worker."""
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
 
 
 @dataclass(slots=True)

@@ -134,6 +134,7 @@ class _Consumer:
 
     group: str
     topics: list[str]
+    name: str
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -161,11 +162,25 @@ class _Consumer:
     async def handle(self, msgs: list[Message]) -> None:
         raise NotImplementedError
 
+    def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
+              spans: list[Span | None], exc: BaseException | None) -> OutMessage:
+        tr, topic = self.ctx.tracing, self.ctx.dlq_topic
+        send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
+                              tr.send_attributes(topic, arr.arrival_id.encode()))
+        spans.append(send)
+        self.ctx.counters.dead_lettered += 1
+        origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
+                  "asset": arr.asset, "partition_key": arr.partition}
+        dl = DeadLetter(reason, self.name, origin, m.value.decode("utf-8", "replace"),
+                        error_info(exc) if exc is not None else {}, arr.arrival_id)
+        return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
+
 
 class StageRunner(_Consumer):
     def __init__(self, spec: StageSpec, ctx: Ctx) -> None:
         super().__init__(ctx)
         self.spec = spec
+        self.name = spec.name
         self.group = f"{ctx.namespace}.stage.{spec.name}"
         self.topics = [ctx.topic(a) for a in spec.inputs]
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
@@ -230,19 +245,6 @@ class StageRunner(_Consumer):
         await self.ctx.transport.publish(out)
         _end(reversed(spans))
 
-    def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
-              spans: list[Span | None], exc: BaseException | None) -> OutMessage:
-        tr, topic = self.ctx.tracing, self.ctx.dlq_topic
-        send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
-                              tr.send_attributes(topic, arr.arrival_id.encode()))
-        spans.append(send)
-        self.ctx.counters.dead_lettered += 1
-        origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                  "asset": arr.asset, "partition_key": arr.partition}
-        dl = DeadLetter(reason, self.spec.name, origin, m.value.decode("utf-8", "replace"),
-                        error_info(exc) if exc is not None else {}, arr.arrival_id)
-        return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
-
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
     """Normalise what a stage returned and hold it to the output contract."""
@@ -264,6 +266,7 @@ class SinkRunner(_Consumer):
     def __init__(self, spec: SinkSpec, sink: Sink, ctx: Ctx) -> None:
         super().__init__(ctx)
         self.spec, self.sink = spec, sink
+        self.name = spec.name
         self.group = f"{ctx.namespace}.sink.{spec.name}"
         self.topics = [ctx.topic(spec.asset)]
 
@@ -271,20 +274,32 @@ class SinkRunner(_Consumer):
         tr = self.ctx.tracing
         records: list[SinkRecord] = []
         spans: list[Span | None] = []
+        dead: list[OutMessage] = []
         for m in msgs:
             arr = Arrival.from_message(m.key, m.value, m.headers)
             proc = tr.start_child(
                 f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
                 tr.process_attributes(m.topic, m.partition, m.offset, self.group, m.key))
             spans.append(proc)
+            try:
+                value = orjson.loads(m.value)
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+            except (orjson.JSONDecodeError, TypeError) as e:
+                reason = f"{m.topic}@{m.partition}:{m.offset}: undecodable record: {e}"
+                _fail(proc, e, reason)
+                dead.append(self._dead(reason, m, arr, proc, spans, e))
+                continue
             spans.append(tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL, {
                 "streamflow.sink": self.spec.name, "streamflow.connector": self.spec.connector,
                 "streamflow.sink.location": self.sink.location,
             }))
-            records.append(SinkRecord(m.key.decode() if m.key is not None else None,
-                                      arr.arrival_id, arr.partition, orjson.loads(m.value)))
-        await self.sink.write(records)
-        await self.sink.flush()
+            key = m.key.decode("utf-8", "replace") if m.key is not None else None
+            records.append(SinkRecord(key, arr.arrival_id, arr.partition, value))
+        if records:
+            await self.sink.write(records)
+            await self.sink.flush()
+        await self.ctx.transport.publish(dead)
         _end(reversed(spans))
         self.ctx.counters.records_out += len(records)
 

@@ -117,3 +117,33 @@ def test_ctrl_c_drains_in_flight_work_and_exits_zero(settings: Settings, tmp_pat
     out = [orjson.loads(x) for f in (tmp_path / "out").glob("*.jsonl")
            for x in f.read_bytes().splitlines()]
     assert sorted(int(r["id"]) for r in out) == list(range(200))
+
+
+async def test_foreign_garbage_on_asset_topics_is_dead_lettered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from streamflow._engine import make_transport
+    from streamflow.transports import OutMessage
+
+    ns = settings.namespace
+    transport = make_transport(settings)
+    await transport.start()
+    await transport.ensure_topics([f"{ns}.people", f"{ns}.shouted"])
+    await transport.publish([
+        OutMessage(f"{ns}.people", b"\xff\x00 not json", None, [("sf-contract-version", b"x")]),
+        OutMessage(f"{ns}.shouted", b"[1, 2, 3]", b"k", []),
+    ])
+    await transport.close()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _aged(landing / "ok.jsonl", b'{"id": 7, "name": "ok"}\n')
+
+    summary = await run_pipeline(echo_pipeline(tmp_path), settings)
+
+    assert (summary.records_out, summary.dead_lettered) == (1, 2)
+    dead = values(await read_topic(settings, settings.dead_letter_topic))
+    by_stage = {str(d["stage"]): d for d in dead}
+    assert set(by_stage) == {"shout", "files-shouted"}
+    assert by_stage["shout"]["origin"]["topic"] == f"{ns}.people"  # type: ignore[index]
+    assert "Invalid JSON" in str(by_stage["shout"]["reason"])
+    assert "expected a JSON object" in str(by_stage["files-shouted"]["reason"])

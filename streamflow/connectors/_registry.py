@@ -60,7 +60,14 @@ def build(name: str, kind: Kind, config: dict[str, Any]) -> Source | Sink:
     try:
         cfg = model.model_validate(config)
     except ValidationError as e:
-        raise ConnectorError(f"{kind} {name!r} is misconfigured: {e}") from e
+        problems = "; ".join(
+            f"setting {'.'.join(str(p) for p in err['loc']) or '<config>'!r}: {err['msg']}"
+            for err in e.errors(include_url=False)
+        )
+        fields = ", ".join(model.model_fields)
+        raise ConnectorError(
+            f"{kind} {name!r} is misconfigured: {problems} (its settings: {fields})"
+        ) from e
     obj = cls(cfg)
     if not isinstance(obj, Source if kind == "source" else Sink):
         raise ConnectorError(f"{kind} {name!r} does not implement the {kind} protocol")

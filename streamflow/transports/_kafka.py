@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -68,6 +69,43 @@ class KafkaTransport:
                     await admin.create_topics(new)
         finally:
             await admin.close()
+        if new:
+            await self._await_leaders([t.name for t in new])
+
+    async def _await_leaders(self, topics: Sequence[str], timeout: float = 30.0) -> None:
+        """New topics take a moment to elect leaders; consuming before that only logs errors."""
+        if self._producer is None:
+            return
+        client = self._producer.client
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await client.force_metadata_update()
+            cluster = client.cluster
+            missing = [
+                t for t in topics
+                if not cluster.partitions_for_topic(t)
+                or any(cluster.leader_for_partition(TopicPartition(t, p)) in (None, -1)
+                       for p in cluster.partitions_for_topic(t))
+            ]
+            if not missing:
+                break
+            if loop.time() > deadline:
+                raise TransportError(f"topics {missing} have no leader after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+        # Metadata names a leader a moment before it serves requests; a list-offsets round
+        # trip proves it does, so the workers' consumers start on a ready topic.
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await probe.start()
+        fetch_log = logging.getLogger("aiokafka.consumer.fetcher")
+        level = fetch_log.level
+        fetch_log.setLevel(logging.CRITICAL)
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in cluster.partitions_for_topic(t)]
+            await asyncio.wait_for(probe.end_offsets(tps), max(1.0, deadline - loop.time()))
+        finally:
+            fetch_log.setLevel(level)
+            await probe.stop()
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         if self._producer is None:
