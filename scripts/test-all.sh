@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set up everything StreamFlow's tests need and run the whole suite:
+# virtual environment, dependencies, Kafka, Jaeger, PostgreSQL, ruff, mypy --strict, pytest.
+# Safe to run again: every step reuses what an earlier run installed, built or started.
+# Downloads and builds are cached under ~/.cache/streamflow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${STREAMFLOW_CACHE:-$HOME/.cache/streamflow}"
+export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$CACHE/pip}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+PY="${PYTHON:-python3}"
+VENV=.venv
+
+declare -a PHASES=()
+phase() {  # phase NAME COMMAND...: run it, time it, stop on failure
+  local name=$1; shift
+  local start=$SECONDS
+  echo "==> $name"
+  if "$@"; then
+    PHASES+=("$(printf '%-10s %4ss' "$name" $((SECONDS - start)))")
+    echo "<== $name: $((SECONDS - start))s"
+  else
+    local rc=$?
+    echo "<== $name FAILED after $((SECONDS - start))s (exit $rc)" >&2
+    exit "$rc"
+  fi
+}
+report() {
+  echo "phase timings:"
+  for p in "${PHASES[@]}"; do echo "  $p"; done
+}
+trap report EXIT
+
+make_venv() {
+  "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "StreamFlow needs Python 3.11+"'
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV" || {
+      echo "python3 -m venv failed; on Debian/Ubuntu: apt-get install python3-venv" >&2
+      return 1
+    }
+  fi
+}
+install_deps() { "$VENV/bin/pip" install -q -e '.[dev]'; }
+services_up() { "$VENV/bin/streamflow" services up; }
+lint() { "$VENV/bin/ruff" check .; }
+types() { "$VENV/bin/mypy"; }
+tests() {
+  local rc=0
+  "$VENV/bin/python" -m pytest -rs -q -p no:cacheprovider "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; return 1; fi
+  return "$rc"
+}
+
+phase venv make_venv
+phase deps install_deps
+phase services services_up
+phase ruff lint
+phase mypy types
+phase tests tests "$@"
