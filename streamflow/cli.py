@@ -16,7 +16,7 @@ from ._config import ConfigError, Settings
 from ._engine import RunSummary, Worker
 from ._pipeline import PipelineError, load_pipeline
 from ._telemetry import TelemetryError
-from .connectors import ConnectorError, known_connectors, load_spec
+from .connectors import ConnectorError, distribution_of, known_connectors, load_spec
 from .transports import TransportError
 
 
@@ -56,16 +56,21 @@ def _connectors_list(args: argparse.Namespace) -> int:
     rows = []
     for name in known_connectors():
         spec = load_spec(name)
+        package, version = distribution_of(name)
         for kind, cls, cfg in (("source", spec.source, spec.source_config),
                                ("sink", spec.sink, spec.sink_config)):
             if cls is not None and cfg is not None:
-                rows.append({"name": name, "kind": kind, "class": cls.__qualname__,
-                             "extra": spec.extra, "config_schema": cfg.model_json_schema()})
+                rows.append({"name": name, "kind": kind, "package": package,
+                             "version": version, "extra": spec.extra,
+                             "class": f"{cls.__module__}.{cls.__qualname__}",
+                             "config_schema": cfg.model_json_schema()})
     if args.json:
         print(orjson.dumps(rows).decode())
     else:
+        print(f"{'NAME':<12} {'KIND':<7} {'PACKAGE':<24} CLASS")
         for r in rows:
-            print(f"{r['name']:<12} {r['kind']:<7} {r['class']}")
+            pkg = f"{r['package']} {r['version']}"
+            print(f"{r['name']:<12} {r['kind']:<7} {pkg:<24} {r['class']}")
     return 0
 
 

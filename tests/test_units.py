@@ -113,3 +113,18 @@ def test_pipeline_checks_fail_at_declaration_or_start() -> None:
         p.validate()
     with pytest.raises(PipelineError, match="used twice"):
         p.source("files", asset=items, path="y", name="s")
+
+
+def test_connectors_list_shows_builtins_through_entry_points(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import orjson
+
+    from streamflow.cli import main
+
+    assert main(["connectors", "list", "--json"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    files = {r["kind"]: r for r in rows if r["name"] == "files"}
+    assert set(files) == {"source", "sink"}
+    assert files["source"]["package"] == "streamflow"
+    assert "path" in files["source"]["config_schema"]["properties"]

@@ -16,6 +16,7 @@ from ._registry import (
     build,
     build_sink,
     build_source,
+    distribution_of,
     known_connectors,
     load_spec,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "build",
     "build_sink",
     "build_source",
+    "distribution_of",
     "known_connectors",
     "load_spec",
 ]

@@ -29,6 +29,12 @@ def known_connectors() -> list[str]:
     return sorted(_entry_points())
 
 
+def distribution_of(name: str) -> tuple[str, str]:
+    """(package, version) that registered connector ``name``."""
+    dist = _entry_points()[name].dist
+    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+
 def load_spec(name: str) -> ConnectorSpec:
     eps = _entry_points()
     if name not in eps:
