@@ -12,6 +12,7 @@ import inspect
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -93,7 +94,7 @@ class SourceRunner:
                 key = asset.key_of(model)
                 key_b = key.encode() if key is not None else None
                 send = tr.start_child(f"send {topic}", root, SpanKind.PRODUCER,
-                                      tr.send_attributes(topic, key_b))
+                                      partial(tr.send_attributes, topic, key_b))
                 spans.append(send)
                 arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
                               asset.event_time_ms(model), f"source:{self.spec.name}", "live",
@@ -116,7 +117,7 @@ class SourceRunner:
               parent: Span | None, spans: list[Span | None]) -> OutMessage:
         tr = self.ctx.tracing
         send = tr.start_child(f"send {self.ctx.dlq_topic}", parent, SpanKind.PRODUCER,
-                              tr.send_attributes(self.ctx.dlq_topic, arrival_id.encode()))
+                              partial(tr.send_attributes, self.ctx.dlq_topic, arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id)
@@ -166,7 +167,7 @@ class _Consumer:
               spans: list[Span | None], exc: BaseException | None) -> OutMessage:
         tr, topic = self.ctx.tracing, self.ctx.dlq_topic
         send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
-                              tr.send_attributes(topic, arr.arrival_id.encode()))
+                              partial(tr.send_attributes, topic, arr.arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
         origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
@@ -195,7 +196,7 @@ class StageRunner(_Consumer):
             asset = self.by_topic[m.topic]
             proc = tr.start_child(
                 f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
-                tr.process_attributes(m.topic, m.partition, m.offset, self.group, m.key))
+                partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
             spans.append(proc)
             try:
                 record = asset.contract.model_validate_json(m.value)
@@ -235,7 +236,7 @@ class StageRunner(_Consumer):
                 key = out_asset.key_of(rec)
                 key_b = key.encode() if key is not None else None
                 send = tr.start_child(f"send {self.out_topic}", run, SpanKind.PRODUCER,
-                                      tr.send_attributes(self.out_topic, key_b))
+                                      partial(tr.send_attributes, self.out_topic, key_b))
                 spans.append(send)
                 o = Arrival(stable_id(run_id, i), out_asset.name, out_asset.partition_of(rec),
                             out_asset.version, out_asset.event_time_ms(rec), run_id, arr.mode,
@@ -279,7 +280,7 @@ class SinkRunner(_Consumer):
             arr = Arrival.from_message(m.key, m.value, m.headers)
             proc = tr.start_child(
                 f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
-                tr.process_attributes(m.topic, m.partition, m.offset, self.group, m.key))
+                partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
             spans.append(proc)
             try:
                 value = orjson.loads(m.value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -73,10 +73,13 @@ class Tracing:
         name: str,
         parent: Span | bytes | None,
         kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, AttrValue] | None = None,
+        attributes: Mapping[str, AttrValue] | Callable[[], Mapping[str, AttrValue]] | None = None,
         links: Sequence[bytes] = (),
     ) -> Span | None:
-        """A span under ``parent`` (a live span or a traceparent header), or None if unsampled."""
+        """A span under ``parent`` (a live span or a traceparent header), or None if unsampled.
+
+        ``attributes`` may be a callable so that an unsampled record never builds them.
+        """
         if self.tracer is None or parent is None:
             return None
         if isinstance(parent, bytes):
@@ -91,8 +94,9 @@ class Tracing:
                 return None
             ctx = trace.set_span_in_context(parent)
         span_links = [Link(sc) for sc in map(parse_traceparent, links) if sc is not None]
+        attrs = attributes() if callable(attributes) else attributes
         return self.tracer.start_span(
-            name, context=ctx, kind=kind, attributes=attributes, links=span_links
+            name, context=ctx, kind=kind, attributes=attrs, links=span_links
         )
 
     def send_attributes(self, topic: str, key: bytes | None) -> dict[str, AttrValue]:
