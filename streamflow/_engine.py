@@ -76,8 +76,14 @@ class Worker:
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
-        sources = [(sp, build_source(sp.connector, sp.config)) for sp in p.sources]
-        sinks = [(sp, build_sink(sp.connector, sp.config)) for sp in p.sinks]
+        sources = [
+            (sp, build_source(sp.connector, sp.config) if isinstance(sp.connector, str)
+             else sp.connector) for sp in p.sources
+        ]
+        sinks = [
+            (sp, build_sink(sp.connector, sp.config) if isinstance(sp.connector, str)
+             else sp.connector) for sp in p.sinks
+        ]
 
         await self.transport.start()
         consumers: list[StageRunner | SinkRunner] = []

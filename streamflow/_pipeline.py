@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel
 
 from ._model import Asset
+from .connectors import Sink, Source
 
 StageResult: TypeAlias = BaseModel | dict[str, Any] | Iterable[BaseModel | dict[str, Any]] | None
 StageFn: TypeAlias = Callable[..., StageResult | Awaitable[StageResult]]
@@ -26,7 +27,7 @@ class PipelineError(ValueError):
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     name: str
-    connector: str
+    connector: str | Source
     asset: Asset[Any]
     config: dict[str, Any]
 
@@ -34,9 +35,13 @@ class SourceSpec:
 @dataclass(frozen=True, slots=True)
 class SinkSpec:
     name: str
-    connector: str
+    connector: str | Sink
     asset: Asset[Any]
     config: dict[str, Any]
+
+
+def _label(connector: object) -> str:
+    return connector if isinstance(connector, str) else type(connector).__name__.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +69,22 @@ class Pipeline:
             raise PipelineError(f"pipeline {self.name!r}: the name {name!r} is used twice")
 
     def source(
-        self, connector: str, *, asset: Asset[Any], name: str | None = None, **config: Any
+        self, connector: str | Source, *, asset: Asset[Any], name: str | None = None,
+        **config: Any,
     ) -> SourceSpec:
-        """Read ``asset`` from connector ``connector`` (an entry-point name, e.g. ``files``)."""
-        spec = SourceSpec(name or f"{connector}-{asset.name}", connector, asset, config)
+        """Read ``asset`` from ``connector``: an entry-point name (e.g. ``files``) built with
+        ``config``, or a ready source object."""
+        spec = SourceSpec(name or f"{_label(connector)}-{asset.name}", connector, asset, config)
         self._check_name(spec.name)
         self.sources.append(spec)
         return spec
 
     def sink(
-        self, connector: str, *, asset: Asset[Any], name: str | None = None, **config: Any
+        self, connector: str | Sink, *, asset: Asset[Any], name: str | None = None,
+        **config: Any,
     ) -> SinkSpec:
-        spec = SinkSpec(name or f"{connector}-{asset.name}", connector, asset, config)
+        """Deliver ``asset`` to ``connector``: an entry-point name or a ready sink object."""
+        spec = SinkSpec(name or f"{_label(connector)}-{asset.name}", connector, asset, config)
         self._check_name(spec.name)
         self.sinks.append(spec)
         return spec

@@ -24,7 +24,7 @@ from ._deadletter import dead_letter_message, describe_validation, error_info
 from ._model import Arrival, Asset, DeadLetter, stable_id
 from ._pipeline import SinkSpec, SourceSpec, StageSpec
 from ._telemetry import Tracing, traceparent_of
-from .connectors import ConnectorContext, Sink, SinkRecord, Source
+from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import Message, OutMessage, Subscription, Transport
 
 
@@ -75,11 +75,7 @@ class SourceRunner:
             out: list[OutMessage] = []
             spans: list[Span | None] = []
             for rec in batch.records:
-                root = tr.start_root(f"read {self.spec.name}", {
-                    "streamflow.source": self.spec.name,
-                    "streamflow.asset": asset.name,
-                    **{f"streamflow.origin.{k}": str(v) for k, v in rec.origin.items()},
-                })
+                root = self._read_span(rec)
                 spans.append(root)
                 arrival_id = stable_id(asset.name, rec.record_id)
                 try:
@@ -112,6 +108,20 @@ class SourceRunner:
             await self.source.ack(batch)
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
+
+    def _read_span(self, rec: SourceRecord) -> Span | None:
+        tr = self.ctx.tracing
+        if not tr.enabled:
+            return None
+        attrs = {
+            "streamflow.source": self.spec.name,
+            "streamflow.asset": self.spec.asset.name,
+            **{f"streamflow.origin.{k}": str(v) for k, v in rec.origin.items()},
+        }
+        if rec.traceparent is not None:  # continue the producer's trace (or stay unsampled)
+            return tr.start_child(f"read {self.spec.name}", rec.traceparent,
+                                  SpanKind.CONSUMER, attrs)
+        return tr.start_root(f"read {self.spec.name}", attrs)
 
     def _dead(self, reason: str, origin: dict[str, Any], payload: str, arrival_id: str,
               parent: Span | None, spans: list[Span | None]) -> OutMessage:
@@ -268,12 +278,15 @@ class SinkRunner(_Consumer):
         super().__init__(ctx)
         self.spec, self.sink = spec, sink
         self.name = spec.name
+        self.connector = spec.connector if isinstance(spec.connector, str) \
+            else type(spec.connector).__qualname__
         self.group = f"{ctx.namespace}.sink.{spec.name}"
         self.topics = [ctx.topic(spec.asset)]
 
     async def handle(self, msgs: list[Message]) -> None:
         tr = self.ctx.tracing
         records: list[SinkRecord] = []
+        delivered: list[tuple[Message, Arrival, Span | None]] = []
         spans: list[Span | None] = []
         dead: list[OutMessage] = []
         for m in msgs:
@@ -291,15 +304,24 @@ class SinkRunner(_Consumer):
                 _fail(proc, e, reason)
                 dead.append(self._dead(reason, m, arr, proc, spans, e))
                 continue
-            spans.append(tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL, {
-                "streamflow.sink": self.spec.name, "streamflow.connector": self.spec.connector,
+            write = tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL, {
+                "streamflow.sink": self.spec.name, "streamflow.connector": self.connector,
                 "streamflow.sink.location": self.sink.location,
-            }))
+            })
+            spans.append(write)
             key = m.key.decode("utf-8", "replace") if m.key is not None else None
             records.append(SinkRecord(key, arr.arrival_id, arr.partition, value))
+            delivered.append((m, arr, write))
         if records:
-            await self.sink.write(records)
-            await self.sink.flush()
+            try:
+                await self.sink.write(records)
+                await self.sink.flush()
+            except Exception as e:  # the connector gave up (after its own retries): park the batch
+                reason = f"sink {self.name!r} failed: {type(e).__name__}: {e}"
+                for m, arr, wspan in delivered:
+                    _fail(wspan, e, reason)
+                    dead.append(self._dead(reason, m, arr, wspan, spans, e))
+                records = []
         await self.ctx.transport.publish(dead)
         _end(reversed(spans))
         self.ctx.counters.records_out += len(records)

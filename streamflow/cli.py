@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -53,10 +54,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _connectors_list(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in known_connectors():
-        spec = load_spec(name)
         package, version = distribution_of(name)
+        try:
+            spec = load_spec(name)
+        except ConnectorError as e:  # one broken plugin must not hide the others
+            rows.append({"name": name, "kind": "?", "package": package, "version": version,
+                         "extra": None, "class": None, "config_schema": None, "error": str(e)})
+            continue
         for kind, cls, cfg in (("source", spec.source, spec.source_config),
                                ("sink", spec.sink, spec.sink_config)):
             if cls is not None and cfg is not None:
@@ -70,7 +76,7 @@ def _connectors_list(args: argparse.Namespace) -> int:
         print(f"{'NAME':<12} {'KIND':<7} {'PACKAGE':<24} CLASS")
         for r in rows:
             pkg = f"{r['package']} {r['version']}"
-            print(f"{r['name']:<12} {r['kind']:<7} {pkg:<24} {r['class']}")
+            print(f"{r['name']:<12} {r['kind']:<7} {pkg:<24} {r['class'] or r.get('error')}")
     return 0
 
 

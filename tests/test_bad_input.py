@@ -147,3 +147,33 @@ async def test_foreign_garbage_on_asset_topics_is_dead_lettered(
     assert by_stage["shout"]["origin"]["topic"] == f"{ns}.people"  # type: ignore[index]
     assert "Invalid JSON" in str(by_stage["shout"]["reason"])
     assert "expected a JSON object" in str(by_stage["files-shouted"]["reason"])
+
+
+async def test_a_failing_sink_parks_its_batch_in_dead_letters(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from streamflow.connectors import ConnectorContext, SinkRecord
+
+    people = Asset("people", Person, key="id")
+
+    class BrokenSink:
+        location = "nowhere"
+
+        async def setup(self, ctx: ConnectorContext) -> None: ...
+        async def write(self, records: list[SinkRecord]) -> None:
+            raise ConnectionError("database unreachable after 5 attempts")
+        async def flush(self) -> None: ...
+        async def stop(self) -> None: ...
+
+    p = Pipeline("broken-sink")
+    p.source("files", asset=people, path=tmp_path / "landing", format="jsonl", settle_s=0)
+    p.sink(BrokenSink(), asset=people)
+    (tmp_path / "landing").mkdir()
+    _aged(tmp_path / "landing" / "a.jsonl", b'{"id": 1, "name": "a"}\n{"id": 2, "name": "b"}\n')
+
+    summary = await run_pipeline(p, settings)
+    assert (summary.records_out, summary.dead_lettered, summary.drained) == (0, 2, True)
+    dead = values(await read_topic(settings, settings.dead_letter_topic))
+    assert sorted(orjson.loads(str(d["payload"]))["id"] for d in dead) == [1, 2]
+    assert all("database unreachable" in str(d["reason"]) for d in dead)
+    assert all(d["error"]["type"] == "ConnectionError" for d in dead)  # type: ignore[index]

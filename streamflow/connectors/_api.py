@@ -16,6 +16,9 @@ class SourceRecord:
     data: dict[str, Any]
     origin: dict[str, Any]
     record_id: str
+    traceparent: bytes | None = None
+    """Incoming W3C trace context (e.g. from a foreign Kafka record): the record's trace goes on
+    under it instead of starting a new one."""
 
 
 @dataclass(slots=True)

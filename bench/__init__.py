@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench <name> [options] --json``. Never timed assertions in tests."""
