@@ -128,3 +128,30 @@ def test_connectors_list_shows_builtins_through_entry_points(
     assert set(files) == {"source", "sink"}
     assert files["source"]["package"] == "streamflow"
     assert "path" in files["source"]["config_schema"]["properties"]
+
+
+def test_importing_streamflow_imports_no_connector_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, streamflow, streamflow.connectors, streamflow.cli\n"
+        "from streamflow.connectors import known_connectors\n"
+        "known_connectors()\n"
+        "heavy = {'asyncpg', 'aiohttp', 'croniter', 'pyarrow'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_time_range_is_half_open() -> None:
+    from datetime import UTC, datetime
+
+    from streamflow.connectors import TimeRange
+
+    r = TimeRange(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC))
+    assert datetime(2026, 11, 1, tzinfo=UTC) in r
+    assert datetime(2026, 11, 2, tzinfo=UTC) not in r
+    with pytest.raises(ValueError, match="empty range"):
+        TimeRange(r.end, r.start)

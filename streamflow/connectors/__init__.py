@@ -1,6 +1,7 @@
 """Connector contracts and the registry; built-in connectors live in submodules, loaded lazily."""
 
 from ._api import (
+    BackfillSource,
     ConnectorContext,
     ConnectorSpec,
     Reject,
@@ -9,6 +10,7 @@ from ._api import (
     Source,
     SourceBatch,
     SourceRecord,
+    TimeRange,
 )
 from ._registry import (
     GROUP,
@@ -23,6 +25,7 @@ from ._registry import (
 
 __all__ = [
     "GROUP",
+    "BackfillSource",
     "ConnectorContext",
     "ConnectorError",
     "ConnectorSpec",
@@ -32,6 +35,7 @@ __all__ = [
     "Source",
     "SourceBatch",
     "SourceRecord",
+    "TimeRange",
     "build",
     "build_sink",
     "build_source",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -69,6 +70,29 @@ class Source(Protocol):
         ...
 
     async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """A half-open range [start, end) of event time, for backfills."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"empty range: {self.start.isoformat()} >= {self.end.isoformat()}")
+
+    def __contains__(self, t: datetime) -> bool:
+        return self.start <= t < self.end
+
+
+@runtime_checkable
+class BackfillSource(Protocol):
+    """A source that can also read history. Backfill batches are acked like live ones but
+    must not move the live position."""
+
+    def backfill(self, window: TimeRange) -> AsyncIterator[SourceBatch]: ...
 
 
 @runtime_checkable
