@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CACHE="${STREAMFLOW_CACHE:-$HOME/.cache/streamflow}"
-export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$CACHE/pip}"
+WHEELS="$CACHE/wheels"  # pip's own HTTP cache is bypassed by some registry mirrors: keep wheels
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 PY="${PYTHON:-python3}"
 VENV=.venv
@@ -41,7 +41,16 @@ make_venv() {
     }
   fi
 }
-install_deps() { "$VENV/bin/pip" install -q -e '.[dev]'; }
+install_deps() {
+  mkdir -p "$WHEELS"
+  if "$VENV/bin/pip" install -q --no-index --find-links "$WHEELS" -e '.[dev]' 2>/dev/null; then
+    return 0  # everything came from the local wheelhouse
+  fi
+  "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[dev]'
+  "$VENV/bin/pip" freeze --exclude-editable | grep -v -e '^-e ' -e ' @ ' > "$CACHE/wheels.txt"
+  printf "hatchling\neditables\n" >> "$CACHE/wheels.txt"  # build backend, for offline installs
+  "$VENV/bin/pip" download -q -d "$WHEELS" --find-links "$WHEELS" -r "$CACHE/wheels.txt"
+}
 services_up() { "$VENV/bin/streamflow" services up; }
 lint() { "$VENV/bin/ruff" check .; }
 types() { "$VENV/bin/mypy"; }

@@ -93,9 +93,10 @@ class Worker:
             topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
             await self.transport.ensure_topics(topics)
             for sp, src in sources:
-                await src.setup(connector_context(sp.name, sp.asset, state))
+                await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
             for skp, snk in sinks:
-                await snk.setup(connector_context(skp.name, skp.asset, state))
+                await snk.setup(
+                    connector_context(skp.name, skp.asset, state, s.namespace, p.name))
             consumers = [StageRunner(st, ctx) for st in _topological(p)]
             consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
             for cons in consumers:

@@ -72,6 +72,7 @@ class SourceRunner:
         tr = self.ctx.tracing
         topic = self.ctx.topic(asset)
         async for batch in self.source.read():
+            dead0 = self.ctx.counters.dead_lettered
             out: list[OutMessage] = []
             spans: list[Span | None] = []
             for rec in batch.records:
@@ -94,7 +95,8 @@ class SourceRunner:
                 spans.append(send)
                 arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
                               asset.event_time_ms(model), f"source:{self.spec.name}", "live",
-                              key_b, model.model_dump_json().encode(), traceparent_of(send))
+                              key_b, model.model_dump_json().encode(),
+                              traceparent_of(send, rec.traceparent))
                 out.append(OutMessage(topic, arr.value, arr.key, arr.headers()))
             for rej in batch.rejects:
                 root = tr.start_root(f"read {self.spec.name}",
@@ -105,6 +107,7 @@ class SourceRunner:
                 out.append(self._dead(rej.reason, rej.origin, rej.payload, rid, root, spans))
             await self.ctx.transport.publish(out)
             _end(reversed(spans))
+            batch.dead_lettered = self.ctx.counters.dead_lettered - dead0
             await self.source.ack(batch)
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
@@ -327,5 +330,8 @@ class SinkRunner(_Consumer):
         self.ctx.counters.records_out += len(records)
 
 
-def connector_context(name: str, asset: Asset[Any], state_dir: str) -> ConnectorContext:
-    return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir)
+def connector_context(
+    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str
+) -> ConnectorContext:
+    return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
+                            namespace=namespace, pipeline=pipeline)

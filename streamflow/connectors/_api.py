@@ -38,6 +38,8 @@ class SourceBatch:
     records: list[SourceRecord]
     rejects: list[Reject] = field(default_factory=list)
     position: str = ""
+    dead_lettered: int = 0
+    """Set by the engine before ``ack``: how many of this batch went to dead letters."""
 
 
 @dataclass(slots=True)
@@ -55,6 +57,8 @@ class ConnectorContext:
     name: str
     asset: str
     state_dir: str
+    namespace: str = "sf"
+    pipeline: str = ""
 
 
 @runtime_checkable
