@@ -8,6 +8,7 @@ from ._config import ConfigError, Settings
 from ._engine import RunSummary, Worker, run_pipeline
 from ._model import Arrival, Asset, stable_id
 from ._pipeline import Pipeline, PipelineError, load_pipeline
+from ._retry import RetryPolicy
 from .connectors import ConnectorError
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "ConnectorError",
     "Pipeline",
     "PipelineError",
+    "RetryPolicy",
     "RunSummary",
     "Settings",
     "Worker",

@@ -35,14 +35,20 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 
 def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:
-    body = {
+    body: dict[str, Any] = {
         "reason": dl.reason,
+        "kind": dl.kind,
         "stage": dl.stage,
         "origin": dl.origin,
         "payload": dl.payload,
         "error": dl.error,
         "arrival_id": dl.arrival_id,
     }
+    if dl.run_id is not None:
+        body["run_id"] = dl.run_id
+        body["attempts"] = dl.attempts
+    if dl.arrival is not None:
+        body["arrival"] = dl.arrival
     headers = [(H_REASON, dl.reason.encode()[:1024])]
     if traceparent is not None:
         headers.append((H_TRACEPARENT, traceparent))

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ._config import Settings
+from ._ledger import FINAL, fold, runs_topic
 from ._pipeline import Pipeline
-from ._runners import Counters, Ctx, SinkRunner, SourceRunner, StageRunner, connector_context
+from ._runners import Counters, Ctx, SinkRunner, SourceRunner, connector_context, replay_topic
+from ._stage import StageRunner
 from ._telemetry import Tracing, configure_tracing, shutdown_tracing
 from .connectors import build_sink, build_source
 from .transports import EmbeddedTransport, KafkaTransport, Transport
@@ -27,6 +29,8 @@ class RunSummary:
     records_out: int
     dead_lettered: int
     runs: int
+    retried: int = 0
+    deduped: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     dead_letter_topic: str = ""
     drained: bool = True
@@ -35,7 +39,8 @@ class RunSummary:
         return {
             "pipeline": self.pipeline, "transport": self.transport,
             "records_in": self.records_in, "records_out": self.records_out,
-            "dead_lettered": self.dead_lettered, "runs": self.runs, "outputs": self.outputs,
+            "dead_lettered": self.dead_lettered, "runs": self.runs, "retried": self.retried,
+            "deduped": self.deduped, "outputs": self.outputs,
             "dead_letter_topic": self.dead_letter_topic, "drained": self.drained,
         }
 
@@ -91,13 +96,21 @@ class Worker:
         drained = True
         try:
             topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
+            names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
+            topics += [replay_topic(s.namespace, n) for n in names]
+            topics.append(runs_topic(s.namespace))
             await self.transport.ensure_topics(topics)
+            ledger = fold(await self.transport.read_topic(runs_topic(s.namespace)))
             for sp, src in sources:
                 await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
             for skp, snk in sinks:
                 await snk.setup(
                     connector_context(skp.name, skp.asset, state, s.namespace, p.name))
-            consumers = [StageRunner(st, ctx) for st in _topological(p)]
+            for st in _topological(p):
+                fired = {r.run_id for r in ledger.values()
+                         if r.stage == st.name and r.status in FINAL}
+                consumers.append(StageRunner(st, ctx, fired))
+                consumers.append(StageRunner(st, ctx, fired, retry_lane=True))
             consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
             for cons in consumers:
                 await cons.open()
@@ -126,7 +139,7 @@ class Worker:
         c = self.counters
         return RunSummary(
             p.name, self.transport.name, c.records_in, c.records_out, c.dead_lettered, c.runs,
-            {skp.name: snk.location for skp, snk in sinks},
+            c.retried, c.deduped, {skp.name: snk.location for skp, snk in sinks},
             s.dead_letter_topic, drained,
         )
 

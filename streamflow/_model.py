@@ -24,6 +24,9 @@ H_EVENT_TIME = "sf-event-time-ms"
 H_RUN = "sf-run"
 H_MODE = "sf-mode"
 H_REASON = "sf-reason"
+H_ATTEMPT = "sf-attempt"
+H_RETRY_AT = "sf-retry-at-ms"
+H_REPLAY = "sf-replay"
 
 Headers = list[tuple[str, bytes]]
 
@@ -102,6 +105,7 @@ class Arrival:
     key: bytes | None
     value: bytes
     traceparent: bytes | None = None
+    replay: int = 0
 
     def headers(self) -> Headers:
         h: Headers = [
@@ -115,6 +119,8 @@ class Arrival:
         ]
         if self.traceparent is not None:
             h.append((H_TRACEPARENT, self.traceparent))
+        if self.replay:
+            h.append((H_REPLAY, str(self.replay).encode()))
         return h
 
     @classmethod
@@ -132,6 +138,7 @@ class Arrival:
             key=key,
             value=value,
             traceparent=d.get(H_TRACEPARENT),
+            replay=_int(d.get(H_REPLAY), 0),
         )
 
 
@@ -153,3 +160,9 @@ class DeadLetter:
     payload: str
     error: dict[str, Any] = field(default_factory=dict)
     arrival_id: str | None = None
+    run_id: str | None = None
+    attempts: int | None = None
+    arrival: dict[str, str] | None = None
+    """The arrival's headers, so ``streamflow dlq replay`` can re-inject it as it was."""
+    kind: str = "stage"
+    """Who gave up on it: ``source``, ``stage`` or ``sink`` (only the last two can replay)."""

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel
 
 from ._model import Asset
+from ._retry import NO_RETRY, RetryPolicy
 from .connectors import Sink, Source
 
 StageResult: TypeAlias = BaseModel | dict[str, Any] | Iterable[BaseModel | dict[str, Any]] | None
@@ -53,6 +54,7 @@ class StageSpec:
     inputs: tuple[Asset[Any], ...]
     output: Asset[Any] | None
     is_async: bool
+    retry: RetryPolicy = NO_RETRY
 
 
 @dataclass
@@ -95,16 +97,19 @@ class Pipeline:
         inputs: Sequence[Asset[Any]],
         output: Asset[Any] | None = None,
         name: str | None = None,
+        retry: RetryPolicy = NO_RETRY,
     ) -> Callable[[StageFn], StageFn]:
         """Decorate a function taking one input record (a contract instance) and returning
-        the output record(s): a model, a dict, a list of them, or None to drop it."""
+        the output record(s): a model, a dict, a list of them, or None to drop it.
+
+        ``retry`` says how failures are retried before the input goes to dead letters."""
         if not inputs:
             raise PipelineError("a stage needs at least one input asset")
 
         def deco(fn: StageFn) -> StageFn:
             spec = StageSpec(
                 name or fn.__name__, fn, tuple(inputs), output,
-                inspect.iscoroutinefunction(fn),
+                inspect.iscoroutinefunction(fn), retry,
             )
             self._check_name(spec.name)
             self.stages.append(spec)

@@ -7,22 +7,18 @@ letters), and only then commit its input, so a crash redelivers rather than lose
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import orjson
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ._deadletter import dead_letter_message, describe_validation, error_info
-from ._model import Arrival, Asset, DeadLetter, stable_id
-from ._pipeline import SinkSpec, SourceSpec, StageSpec
+from ._model import H_TRACEPARENT, Arrival, Asset, DeadLetter, stable_id
+from ._pipeline import SinkSpec, SourceSpec
 from ._telemetry import Tracing, traceparent_of
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import Message, OutMessage, Subscription, Transport
@@ -34,7 +30,8 @@ class Counters:
     records_out: int = 0
     dead_lettered: int = 0
     runs: int = 0
-    per_stage: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    deduped: int = 0
 
 
 def _end(spans: Iterable[Span | None]) -> None:
@@ -133,7 +130,8 @@ class SourceRunner:
                               partial(tr.send_attributes, self.ctx.dlq_topic, arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
-        dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id)
+        dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
+                        kind="source")
         return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))
 
 
@@ -149,6 +147,7 @@ class _Consumer:
     group: str
     topics: list[str]
     name: str
+    kind = "stage"
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -169,111 +168,31 @@ class _Consumer:
         while not self._stop.is_set():
             msgs = await self.sub.poll(self.ctx.poll_batch, timeout=0.2)
             if msgs:
-                await self.handle(msgs)
-                await self.sub.commit(msgs)
+                done = await self.handle(msgs)
+                await self.sub.commit(done)
         await self.sub.close()
 
-    async def handle(self, msgs: list[Message]) -> None:
+    async def handle(self, msgs: list[Message]) -> list[Message]:
+        """Process ``msgs``; return those now done (a prefix, if stopping cut it short)."""
         raise NotImplementedError
 
     def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
-              spans: list[Span | None], exc: BaseException | None) -> OutMessage:
+              spans: list[Span | None], exc: BaseException | None,
+              run_id: str | None = None, attempts: int | None = None) -> OutMessage:
         tr, topic = self.ctx.tracing, self.ctx.dlq_topic
         send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
                               partial(tr.send_attributes, topic, arr.arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
         origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
-                  "asset": arr.asset, "partition_key": arr.partition}
+                  "asset": arr.asset, "partition_key": arr.partition,
+                  "key": m.key.decode("utf-8", "replace") if m.key is not None else None}
+        arrival = {k: v.decode("utf-8", "replace") for k, v in m.headers
+                   if k.startswith("sf-") or k == H_TRACEPARENT}
         dl = DeadLetter(reason, self.name, origin, m.value.decode("utf-8", "replace"),
-                        error_info(exc) if exc is not None else {}, arr.arrival_id)
+                        error_info(exc) if exc is not None else {}, arr.arrival_id,
+                        run_id, attempts, arrival, self.kind)
         return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
-
-
-class StageRunner(_Consumer):
-    def __init__(self, spec: StageSpec, ctx: Ctx) -> None:
-        super().__init__(ctx)
-        self.spec = spec
-        self.name = spec.name
-        self.group = f"{ctx.namespace}.stage.{spec.name}"
-        self.topics = [ctx.topic(a) for a in spec.inputs]
-        self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
-        self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
-
-    async def handle(self, msgs: list[Message]) -> None:
-        tr, spec, out_asset = self.ctx.tracing, self.spec, self.spec.output
-        out: list[OutMessage] = []
-        spans: list[Span | None] = []
-        for m in msgs:
-            arr = Arrival.from_message(m.key, m.value, m.headers)
-            asset = self.by_topic[m.topic]
-            proc = tr.start_child(
-                f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
-                partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
-            spans.append(proc)
-            try:
-                record = asset.contract.model_validate_json(m.value)
-            except ValidationError as e:
-                reason = (f"{m.topic}@{m.partition}:{m.offset}: "
-                          f"{describe_validation(e, asset.contract.__name__, asset.version)}")
-                _fail(proc, None, reason)
-                out.append(self._dead(reason, m, arr, proc, spans, None))
-                continue
-            run_id = stable_id(spec.name, arr.partition, arr.arrival_id)
-            run = tr.start_child(f"run {spec.name}", proc, SpanKind.INTERNAL, {
-                "streamflow.stage": spec.name, "streamflow.run_id": run_id,
-                "streamflow.partition": arr.partition, "streamflow.mode": arr.mode,
-            })
-            spans.append(run)
-            t0 = time.perf_counter()
-            try:
-                ctx_mgr = trace.use_span(run, end_on_exit=False) if run is not None \
-                    else contextlib.nullcontext()
-                with ctx_mgr:
-                    result = spec.fn(record)
-                    if inspect.isawaitable(result):
-                        result = await result
-                outputs = list(_outputs(result, out_asset))
-            except Exception as e:  # user code: any failure dead-letters the input, not the worker
-                reason = f"stage {spec.name!r} failed on {arr.arrival_id}: {type(e).__name__}: {e}"
-                _fail(run, e, reason)
-                out.append(self._dead(reason, m, arr, run, spans, e))
-                continue
-            finally:
-                self.ctx.counters.runs += 1
-            if run is not None:
-                run.set_attribute("streamflow.duration_ms", (time.perf_counter() - t0) * 1000)
-            if out_asset is None:
-                continue
-            for i, rec in enumerate(outputs):
-                key = out_asset.key_of(rec)
-                key_b = key.encode() if key is not None else None
-                send = tr.start_child(f"send {self.out_topic}", run, SpanKind.PRODUCER,
-                                      partial(tr.send_attributes, self.out_topic, key_b))
-                spans.append(send)
-                o = Arrival(stable_id(run_id, i), out_asset.name, out_asset.partition_of(rec),
-                            out_asset.version, out_asset.event_time_ms(rec), run_id, arr.mode,
-                            key_b, rec.model_dump_json().encode(),
-                            traceparent_of(send, arr.traceparent))
-                out.append(OutMessage(self.out_topic, o.value, o.key, o.headers()))
-        await self.ctx.transport.publish(out)
-        _end(reversed(spans))
-
-
-def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
-    """Normalise what a stage returned and hold it to the output contract."""
-    if result is None:
-        return
-    items = [result] if isinstance(result, BaseModel | dict) else list(result)
-    for item in items:
-        if asset is None:
-            raise TypeError("stage has no output asset but returned a value")
-        if isinstance(item, asset.contract):
-            yield item
-        elif isinstance(item, BaseModel):
-            yield asset.contract.model_validate(item.model_dump())
-        else:
-            yield asset.contract.model_validate(item)
 
 
 class SinkRunner(_Consumer):
@@ -284,9 +203,11 @@ class SinkRunner(_Consumer):
         self.connector = spec.connector if isinstance(spec.connector, str) \
             else type(spec.connector).__qualname__
         self.group = f"{ctx.namespace}.sink.{spec.name}"
-        self.topics = [ctx.topic(spec.asset)]
+        # The replay lane: `streamflow dlq replay` re-injects this sink's dead letters here.
+        self.topics = [ctx.topic(spec.asset), replay_topic(ctx.namespace, spec.name)]
+        self.kind = "sink"
 
-    async def handle(self, msgs: list[Message]) -> None:
+    async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing
         records: list[SinkRecord] = []
         delivered: list[tuple[Message, Arrival, Span | None]] = []
@@ -328,6 +249,12 @@ class SinkRunner(_Consumer):
         await self.ctx.transport.publish(dead)
         _end(reversed(spans))
         self.ctx.counters.records_out += len(records)
+        return msgs
+
+
+def replay_topic(namespace: str, consumer: str) -> str:
+    """Where a stage's retries and a stage's or sink's replayed dead letters go."""
+    return f"{namespace}.retry.{consumer}"
 
 
 def connector_context(

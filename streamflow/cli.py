@@ -15,6 +15,7 @@ import orjson
 from . import __version__
 from ._config import ConfigError, Settings
 from ._engine import RunSummary, Worker
+from ._ops import OpsError
 from ._pipeline import PipelineError, load_pipeline
 from ._telemetry import TelemetryError
 from .connectors import ConnectorError, distribution_of, known_connectors, load_spec
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=_connectors_list)
 
-    from . import services
+    from . import _cli_ops, services
 
+    _cli_ops.add_cli(sub)
     services.add_cli(sub)
     return parser
 
@@ -125,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except (ConfigError, PipelineError, ConnectorError, TransportError, TelemetryError) as e:
+    except (ConfigError, PipelineError, ConnectorError, TransportError, TelemetryError,
+            OpsError) as e:
         print(f"streamflow: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

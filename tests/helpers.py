@@ -37,3 +37,34 @@ async def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> l
 
 def values(msgs: list[Message]) -> list[dict[str, object]]:
     return [orjson.loads(m.value) for m in msgs]
+
+
+class ListSource:
+    """An in-memory source for engine tests: each inner list is one batch of raw records.
+
+    Records with the same ``id`` get the same record id, as a re-read would.
+    """
+
+    location = "memory"
+
+    def __init__(self, batches: list[list[dict[str, object]]]) -> None:
+        self.batches = batches
+        self.acked = 0
+
+    async def setup(self, ctx: object) -> None:
+        return None
+
+    async def read(self):  # type: ignore[no-untyped-def]
+        from streamflow.connectors import SourceBatch, SourceRecord
+
+        for i, batch in enumerate(self.batches):
+            yield SourceBatch(
+                [SourceRecord(dict(r), {"batch": i}, f"rec-{r['id']}") for r in batch],
+                position=str(i),
+            )
+
+    async def ack(self, batch: object) -> None:
+        self.acked += 1
+
+    async def stop(self) -> None:
+        return None

@@ -98,6 +98,13 @@ class EmbeddedTransport:
                 positions[topic] = int(off)
         return EmbeddedSubscription(self, group, positions)
 
+    async def read_topic(self, topic: str) -> list[Message]:
+        async with self.db.execute(
+            "SELECT off, key, value, headers, ts FROM log WHERE topic=? ORDER BY off", (topic,)
+        ) as cur:
+            return [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
+                    async for off, key, value, headers, ts in cur]
+
     async def end_offset(self, topic: str) -> int:
         return self._next.get(topic, 0)
 

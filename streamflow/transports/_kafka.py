@@ -115,6 +115,36 @@ class KafkaTransport:
         if futs:
             await asyncio.gather(*futs)
 
+    async def read_topic(self, topic: str) -> list[Message]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            isolation_level="read_committed", auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            out: list[Message] = []
+            while True:
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    break
+                batches = await consumer.getmany(*tps, timeout_ms=500)
+                for records in batches.values():
+                    out.extend(Message(r.topic, r.partition, r.offset, r.key, r.value,
+                                       list(r.headers), r.timestamp) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
     async def subscribe(self, group: str, topics: Sequence[str]) -> KafkaSubscription:
         consumer = AIOKafkaConsumer(
             *topics,

@@ -1,0 +1,63 @@
+"""The run ledger: one record per attempt of a run, on the ``<namespace>.runs`` topic.
+
+The ledger lives on the transport, not in a worker's local file, so every worker of a
+namespace writes to it and ``streamflow runs`` reads the same truth wherever it runs. It is
+keyed by run id (a compacted topic on Kafka): folding it keeps each run's latest attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel
+
+from .transports import Message, OutMessage
+
+RunStatus = Literal["succeeded", "retrying", "dead-lettered", "skipped"]
+FINAL: frozenset[str] = frozenset({"succeeded", "dead-lettered"})
+
+
+def runs_topic(namespace: str) -> str:
+    return f"{namespace}.runs"
+
+
+class RunInput(BaseModel):
+    asset: str
+    partition: str
+    version: int
+    arrival_id: str
+
+
+class RunRecord(BaseModel):
+    """What happened to one attempt of one run."""
+
+    run_id: str
+    stage: str
+    partition: str
+    status: RunStatus
+    attempt: int
+    max_attempts: int
+    started_ms: int
+    ended_ms: int
+    mode: str = "live"
+    replay: int = 0
+    inputs: list[RunInput]
+    outputs: list[str] = []
+    error: dict[str, Any] | None = None
+
+    def message(self, topic: str) -> OutMessage:
+        return OutMessage(topic, orjson.dumps(self.model_dump()), self.run_id.encode(), [])
+
+
+def fold(messages: Iterable[Message]) -> dict[str, RunRecord]:
+    """Latest record per run id, in log order; unreadable records are skipped."""
+    runs: dict[str, RunRecord] = {}
+    for m in messages:
+        try:
+            rec = RunRecord.model_validate_json(m.value)
+        except ValueError:
+            continue
+        runs[rec.run_id] = rec
+    return runs
