@@ -98,8 +98,7 @@ class Worker:
             topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
             names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
             topics += [replay_topic(s.namespace, n) for n in names]
-            topics.append(runs_topic(s.namespace))
-            await self.transport.ensure_topics(topics)
+            await self.transport.ensure_topics(topics, compacted=[runs_topic(s.namespace)])
             ledger = fold(await self.transport.read_topic(runs_topic(s.namespace)))
             for sp, src in sources:
                 await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))

@@ -204,3 +204,23 @@ def test_retry_policy_backoff_and_validation() -> None:
     assert not RetryPolicy(attempts=3, retry_on=(ConnectionError,)).should_retry(ValueError(), 1)
     with pytest.raises(ValueError, match="attempts must be >= 1"):
         RetryPolicy(attempts=0)
+
+
+@pytest.mark.parametrize("settings", ["kafka"], indirect=True)
+async def test_the_ledger_topic_is_compacted_on_kafka(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    await run_pipeline(pipeline(lambda x: x, ListSource([[{"id": 1, "day": "d"}]]), tmp_path,
+                                FAST), settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, f"{settings.namespace}.runs")])
+    finally:
+        await admin.close()
+    configs = {c[0]: c[1] for c in resp.resources[0][4]}
+    assert configs["cleanup.policy"] == "compact"

@@ -65,7 +65,8 @@ class EmbeddedTransport:
             await self._db.close()
             self._db = None
 
-    async def ensure_topics(self, topics: Sequence[str]) -> None:
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
+        # The embedded log keeps everything; compaction would only save space.
         for t in topics:
             self._next.setdefault(t, 0)
 

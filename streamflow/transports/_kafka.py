@@ -58,12 +58,16 @@ class KafkaTransport:
             await self._producer.stop()
             self._producer = None
 
-    async def ensure_topics(self, topics: Sequence[str]) -> None:
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            new = [NewTopic(t, self.partitions, 1) for t in topics if t not in existing]
+            new = [
+                NewTopic(t, self.partitions, 1,
+                         topic_configs={"cleanup.policy": "compact"} if t in compacted else None)
+                for t in dict.fromkeys([*topics, *compacted]) if t not in existing
+            ]
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)

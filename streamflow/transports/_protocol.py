@@ -54,7 +54,10 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ensure_topics(self, topics: Sequence[str]) -> None: ...
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
+        """Create missing topics; those in ``compacted`` keep the latest record per key forever
+        (ledgers) instead of expiring by age."""
+        ...
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         """Return only once every message is durable (acks=all on Kafka, committed on SQLite)."""
