@@ -9,15 +9,20 @@ from ._engine import RunSummary, Worker, run_pipeline
 from ._model import Arrival, Asset, stable_id
 from ._pipeline import Pipeline, PipelineError, load_pipeline
 from ._retry import RetryPolicy
+from ._triggers import AllOf, AnyOf, Inputs, OnEach
 from .connectors import ConnectorError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllOf",
+    "AnyOf",
     "Arrival",
     "Asset",
     "ConfigError",
     "ConnectorError",
+    "Inputs",
+    "OnEach",
     "Pipeline",
     "PipelineError",
     "RetryPolicy",

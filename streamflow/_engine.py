@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._barrier import state_topic
 from ._config import Settings
 from ._ledger import FINAL, fold, runs_topic
-from ._pipeline import Pipeline
+from ._pipeline import Pipeline, PipelineError
 from ._runners import Counters, Ctx, SinkRunner, SourceRunner, connector_context, replay_topic
 from ._stage import StageRunner
 from ._telemetry import Tracing, configure_tracing, shutdown_tracing
+from ._triggers import OnEach
 from .connectors import build_sink, build_source
 from .transports import EmbeddedTransport, KafkaTransport, Transport
 
@@ -98,7 +100,11 @@ class Worker:
             topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
             names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
             topics += [replay_topic(s.namespace, n) for n in names]
-            await self.transport.ensure_topics(topics, compacted=[runs_topic(s.namespace)])
+            compacted = [runs_topic(s.namespace)] + [
+                state_topic(s.namespace, st.name) for st in p.stages
+                if not isinstance(st.trigger, OnEach)]
+            await self.transport.ensure_topics(topics, compacted=compacted)
+            await self._check_copartitioned(ctx)
             ledger = fold(await self.transport.read_topic(runs_topic(s.namespace)))
             for sp, src in sources:
                 await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
@@ -142,6 +148,20 @@ class Worker:
             s.dead_letter_topic, drained,
         )
 
+    async def _check_copartitioned(self, ctx: Ctx) -> None:
+        """A barrier needs partition n of each input (and of its state) on one worker."""
+        for st in self.pipeline.stages:
+            if isinstance(st.trigger, OnEach):
+                continue
+            topics = [ctx.topic(a) for a in st.inputs] + [state_topic(ctx.namespace, st.name)]
+            counts = {t: await self.transport.partition_count(t) for t in topics}
+            if len(set(counts.values())) > 1:
+                shown = ", ".join(f"{t}: {n}" for t, n in counts.items())
+                raise PipelineError(
+                    f"stage {st.name!r} joins inputs by partition key, so its topics need the "
+                    f"same partition count; they have {shown}. Recreate them with "
+                    f"--partitions {max(counts.values())} (or the same count everywhere)")
+
     async def _wait_sources(
         self, src_tasks: list[asyncio.Task[None]], consumer_tasks: list[asyncio.Task[None]]
     ) -> None:
@@ -184,7 +204,8 @@ class Worker:
                     t.result()
                     raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
             lags = [await c.lag() for c in consumers]
-            clean_rounds = clean_rounds + 1 if sum(lags) == 0 else 0
+            idle = sum(lags) == 0 and not any(c.busy() for c in consumers)
+            clean_rounds = clean_rounds + 1 if idle else 0
             if clean_rounds >= 2:
                 return True
             await asyncio.sleep(0.05)

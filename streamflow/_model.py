@@ -9,6 +9,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from .transports._protocol import OutMessage
+
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_NAMESPACE = "sf"
@@ -122,6 +124,11 @@ class Arrival:
         if self.replay:
             h.append((H_REPLAY, str(self.replay).encode()))
         return h
+
+    def message(self, topic: str) -> OutMessage:
+        """As published: keyed by record key, placed by partition key (co-partitioning)."""
+        return OutMessage(topic, self.value, self.key, self.headers(),
+                          partition_key=self.partition.encode())
 
     @classmethod
     def from_message(cls, key: bytes | None, value: bytes, headers: Headers) -> Arrival:

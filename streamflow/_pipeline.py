@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from ._model import Asset
 from ._retry import NO_RETRY, RetryPolicy
+from ._triggers import OnEach, Trigger
 from .connectors import Sink, Source
 
 StageResult: TypeAlias = BaseModel | dict[str, Any] | Iterable[BaseModel | dict[str, Any]] | None
@@ -55,6 +56,7 @@ class StageSpec:
     output: Asset[Any] | None
     is_async: bool
     retry: RetryPolicy = NO_RETRY
+    trigger: Trigger = field(default_factory=OnEach)
 
 
 @dataclass
@@ -98,10 +100,14 @@ class Pipeline:
         output: Asset[Any] | None = None,
         name: str | None = None,
         retry: RetryPolicy = NO_RETRY,
+        trigger: Trigger | None = None,
     ) -> Callable[[StageFn], StageFn]:
-        """Decorate a function taking one input record (a contract instance) and returning
-        the output record(s): a model, a dict, a list of them, or None to drop it.
+        """Decorate the stage function. It returns the output record(s): a model, a dict, a
+        list of them, or None to drop it.
 
+        With the default trigger (``OnEach``) it is called with each input record. With
+        ``AllOf`` (a barrier per partition key) or ``AnyOf`` it is called with an ``Inputs``
+        mapping of asset name to the latest record of each input for that partition.
         ``retry`` says how failures are retried before the input goes to dead letters."""
         if not inputs:
             raise PipelineError("a stage needs at least one input asset")
@@ -109,7 +115,7 @@ class Pipeline:
         def deco(fn: StageFn) -> StageFn:
             spec = StageSpec(
                 name or fn.__name__, fn, tuple(inputs), output,
-                inspect.iscoroutinefunction(fn), retry,
+                inspect.iscoroutinefunction(fn), retry, trigger or OnEach(),
             )
             self._check_name(spec.name)
             self.stages.append(spec)

@@ -94,7 +94,7 @@ class SourceRunner:
                               asset.event_time_ms(model), f"source:{self.spec.name}", "live",
                               key_b, model.model_dump_json().encode(),
                               traceparent_of(send, rec.traceparent))
-                out.append(OutMessage(topic, arr.value, arr.key, arr.headers()))
+                out.append(arr.message(topic))
             for rej in batch.rejects:
                 root = tr.start_root(f"read {self.spec.name}",
                                      {"streamflow.source": self.spec.name})
@@ -170,11 +170,19 @@ class _Consumer:
             if msgs:
                 done = await self.handle(msgs)
                 await self.sub.commit(done)
+            await self.idle()
         await self.sub.close()
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         """Process ``msgs``; return those now done (a prefix, if stopping cut it short)."""
         raise NotImplementedError
+
+    async def idle(self) -> None:
+        """Called after every poll: time-driven work (deadlines) happens here."""
+
+    def busy(self) -> bool:
+        """Work is due that no input lag shows (an expired deadline): not drained yet."""
+        return False
 
     def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
               spans: list[Span | None], exc: BaseException | None,

@@ -1,10 +1,12 @@
-"""Running a stage: one run per arrival, retried on its own lane, recorded in the run ledger.
+"""Running a stage: its trigger decides which runs to fire; each run is retried on its own lane
+and recorded in the run ledger.
 
-A failed attempt that may be retried is parked on the stage's retry topic with its due time,
-and its input is committed, so the main input keeps flowing (other partitions are never held
-up by one run's backoff). A separate lane consumes the retry topic and waits for each due time.
-Run ids derive from (stage, partition, input arrival id), so a run that already reached a final
-status in the ledger is not run again when its arrival is redelivered or duplicated.
+A failed attempt that may be retried is parked on the stage's retry topic with its due time and
+everything needed to run it again, and its input is committed, so the main input keeps flowing
+(other partitions are never held up by one run's backoff). A separate lane consumes the retry
+topic and waits for each due time. Run ids derive from the stage, the partition and the input
+arrival ids, so a run that already reached a final status is not run again when an arrival is
+redelivered or duplicated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -21,13 +24,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, ValidationError
 
+from ._barrier import BarrierGate
 from ._deadletter import describe_validation, error_info
 from ._ledger import RunInput, RunRecord, RunStatus, runs_topic
-from ._model import H_ATTEMPT, H_RETRY_AT, Arrival, Asset, stable_id
+from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
 from ._telemetry import traceparent_of
+from ._triggers import OnEach
 from .transports import Message, OutMessage
+
+H_PLANNED = "sf-planned-run"  # the message value holds a planned run's inputs, not a record
 
 
 def run_id_of(stage: str, arr: Arrival) -> str:
@@ -35,6 +42,23 @@ def run_id_of(stage: str, arr: Arrival) -> str:
     if arr.replay:
         return stable_id(stage, arr.partition, arr.arrival_id, f"replay-{arr.replay}")
     return stable_id(stage, arr.partition, arr.arrival_id)
+
+
+@dataclass(slots=True)
+class PlannedRun:
+    """One firing: what the stage function is called with, and what to record about it."""
+
+    run_id: str
+    partition: str
+    arg: Any
+    inputs: list[RunInput]
+    parent: bytes | None
+    links: list[bytes] = field(default_factory=list)
+    mode: str = "live"
+    replay: int = 0
+    payload: bytes = b""
+    """What a retry or dead letter carries to run it again: the record, or the planned inputs."""
+    planned: bool = False
 
 
 class StageRunner(_Consumer):
@@ -54,6 +78,46 @@ class StageRunner(_Consumer):
         self.by_asset: dict[str, Asset[Any]] = {a.name: a for a in spec.inputs}
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
+        self.gate: BarrierGate | None = None
+        if not isinstance(spec.trigger, OnEach):
+            self.gate = BarrierGate(spec, ctx, self.by_asset)
+
+    async def open(self) -> None:
+        gate = self.gate if not self.retry_lane else None
+        self.sub = await self.ctx.transport.subscribe(
+            self.group, self.topics,
+            on_assign=gate.restore if gate is not None else None,
+            on_revoke=gate.forget if gate is not None else None,
+        )
+
+    def busy(self) -> bool:
+        return self.gate is not None and not self.retry_lane and self.gate.any_expired()
+
+    async def idle(self) -> None:
+        """Between polls: a barrier whose deadline passed gets its policy applied."""
+        if self.gate is None or self.retry_lane:
+            return
+        out: list[OutMessage] = []
+        spans: list[Span | None] = []
+        for plan, policy, state_msg in self.gate.expired():
+            out.append(state_msg)
+            if policy == "fire":
+                await self._execute(plan, 1, None, out, spans, None)
+            elif policy == "skip":
+                self.gate.alert(plan, "skipped")
+                out.append(self._ledger(plan, "skipped", 1, time.time(), [], None))
+                self.fired.add(plan.run_id)
+            else:
+                self.gate.alert(plan, "failed")
+                missing = ", ".join(self.gate.missing(plan))
+                reason = f"stage {self.name!r}: barrier for partition {plan.partition!r} " \
+                         f"missed its deadline; missing inputs: {missing}"
+                out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
+                out.append(self._ledger(plan, "dead-lettered", 1, time.time(), [], None))
+                self.fired.add(plan.run_id)
+        if out:
+            await self.ctx.transport.publish(out)
+            _end(reversed(spans))
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         out: list[OutMessage] = []
@@ -77,20 +141,23 @@ class StageRunner(_Consumer):
             await asyncio.wait_for(self._stop.wait(), delay)
         return not self._stop.is_set()
 
-    def _asset_of(self, m: Message, arr: Arrival) -> Asset[Any] | None:
-        return self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
-
     async def _process(self, m: Message, out: list[OutMessage], spans: list[Span | None]) -> None:
-        tr, spec = self.ctx.tracing, self.spec
+        tr = self.ctx.tracing
         arr = Arrival.from_message(m.key, m.value, m.headers)
         proc = tr.start_child(
             f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
             partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
         spans.append(proc)
-        asset = self._asset_of(m, arr)
+        attempt = next((int(v) for k, v in m.headers if k == H_ATTEMPT), 1)
+        if any(k == H_PLANNED for k, _ in m.headers):
+            plan = self._replan(m, arr)
+            if plan is not None:
+                await self._execute(plan, attempt, m, out, spans, proc)
+            return
+        asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
         if asset is None:
             reason = f"{m.topic}@{m.partition}:{m.offset}: asset {arr.asset!r} is no input of " \
-                     f"stage {spec.name!r}"
+                     f"stage {self.name!r}"
             _fail(proc, None, reason)
             out.append(self._dead(reason, m, arr, proc, spans, None))
             return
@@ -102,56 +169,102 @@ class StageRunner(_Consumer):
             _fail(proc, None, reason)
             out.append(self._dead(reason, m, arr, proc, spans, None))
             return
-        run_id = run_id_of(spec.name, arr)
-        if run_id in self.fired:
+        if self.gate is not None and not self.retry_lane:
+            await self.gate.ensure_restored(m.partition)
+            plans, state_msgs = self.gate.offer(m, arr, asset)
+            out.extend(state_msgs)
+        else:
+            inputs = [RunInput(asset=arr.asset, partition=arr.partition, version=arr.version,
+                               arrival_id=arr.arrival_id)]
+            plans = [PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
+                                arr.traceparent, mode=arr.mode, replay=arr.replay,
+                                payload=m.value)]
+        for plan in plans:
+            await self._execute(plan, attempt, m, out, spans, proc)
+
+    def _replan(self, m: Message, arr: Arrival) -> PlannedRun | None:
+        assert self.gate is not None, "a planned run reached a stage without a trigger"
+        plan = self.gate.replan(m.value, arr)
+        if plan is None:
+            self.ctx.counters.dead_lettered += 1
+        return plan
+
+    async def _execute(self, plan: PlannedRun, attempt: int, m: Message | None,
+                       out: list[OutMessage], spans: list[Span | None],
+                       proc: Span | None) -> None:
+        tr, spec = self.ctx.tracing, self.spec
+        headers = m.headers if m is not None else []
+        if plan.run_id in self.fired:
             self.ctx.counters.deduped += 1
             return
-        attempt = next((int(v) for k, v in m.headers if k == H_ATTEMPT), 1)
-        run = tr.start_child(f"run {spec.name}", proc, SpanKind.INTERNAL, {
-            "streamflow.stage": spec.name, "streamflow.run_id": run_id,
-            "streamflow.partition": arr.partition, "streamflow.mode": arr.mode,
+        run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL, {
+            "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
+            "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
             "streamflow.attempt": attempt,
-        })
+        }, links=plan.links)
         spans.append(run)
         started = time.time()
         self.ctx.counters.runs += 1
         try:
             with trace.use_span(run, end_on_exit=False) if run is not None \
                     else contextlib.nullcontext():
-                outputs = list(_outputs(await self._call(record), spec.output))
+                outputs = list(_outputs(await self._call(plan.arg), spec.output))
         except Exception as e:  # user code: a failure retries or dead-letters, never crashes
             policy = spec.retry
-            reason = f"stage {spec.name!r} failed on {arr.arrival_id} (attempt {attempt} of " \
+            reason = f"stage {spec.name!r} failed in run {plan.run_id} (attempt {attempt} of " \
                      f"{policy.attempts}): {type(e).__name__}: {e}"
             _fail(run, e, reason)
             if policy.should_retry(e, attempt):
                 self.ctx.counters.retried += 1
                 due = int((time.time() + policy.delay_s(attempt)) * 1000)
-                headers = [(k, v) for k, v in m.headers if k not in (H_ATTEMPT, H_RETRY_AT)]
-                headers += [(H_ATTEMPT, str(attempt + 1).encode()),
-                            (H_RETRY_AT, str(due).encode())]
-                out.append(OutMessage(self.retry_topic, m.value, m.key, headers))
-                out.append(self._ledger(run_id, arr, "retrying", attempt, started, [], e))
+                keep = [(k, v) for k, v in headers
+                        if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED, H_TRACEPARENT)]
+                keep += [(H_ATTEMPT, str(attempt + 1).encode()), (H_RETRY_AT, str(due).encode())]
+                if plan.planned:
+                    keep.append((H_PLANNED, b"1"))
+                tp = traceparent_of(run, plan.parent)
+                if tp is not None:
+                    keep.append((H_TRACEPARENT, tp))
+                out.append(OutMessage(self.retry_topic, plan.payload, None, keep,
+                                      partition_key=plan.partition.encode()))
+                out.append(self._ledger(plan, "retrying", attempt, started, [], e))
             else:
-                out.append(self._dead(reason, m, arr, run, spans, e, run_id, attempt))
-                out.append(self._ledger(run_id, arr, "dead-lettered", attempt, started, [], e))
-                self.fired.add(run_id)
+                out.append(self._dead_plan(reason, plan, m, run, spans, e, attempt))
+                out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
+                self.fired.add(plan.run_id)
             return
-        produced = self._emit(outputs, run_id, arr, run, out, spans)
-        out.append(self._ledger(run_id, arr, "succeeded", attempt, started, produced, None))
-        self.fired.add(run_id)
+        produced = self._emit(outputs, plan, run, out, spans)
+        out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
+        self.fired.add(plan.run_id)
 
-    async def _call(self, record: BaseModel) -> Any:
+    def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
+                   parent: Span | None, spans: list[Span | None], exc: BaseException | None,
+                   attempt: int) -> OutMessage:
+        """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
+        first = plan.inputs[0] if plan.inputs else None
+        arr = Arrival(first.arrival_id if first else plan.run_id,
+                      first.asset if first else "", plan.partition, 1, 0, plan.run_id,
+                      plan.mode, None, plan.payload, plan.parent, plan.replay)
+        hdrs = [(k, v) for k, v in (m.headers if m is not None else arr.headers())
+                if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED)]
+        if plan.planned:
+            hdrs.append((H_PLANNED, b"1"))
+        where = m if m is not None else Message(self.topics[0], -1, -1, None, b"", [], 0)
+        dead = Message(where.topic, where.partition, where.offset, where.key, plan.payload,
+                       hdrs, where.timestamp_ms)
+        return self._dead(reason, dead, arr, parent, spans, exc, plan.run_id, attempt)
+
+    async def _call(self, arg: Any) -> Any:
         fn, timeout = self.spec.fn, self.spec.retry.timeout_s
         if self.spec.is_async:
-            result = fn(record)
+            result = fn(arg)
             assert inspect.isawaitable(result)
             return await (asyncio.wait_for(result, timeout) if timeout else result)
         if timeout is None:
-            return fn(record)
-        return await asyncio.wait_for(asyncio.to_thread(fn, record), timeout)
+            return fn(arg)
+        return await asyncio.wait_for(asyncio.to_thread(fn, arg), timeout)
 
-    def _emit(self, outputs: list[BaseModel], run_id: str, arr: Arrival, run: Span | None,
+    def _emit(self, outputs: list[BaseModel], plan: PlannedRun, run: Span | None,
               out: list[OutMessage], spans: list[Span | None]) -> list[str]:
         tr, out_asset = self.ctx.tracing, self.spec.output
         if out_asset is None:
@@ -163,24 +276,22 @@ class StageRunner(_Consumer):
             send = tr.start_child(f"send {self.out_topic}", run, SpanKind.PRODUCER,
                                   partial(tr.send_attributes, self.out_topic, key_b))
             spans.append(send)
-            o = Arrival(stable_id(run_id, i), out_asset.name, out_asset.partition_of(rec),
-                        out_asset.version, out_asset.event_time_ms(rec), run_id, arr.mode,
-                        key_b, rec.model_dump_json().encode(),
-                        traceparent_of(send, arr.traceparent))
-            out.append(OutMessage(self.out_topic, o.value, o.key, o.headers()))
+            o = Arrival(stable_id(plan.run_id, i), out_asset.name, out_asset.partition_of(rec),
+                        out_asset.version, out_asset.event_time_ms(rec), plan.run_id,
+                        plan.mode, key_b, rec.model_dump_json().encode(),
+                        traceparent_of(send, plan.parent))
+            out.append(o.message(self.out_topic))
             ids.append(o.arrival_id)
         return ids
 
-    def _ledger(self, run_id: str, arr: Arrival, status: RunStatus, attempt: int,
-                started: float, outputs: list[str], exc: BaseException | None) -> OutMessage:
+    def _ledger(self, plan: PlannedRun, status: RunStatus, attempt: int, started: float,
+                outputs: list[str], exc: BaseException | None) -> OutMessage:
         rec = RunRecord(
-            run_id=run_id, stage=self.spec.name, partition=arr.partition, status=status,
+            run_id=plan.run_id, stage=self.spec.name, partition=plan.partition, status=status,
             attempt=attempt, max_attempts=self.spec.retry.attempts,
-            started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=arr.mode,
-            replay=arr.replay,
-            inputs=[RunInput(asset=arr.asset, partition=arr.partition, version=arr.version,
-                             arrival_id=arr.arrival_id)],
-            outputs=outputs, error=error_info(exc) if exc is not None else None,
+            started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=plan.mode,
+            replay=plan.replay, inputs=plan.inputs, outputs=outputs,
+            error=error_info(exc) if exc is not None else None,
         )
         return rec.message(self.runs_topic)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import aiosqlite
 import orjson
 
-from ._protocol import Message, OutMessage
+from ._protocol import AssignCallback, Message, OutMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
@@ -88,7 +88,10 @@ class EmbeddedTransport:
         async with self._changed:
             self._changed.notify_all()
 
-    async def subscribe(self, group: str, topics: Sequence[str]) -> EmbeddedSubscription:
+    async def subscribe(
+        self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> EmbeddedSubscription:
         positions: dict[str, int] = {t: 0 for t in topics}
         async with self.db.execute(
             f"SELECT topic, off FROM group_offsets WHERE grp=? AND topic IN "
@@ -97,9 +100,17 @@ class EmbeddedTransport:
         ) as cur:
             async for topic, off in cur:
                 positions[topic] = int(off)
+        if on_assign is not None:
+            await on_assign({0})  # one process owns the only partition
         return EmbeddedSubscription(self, group, positions)
 
-    async def read_topic(self, topic: str) -> list[Message]:
+    async def partition_count(self, topic: str) -> int:
+        return 1
+
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
+                         ) -> list[Message]:
+        if partitions is not None and 0 not in partitions:
+            return []
         async with self.db.execute(
             "SELECT off, key, value, headers, ts FROM log WHERE topic=? ORDER BY off", (topic,)
         ) as cur:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
-from ._protocol import Message, OutMessage
+from ._protocol import AssignCallback, Message, OutMessage
 
 
 class TransportError(RuntimeError):
@@ -114,12 +117,28 @@ class KafkaTransport:
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         if self._producer is None:
             raise RuntimeError("kafka transport used before start()")
-        send = self._producer.send
-        futs = [await send(m.topic, m.value, key=m.key, headers=m.headers) for m in messages]
+        send, producer = self._producer.send, self._producer
+        futs = []
+        counts: dict[str, int] = {}
+        for m in messages:
+            partition = m.partition
+            if partition is None and m.partition_key is not None:
+                n = counts.get(m.topic)
+                if n is None:  # waits for metadata: co-partitioning must not depend on timing
+                    n = counts[m.topic] = len(await producer.partitions_for(m.topic))
+                partition = (murmur2(m.partition_key) & 0x7FFFFFFF) % n
+            futs.append(await send(m.topic, m.value, key=m.key, headers=m.headers,
+                                   partition=partition))
         if futs:
             await asyncio.gather(*futs)
 
-    async def read_topic(self, topic: str) -> list[Message]:
+    async def partition_count(self, topic: str) -> int:
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        return len(await self._producer.partitions_for(topic))
+
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
+                         ) -> list[Message]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -130,7 +149,8 @@ class KafkaTransport:
             if not parts:
                 await consumer._client.force_metadata_update()
                 parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            tps = [TopicPartition(topic, p) for p in sorted(parts)
+                   if partitions is None or p in partitions]
             if not tps:
                 return []
             consumer.assign(tps)
@@ -149,19 +169,40 @@ class KafkaTransport:
         finally:
             await consumer.stop()
 
-    async def subscribe(self, group: str, topics: Sequence[str]) -> KafkaSubscription:
+    async def subscribe(
+        self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> KafkaSubscription:
         consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=self.bootstrap,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            # Range keeps partition n of every input topic on the same member: co-partitioning.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         await consumer.start()
+        consumer.subscribe(topics, listener=_Listener(topics[0], on_assign, on_revoke))
         sub = KafkaSubscription(self, consumer, group, list(topics))
         self._subs.append(sub)
         return sub
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the engine which partition numbers it gained or lost, before records flow."""
+
+    def __init__(self, topic: str, on_assign: AssignCallback | None,
+                 on_revoke: AssignCallback | None) -> None:
+        self.topic, self.on_assign, self.on_revoke = topic, on_assign, on_revoke
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        if self.on_revoke is not None:
+            await self.on_revoke({tp.partition for tp in revoked if tp.topic == self.topic})
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        if self.on_assign is not None:
+            await self.on_assign({tp.partition for tp in assigned if tp.topic == self.topic})
 
 
 class KafkaSubscription:

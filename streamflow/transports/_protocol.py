@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,6 +15,14 @@ class OutMessage:
     value: bytes
     key: bytes | None = None
     headers: Headers = field(default_factory=list)
+    partition_key: bytes | None = None
+    """Co-partitioning: messages with the same partition key land on the same partition number
+    of every topic (with equal partition counts), so one worker sees all of a barrier's inputs."""
+    partition: int | None = None
+    """An explicit partition number (a changelog follows its input partition)."""
+
+
+AssignCallback = Callable[[set[int]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -63,9 +71,18 @@ class Transport(Protocol):
         """Return only once every message is durable (acks=all on Kafka, committed on SQLite)."""
         ...
 
-    async def subscribe(self, group: str, topics: Sequence[str]) -> Subscription: ...
+    async def subscribe(
+        self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> Subscription:
+        """Join ``group``. ``on_assign``/``on_revoke`` get the partition numbers gained or lost
+        (of the first topic; co-partitioned topics move together), before records flow."""
+        ...
 
-    async def read_topic(self, topic: str) -> list[Message]:
+    async def partition_count(self, topic: str) -> int: ...
+
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
+                         ) -> list[Message]:
         """Everything on ``topic`` now (committed data only), without joining a group: for
         ledgers and tools that fold a whole topic."""
         ...

@@ -1,0 +1,171 @@
+"""The engine side of multi-input triggers: partition state in a changelog topic.
+
+Each barrier stage keeps, per partition key, the latest arrival of each input. Every change is
+written to the compacted topic ``<namespace>.state.<stage>``, on the same partition number as
+the input that caused it, in the same publish as the run's outputs and before the input offset
+is committed. Because inputs are co-partitioned by partition key and consumed with the range
+assignor, a worker that is assigned input partition *n* reads changelog partition *n* first and
+knows every open barrier and fired run there: the state moves with its partition. The local
+dictionary is a view; the changelog is the truth (on the embedded transport it is a table of the
+same log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._ledger import RunInput
+from ._model import H_MODE, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._triggers import AllOf, AnyOf, Barrier, Fire, Inputs, PartitionState, Slot
+from .transports import Message, OutMessage
+
+if TYPE_CHECKING:
+    from ._pipeline import StageSpec
+    from ._runners import Ctx
+    from ._stage import PlannedRun
+
+log = logging.getLogger("streamflow.barrier")
+alerts = logging.getLogger("streamflow.alerts")
+
+
+def state_topic(namespace: str, stage: str) -> str:
+    return f"{namespace}.state.{stage}"
+
+
+class BarrierGate:
+    def __init__(self, spec: StageSpec, ctx: Ctx, by_asset: dict[str, Asset[Any]]) -> None:
+        assert isinstance(spec.trigger, AllOf | AnyOf)
+        self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
+        self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
+        self.topic = state_topic(ctx.namespace, spec.name)
+        self.states: dict[str, PartitionState] = {}
+        self._restores: dict[int, asyncio.Future[None]] = {}
+
+    async def restore(self, partitions: set[int]) -> None:
+        """Partitions were assigned to us: load their open barriers from the changelog."""
+        for p in partitions:
+            await self.ensure_restored(p)
+
+    async def ensure_restored(self, partition: int) -> None:
+        """Load changelog partition ``partition`` once, before any of its inputs is offered.
+
+        aiokafka may hand out records of a new assignment before (or while) the rebalance
+        callback runs, so every offer waits here too; both share one load per partition.
+        """
+        task = self._restores.get(partition)
+        if task is None:
+            task = asyncio.ensure_future(self._load(partition))
+            self._restores[partition] = task
+        await task
+
+    async def _load(self, partition: int) -> None:
+        t0 = time.perf_counter()
+        n = 0
+        for m in await self.ctx.transport.read_topic(self.topic, {partition}):
+            key = (m.key or b"").decode()
+            if not m.value:
+                self.states.pop(key, None)
+                continue
+            self.states[key] = PartitionState.from_json(orjson.loads(m.value))
+            n += 1
+        log.info("stage %s: restored %d state records of partition %d in %.3fs",
+                 self.spec.name, n, partition, time.perf_counter() - t0)
+
+    async def forget(self, partitions: set[int]) -> None:
+        """Partitions were taken away: their state now belongs to another worker."""
+        for key in [k for k, s in self.states.items() if s.kafka_partition in partitions]:
+            del self.states[key]
+        for p in partitions:
+            self._restores.pop(p, None)
+
+    def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
+              ) -> tuple[list[PlannedRun], list[OutMessage]]:
+        state = self.states.get(arr.partition)
+        if state is None:
+            state = PartitionState(arr.partition, m.partition, int(time.time() * 1000))
+            self.states[arr.partition] = state
+        before = state.slots.get(asset.name)
+        fire = self.barrier.offer(state, asset.name,
+                                  Slot(arr.arrival_id, arr.version, m.value, list(m.headers)))
+        after = state.slots.get(asset.name)
+        changed = before is None or after is None or before.arrival_id != after.arrival_id
+        msgs = [self._state_message(state)] if changed else []
+        return ([self.plan(fire)] if fire is not None else []), msgs
+
+    def _state_message(self, state: PartitionState) -> OutMessage:
+        return OutMessage(self.topic, orjson.dumps(state.to_json()), state.partition.encode(),
+                          [], partition=state.kafka_partition)
+
+    def plan(self, fire: Fire, replay: int = 0, run_id: str | None = None) -> PlannedRun:
+        from ._stage import PlannedRun
+
+        records: dict[str, Any] = {}
+        inputs: list[RunInput] = []
+        parents: dict[str, bytes] = {}
+        mode = "live"
+        partition = ""
+        for name, slot in sorted(fire.slots.items()):
+            asset = self.by_asset[name]
+            records[name] = asset.contract.model_validate_json(slot.value)
+            arr = Arrival.from_message(None, slot.value, slot.headers)
+            partition = arr.partition
+            inputs.append(RunInput(asset=name, partition=arr.partition, version=arr.version,
+                                   arrival_id=slot.arrival_id))
+            tp = dict(slot.headers).get(H_TRACEPARENT)
+            if tp is not None:
+                parents[name] = tp
+            if dict(slot.headers).get(H_MODE) == b"backfill":
+                mode = "backfill"
+        # One input: its context is the parent. Several: the run is a child of the input that
+        # completed the barrier and links to every other input.
+        parent = parents.get(fire.completing or "") if fire.completing else None
+        links = [tp for name, tp in parents.items() if name != fire.completing]
+        payload = orjson.dumps({"run_id": fire.run_id, "partition": partition,
+                                "slots": {a: s.to_json() for a, s in fire.slots.items()}})
+        return PlannedRun(run_id or fire.run_id, partition, Inputs(partition, records), inputs,
+                          parent, links, mode, replay, payload, planned=True)
+
+    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
+        """A retried or replayed run: everything it needs travels in its payload."""
+        try:
+            d = orjson.loads(payload)
+            slots = {a: Slot.from_json(s) for a, s in d["slots"].items()}
+            fire = Fire(str(d["run_id"]), slots, None)
+            run_id = fire.run_id if not arr.replay else stable_id(
+                fire.run_id, f"replay-{arr.replay}")
+            return self.plan(fire, arr.replay, run_id)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("stage %s: unreadable planned run dropped: %s", self.spec.name, e)
+            return None
+
+    def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]:
+        trigger = self.barrier.trigger
+        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
+            return []
+        now = int(time.time() * 1000)
+        due: list[tuple[PlannedRun, str, OutMessage]] = []
+        for state in self.states.values():
+            if self.barrier.expired(state, now):
+                fire = self.barrier.on_deadline(state)
+                due.append((self.plan(fire), trigger.on_deadline, self._state_message(state)))
+        return due
+
+    def any_expired(self) -> bool:
+        now = int(time.time() * 1000)
+        return any(self.barrier.expired(s, now) for s in self.states.values())
+
+    def missing(self, plan: PlannedRun) -> list[str]:
+        assert isinstance(plan.arg, Inputs)
+        return plan.arg.missing(self.barrier.inputs)
+
+    def alert(self, plan: PlannedRun, what: str) -> None:
+        alerts.warning(
+            "ALERT stage %s: barrier for partition %r %s at its deadline; arrived: %s; "
+            "missing: %s", self.spec.name, plan.partition, what,
+            ", ".join(sorted(i.asset for i in plan.inputs)) or "nothing",
+            ", ".join(self.missing(plan)))

@@ -1,0 +1,156 @@
+"""Trigger conditions and the pure barrier state machine (no I/O, no clock of its own).
+
+A stage with several inputs keeps, per partition key, the latest arrival of each input (its
+*slots*). ``AllOf`` fires once every input has arrived for that partition; ``AnyOf`` fires on
+every new arrival with whatever has arrived so far. The state machine decides; the engine
+persists its states in a changelog topic and runs what it decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ._model import Asset, stable_id
+
+DeadlinePolicy = Literal["fire", "skip", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class OnEach:
+    """Fire once per arrival of any input (the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Fire on each new arrival, with the latest arrival of every input seen for its partition."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """A barrier: fire once all inputs have arrived for the same partition key.
+
+    ``deadline_s`` counts from the partition's first arrival. When it passes first,
+    ``on_deadline`` decides: ``fire`` with what arrived, ``skip`` (and alert), or ``fail`` (the
+    arrived inputs go to dead letters). A newer version of an input after the barrier fired
+    re-fires it (``on_new_version="refire"``) or is ignored (the default).
+    """
+
+    deadline_s: float | None = None
+    on_deadline: DeadlinePolicy = "fire"
+    on_new_version: Literal["refire", "ignore"] = "ignore"
+
+    def __post_init__(self) -> None:
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
+
+
+Trigger = OnEach | AnyOf | AllOf
+
+
+@dataclass(slots=True)
+class Slot:
+    """The latest arrival of one input for one partition: enough to rebuild and re-run."""
+
+    arrival_id: str
+    version: int
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arrival_id": self.arrival_id, "version": self.version,
+                "value": self.value.decode(),
+                "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Slot:
+        return cls(d["arrival_id"], int(d["version"]), str(d["value"]).encode(),
+                   [(k, v.encode("latin-1")) for k, v in d["headers"]])
+
+
+@dataclass(slots=True)
+class PartitionState:
+    partition: str
+    kafka_partition: int
+    first_seen_ms: int
+    slots: dict[str, Slot] = field(default_factory=dict)
+    fired: str | None = None
+    """The last run id fired (or skipped) for this partition; None while the barrier is open."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partition": self.partition, "kafka_partition": self.kafka_partition,
+                "first_seen_ms": self.first_seen_ms, "fired": self.fired,
+                "slots": {a: s.to_json() for a, s in self.slots.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PartitionState:
+        return cls(d["partition"], int(d["kafka_partition"]), int(d["first_seen_ms"]),
+                   {a: Slot.from_json(s) for a, s in d["slots"].items()}, d.get("fired"))
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    run_id: str
+    slots: dict[str, Slot]
+    completing: str | None
+    """The input whose arrival completed the barrier (the run's trace parent), if any."""
+
+
+class Barrier:
+    """Decides, for AllOf and AnyOf stages, when a partition fires."""
+
+    def __init__(self, stage: str, inputs: Sequence[str], trigger: AllOf | AnyOf) -> None:
+        self.stage, self.inputs, self.trigger = stage, list(inputs), trigger
+
+    def run_id(self, partition: str, slots: dict[str, Slot]) -> str:
+        return stable_id(self.stage, partition, *sorted(s.arrival_id for s in slots.values()))
+
+    def offer(self, state: PartitionState, asset: str, slot: Slot) -> Fire | None:
+        """Record ``slot`` for ``asset`` in ``state`` (mutated) and say whether to fire."""
+        old = state.slots.get(asset)
+        if old is not None and old.arrival_id == slot.arrival_id:
+            return None  # a duplicate or redelivery: nothing new
+        state.slots[asset] = slot  # a new arrival for this input and partition: a new version
+        if isinstance(self.trigger, AnyOf):
+            return self._fire(state, asset)
+        if len(state.slots) < len(self.inputs):
+            return None
+        if state.fired is not None and self.trigger.on_new_version == "ignore":
+            return None
+        return self._fire(state, asset)
+
+    def _fire(self, state: PartitionState, completing: str | None) -> Fire | None:
+        run_id = self.run_id(state.partition, state.slots)
+        if run_id == state.fired:
+            return None
+        state.fired = run_id
+        return Fire(run_id, dict(state.slots), completing)
+
+    def expired(self, state: PartitionState, now_ms: int) -> bool:
+        t = self.trigger
+        return (isinstance(t, AllOf) and t.deadline_s is not None and state.fired is None
+                and now_ms - state.first_seen_ms >= t.deadline_s * 1000)
+
+    def on_deadline(self, state: PartitionState) -> Fire:
+        """The deadline passed: mark the partition done; the engine applies the policy."""
+        run_id = stable_id(self.run_id(state.partition, state.slots), "deadline")
+        state.fired = run_id
+        return Fire(run_id, dict(state.slots), None)
+
+
+class Inputs(dict[str, BaseModel]):
+    """What a multi-input stage receives: the latest record of each input that has arrived,
+    by asset name (``inputs["sales"]`` or ``inputs[sales]``), and the partition key."""
+
+    def __init__(self, partition: str, records: dict[str, BaseModel]) -> None:
+        super().__init__(records)
+        self.partition = partition
+
+    def __getitem__(self, key: str | Asset[Any]) -> BaseModel:
+        return super().__getitem__(key if isinstance(key, str) else key.name)
+
+    def missing(self, expected: Sequence[str]) -> list[str]:
+        return [a for a in expected if a not in self]
