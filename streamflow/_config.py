@@ -36,6 +36,8 @@ class Settings(BaseModel):
     dead_letter_topic: str = Field("", description="default: <namespace>.dead-letters")
     drain_timeout_s: float = Field(30.0, gt=0)
     poll_batch: int = Field(500, ge=1)
+    commit_interval_s: float = Field(
+        0.1, ge=0, description="how often consumers commit offsets while busy (0: every batch)")
 
     @model_validator(mode="after")
     def _default_dead_letter_topic(self) -> Settings:

@@ -79,7 +79,7 @@ class Worker:
         tracer = provider.get_tracer("streamflow") if provider is not None else None
         tracing = Tracing(tracer, self.transport.messaging_system)
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
-                  s.namespace)
+                  s.namespace, s.commit_interval_s)
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.

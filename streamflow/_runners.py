@@ -55,6 +55,7 @@ class Ctx:
     dlq_topic: str
     poll_batch: int
     namespace: str
+    commit_interval_s: float = 0.1
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)
@@ -164,13 +165,22 @@ class _Consumer:
         return 1 << 30 if self.sub is None else await self.sub.lag()
 
     async def run(self) -> None:
+        """Poll, handle, and commit at most every ``commit_interval_s`` (and whenever idle):
+        a commit is a broker round trip, and redelivery after a crash is deduped by run id."""
         assert self.sub is not None, "open() first"
+        loop = asyncio.get_running_loop()
+        pending: list[Message] = []
+        last_commit = loop.time()
         while not self._stop.is_set():
             msgs = await self.sub.poll(self.ctx.poll_batch, timeout=0.2)
             if msgs:
-                done = await self.handle(msgs)
-                await self.sub.commit(done)
+                pending.extend(await self.handle(msgs))
+            if pending and (not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s):
+                await self.sub.commit(pending)
+                pending, last_commit = [], loop.time()
             await self.idle()
+        if pending:
+            await self.sub.commit(pending)
         await self.sub.close()
 
     async def handle(self, msgs: list[Message]) -> list[Message]:

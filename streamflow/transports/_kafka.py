@@ -25,7 +25,7 @@ class KafkaTransport:
     name = "kafka"
     messaging_system = "kafka"
 
-    def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 2) -> None:
+    def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
         self.linger_ms = linger_ms
