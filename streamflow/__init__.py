@@ -9,7 +9,7 @@ from ._engine import RunSummary, Worker, run_pipeline
 from ._model import Arrival, Asset, stable_id
 from ._pipeline import Pipeline, PipelineError, load_pipeline
 from ._retry import RetryPolicy
-from ._triggers import AllOf, AnyOf, Inputs, OnEach
+from ._triggers import AllOf, AnyOf, Inputs, OnEach, Window, WindowRecords
 from .connectors import ConnectorError
 
 __version__ = "0.1.0"
@@ -28,6 +28,8 @@ __all__ = [
     "RetryPolicy",
     "RunSummary",
     "Settings",
+    "Window",
+    "WindowRecords",
     "Worker",
     "__version__",
     "load_pipeline",

@@ -37,17 +37,17 @@ def state_topic(namespace: str, stage: str) -> str:
     return f"{namespace}.state.{stage}"
 
 
-class BarrierGate:
-    def __init__(self, spec: StageSpec, ctx: Ctx, by_asset: dict[str, Asset[Any]]) -> None:
-        assert isinstance(spec.trigger, AllOf | AnyOf)
-        self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
-        self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
-        self.topic = state_topic(ctx.namespace, spec.name)
+class StateStore:
+    """Partition states of one stage: a local view of its changelog topic."""
+
+    def __init__(self, ctx: Ctx, stage: str) -> None:
+        self.ctx, self.stage = ctx, stage
+        self.topic = state_topic(ctx.namespace, stage)
         self.states: dict[str, PartitionState] = {}
         self._restores: dict[int, asyncio.Future[None]] = {}
 
     async def restore(self, partitions: set[int]) -> None:
-        """Partitions were assigned to us: load their open barriers from the changelog."""
+        """Partitions were assigned to us: load their states from the changelog."""
         for p in partitions:
             await self.ensure_restored(p)
 
@@ -74,7 +74,7 @@ class BarrierGate:
             self.states[key] = PartitionState.from_json(orjson.loads(m.value))
             n += 1
         log.info("stage %s: restored %d state records of partition %d in %.3fs",
-                 self.spec.name, n, partition, time.perf_counter() - t0)
+                 self.stage, n, partition, time.perf_counter() - t0)
 
     async def forget(self, partitions: set[int]) -> None:
         """Partitions were taken away: their state now belongs to another worker."""
@@ -82,6 +82,35 @@ class BarrierGate:
             del self.states[key]
         for p in partitions:
             self._restores.pop(p, None)
+
+    def message(self, key: str, state: PartitionState) -> OutMessage:
+        return OutMessage(self.topic, orjson.dumps(state.to_json()), key.encode(), [],
+                          partition=state.kafka_partition)
+
+
+class Late(Exception):
+    """An arrival for a window that has already closed."""
+
+
+class BarrierGate:
+    def __init__(self, spec: StageSpec, ctx: Ctx, by_asset: dict[str, Asset[Any]]) -> None:
+        assert isinstance(spec.trigger, AllOf | AnyOf)
+        self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
+        self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
+        self.store = StateStore(ctx, spec.name)
+
+    @property
+    def states(self) -> dict[str, PartitionState]:
+        return self.store.states
+
+    async def restore(self, partitions: set[int]) -> None:
+        await self.store.restore(partitions)
+
+    async def forget(self, partitions: set[int]) -> None:
+        await self.store.forget(partitions)
+
+    async def ensure_restored(self, partition: int) -> None:
+        await self.store.ensure_restored(partition)
 
     def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
               ) -> tuple[list[PlannedRun], list[OutMessage]]:
@@ -94,12 +123,8 @@ class BarrierGate:
                                   Slot(arr.arrival_id, arr.version, m.value, list(m.headers)))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
-        msgs = [self._state_message(state)] if changed else []
+        msgs = [self.store.message(state.partition, state)] if changed else []
         return ([self.plan(fire)] if fire is not None else []), msgs
-
-    def _state_message(self, state: PartitionState) -> OutMessage:
-        return OutMessage(self.topic, orjson.dumps(state.to_json()), state.partition.encode(),
-                          [], partition=state.kafka_partition)
 
     def plan(self, fire: Fire, replay: int = 0, run_id: str | None = None) -> PlannedRun:
         from ._stage import PlannedRun
@@ -152,7 +177,8 @@ class BarrierGate:
         for state in self.states.values():
             if self.barrier.expired(state, now):
                 fire = self.barrier.on_deadline(state)
-                due.append((self.plan(fire), trigger.on_deadline, self._state_message(state)))
+                due.append((self.plan(fire), trigger.on_deadline,
+                            self.store.message(state.partition, state)))
         return due
 
     def any_expired(self) -> bool:

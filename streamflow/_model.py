@@ -53,7 +53,8 @@ class Asset(Generic[M]):
             raise ValueError(
                 f"asset name {self.name!r} must be non-empty letters, digits, '_' or '-'"
             )
-        fields = self.contract.model_fields
+        # Computed fields count: a tick's day can be derived from its timestamp.
+        fields = [*self.contract.model_fields, *self.contract.model_computed_fields]
         for role, fname in (("key", self.key), ("partition_by", self.partition_by),
                             ("event_time", self.event_time)):
             if fname is not None and fname not in fields:

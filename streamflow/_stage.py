@@ -24,14 +24,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, ValidationError
 
-from ._barrier import BarrierGate
+from ._barrier import BarrierGate, Late
 from ._deadletter import describe_validation, error_info
 from ._ledger import RunInput, RunRecord, RunStatus, runs_topic
 from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
 from ._telemetry import traceparent_of
-from ._triggers import OnEach
+from ._triggers import OnEach, Window
+from ._window import WindowGate
 from .transports import Message, OutMessage
 
 H_PLANNED = "sf-planned-run"  # the message value holds a planned run's inputs, not a record
@@ -78,8 +79,10 @@ class StageRunner(_Consumer):
         self.by_asset: dict[str, Asset[Any]] = {a.name: a for a in spec.inputs}
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
-        self.gate: BarrierGate | None = None
-        if not isinstance(spec.trigger, OnEach):
+        self.gate: BarrierGate | WindowGate | None = None
+        if isinstance(spec.trigger, Window):
+            self.gate = WindowGate(spec, ctx, self.by_asset)
+        elif not isinstance(spec.trigger, OnEach):
             self.gate = BarrierGate(spec, ctx, self.by_asset)
 
     async def open(self) -> None:
@@ -171,7 +174,12 @@ class StageRunner(_Consumer):
             return
         if self.gate is not None and not self.retry_lane:
             await self.gate.ensure_restored(m.partition)
-            plans, state_msgs = self.gate.offer(m, arr, asset)
+            try:
+                plans, state_msgs = self.gate.offer(m, arr, asset)
+            except Late as e:
+                _fail(proc, None, str(e))
+                out.append(self._dead(str(e), m, arr, proc, spans, None))
+                return
             out.extend(state_msgs)
         else:
             inputs = [RunInput(asset=arr.asset, partition=arr.partition, version=arr.version,

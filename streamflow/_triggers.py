@@ -48,7 +48,30 @@ class AllOf:
             raise ValueError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
 
 
-Trigger = OnEach | AnyOf | AllOf
+@dataclass(frozen=True, slots=True)
+class Window:
+    """An event-time tumbling window per partition key: fires once with every record whose
+    event time falls in [start, start + size_s), when the watermark (the highest event time seen
+    on that input partition) passes the window's end plus ``allowed_lateness_s``. A record for a
+    window that has already closed goes to dead letters with the reason ``late``."""
+
+    size_s: float
+    allowed_lateness_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.size_s <= 0 or self.allowed_lateness_s < 0:
+            raise ValueError("Window needs size_s > 0 and allowed_lateness_s >= 0")
+
+    def start_of(self, event_ms: int) -> int:
+        size = int(self.size_s * 1000)
+        return event_ms - event_ms % size
+
+    def closes_at(self, start_ms: int) -> int:
+        """The watermark at which the window [start, start + size) closes."""
+        return start_ms + int(self.size_s * 1000) + int(self.allowed_lateness_s * 1000)
+
+
+Trigger = OnEach | AnyOf | AllOf | Window
 
 
 @dataclass(slots=True)
@@ -79,16 +102,20 @@ class PartitionState:
     slots: dict[str, Slot] = field(default_factory=dict)
     fired: str | None = None
     """The last run id fired (or skipped) for this partition; None while the barrier is open."""
+    window_start_ms: int | None = None
+    max_event_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"partition": self.partition, "kafka_partition": self.kafka_partition,
                 "first_seen_ms": self.first_seen_ms, "fired": self.fired,
+                "window_start_ms": self.window_start_ms, "max_event_ms": self.max_event_ms,
                 "slots": {a: s.to_json() for a, s in self.slots.items()}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartitionState:
         return cls(d["partition"], int(d["kafka_partition"]), int(d["first_seen_ms"]),
-                   {a: Slot.from_json(s) for a, s in d["slots"].items()}, d.get("fired"))
+                   {a: Slot.from_json(s) for a, s in d["slots"].items()}, d.get("fired"),
+                   d.get("window_start_ms"), int(d.get("max_event_ms", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +166,19 @@ class Barrier:
         run_id = stable_id(self.run_id(state.partition, state.slots), "deadline")
         state.fired = run_id
         return Fire(run_id, dict(state.slots), None)
+
+
+class WindowRecords(dict[str, list[BaseModel]]):
+    """What a window stage receives: every record of the window by input asset name, in
+    arrival order, with the window's bounds and partition key."""
+
+    def __init__(self, partition: str, start_ms: int, end_ms: int,
+                 records: dict[str, list[BaseModel]]) -> None:
+        super().__init__(records)
+        self.partition, self.start_ms, self.end_ms = partition, start_ms, end_ms
+
+    def all(self) -> list[BaseModel]:
+        return [r for rs in self.values() for r in rs]
 
 
 class Inputs(dict[str, BaseModel]):

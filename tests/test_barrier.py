@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from streamflow import AllOf, AnyOf, Asset, Inputs, Pipeline, Settings, Worker, run_pipeline
 from streamflow._engine import make_transport
@@ -266,3 +267,33 @@ async def test_inputs_that_are_not_copartitioned_fail_at_start(settings: Setting
     await other.close()
     with pytest.raises(PipelineError, match=r"same partition count.*rates: 3"):
         await run_pipeline(barrier_pipeline([], [], tmp_path, AllOf()), settings)
+
+
+class Tick(BaseModel):
+    tick: datetime
+    name: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def day(self) -> str:
+        return self.tick.date().isoformat()
+
+
+async def test_a_schedule_and_data_mix_in_one_barrier(settings: Settings, tmp_path: Path) -> None:
+    """'At each tick, once sales and FX for that day are in': ticks are just another input."""
+    ticks = Asset("ticks", Tick, key="name", partition_by="day")
+    today = datetime.now(UTC).date().isoformat()
+    p = Pipeline("scheduled")
+    p.source("interval", asset=ticks, every_s=0.05, count=3, name="daily")
+    p.source(ListSource([[sale(1, today)]]), asset=sales, name="sales-src")
+    p.source(ListSource([[rate(today)]]), asset=rates, name="rates-src")
+
+    @p.stage(inputs=[ticks, sales, rates], output=reports, name="report", trigger=AllOf())
+    def scheduled_report(inputs: Inputs) -> Report:
+        return report(inputs)
+
+    p.sink("files", asset=reports, path=tmp_path / "out")
+    summary = await run_pipeline(p, settings)
+
+    assert summary.runs == 1, "three ticks on one day fire the day's barrier once"
+    assert out_rows(tmp_path)[today]["inputs"] == ["rates", "sales", "ticks"]

@@ -22,9 +22,9 @@ UNSAMPLED = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
 def test_public_api_is_curated() -> None:
     assert sorted(streamflow.__all__) == sorted([
         "AllOf", "AnyOf", "Arrival", "Asset", "ConfigError", "ConnectorError", "Inputs",
-        "OnEach", "Pipeline", "PipelineError",
-        "RetryPolicy", "RunSummary", "Settings", "Worker", "__version__", "load_pipeline",
-        "run_pipeline", "stable_id",
+        "OnEach", "Pipeline", "PipelineError", "RetryPolicy", "RunSummary", "Settings",
+        "Window", "WindowRecords", "Worker", "__version__", "load_pipeline", "run_pipeline",
+        "stable_id",
     ])
 
 

@@ -1,0 +1,141 @@
+"""The engine side of event-time windows: records gathered per window in the changelog.
+
+Each window (partition key x window start) is a state record in ``<namespace>.state.<stage>``
+holding its records; it is kept, marked fired, once it closes, so a record that arrives for a
+closed window is recognised as late. The watermark of an input partition is the highest event
+time seen on it, recomputed from the restored states when the partition moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._barrier import Late, StateStore
+from ._ledger import RunInput
+from ._model import H_ASSET, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._triggers import PartitionState, Slot, Window, WindowRecords
+from .transports import Message, OutMessage
+
+if TYPE_CHECKING:
+    from ._pipeline import StageSpec
+    from ._runners import Ctx
+    from ._stage import PlannedRun
+
+log = logging.getLogger("streamflow.window")
+MAX_LINKS = 32
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+class WindowGate:
+    def __init__(self, spec: StageSpec, ctx: Ctx, by_asset: dict[str, Asset[Any]]) -> None:
+        assert isinstance(spec.trigger, Window)
+        self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
+        self.window: Window = spec.trigger
+        self.store = StateStore(ctx, spec.name)
+        self._watermarks: dict[int, int] = {}
+
+    async def restore(self, partitions: set[int]) -> None:
+        await self.store.restore(partitions)
+
+    async def forget(self, partitions: set[int]) -> None:
+        await self.store.forget(partitions)
+        for p in partitions:
+            self._watermarks.pop(p, None)
+
+    async def ensure_restored(self, partition: int) -> None:
+        await self.store.ensure_restored(partition)
+
+    def watermark(self, partition: int) -> int:
+        wm = self._watermarks.get(partition)
+        if wm is None:
+            wm = max((s.max_event_ms for s in self.store.states.values()
+                      if s.kafka_partition == partition), default=0)
+            self._watermarks[partition] = wm
+        return wm
+
+    def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
+              ) -> tuple[list[PlannedRun], list[OutMessage]]:
+        w, states = self.window, self.store.states
+        start = w.start_of(arr.event_time_ms)
+        key = f"{arr.partition}@{start}"
+        state = states.get(key)
+        wm = self.watermark(m.partition)
+        if (state is not None and state.fired is not None) or wm >= w.closes_at(start):
+            raise Late(
+                f"late: event time {_iso(arr.event_time_ms)} of partition {arr.partition!r} "
+                f"falls in window [{_iso(start)}, {_iso(start + int(w.size_s * 1000))}), "
+                f"closed at watermark {_iso(w.closes_at(start))} (allowed lateness "
+                f"{w.allowed_lateness_s}s); the watermark is {_iso(wm)}")
+        if state is None:
+            state = PartitionState(arr.partition, m.partition, int(time.time() * 1000),
+                                   window_start_ms=start)
+            states[key] = state
+        if arr.arrival_id in state.slots:
+            return [], []  # a duplicate or redelivery
+        state.slots[arr.arrival_id] = Slot(arr.arrival_id, arr.version, m.value, list(m.headers))
+        state.max_event_ms = max(state.max_event_ms, arr.event_time_ms)
+        msgs = [self.store.message(key, state)]
+        wm = self._watermarks[m.partition] = max(wm, arr.event_time_ms)
+        plans = []
+        for k, s in sorted(states.items(), key=lambda kv: kv[1].window_start_ms or 0):
+            if (s.kafka_partition == m.partition and s.fired is None
+                    and s.window_start_ms is not None and wm >= w.closes_at(s.window_start_ms)):
+                s.fired = stable_id(self.spec.name, k, *sorted(s.slots))
+                msgs.append(self.store.message(k, s))
+                plans.append(self.plan(s, s.fired, arr.traceparent))
+        return plans, msgs
+
+    def plan(self, state: PartitionState, run_id: str, parent: bytes | None,
+             replay: int = 0) -> PlannedRun:
+        from ._stage import PlannedRun
+
+        start = state.window_start_ms or 0
+        records: dict[str, list[Any]] = {}
+        inputs: list[RunInput] = []
+        links: list[bytes] = []
+        for slot in state.slots.values():
+            asset = self.by_asset[dict(slot.headers).get(H_ASSET, b"").decode()]
+            records.setdefault(asset.name, []).append(
+                asset.contract.model_validate_json(slot.value))
+            inputs.append(RunInput(asset=asset.name, partition=state.partition,
+                                   version=slot.version, arrival_id=slot.arrival_id))
+            tp = dict(slot.headers).get(H_TRACEPARENT)
+            if tp is not None and len(links) < MAX_LINKS:
+                links.append(tp)
+        end = start + int(self.window.size_s * 1000)
+        payload = orjson.dumps({"run_id": run_id, "state": state.to_json()})
+        return PlannedRun(run_id, state.partition,
+                          WindowRecords(state.partition, start, end, records), inputs, parent,
+                          links, "live", replay, payload, planned=True)
+
+    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
+        try:
+            d = orjson.loads(payload)
+            state = PartitionState.from_json(d["state"])
+            run_id = str(d["run_id"])
+            if arr.replay:
+                run_id = stable_id(run_id, f"replay-{arr.replay}")
+            return self.plan(state, run_id, arr.traceparent, arr.replay)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("stage %s: unreadable planned window run dropped: %s", self.spec.name, e)
+            return None
+
+    def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]:
+        return []  # windows close on event time (the watermark), not on the wall clock
+
+    def any_expired(self) -> bool:
+        return False
+
+    def missing(self, plan: PlannedRun) -> list[str]:
+        return []
+
+    def alert(self, plan: PlannedRun, what: str) -> None:
+        return None

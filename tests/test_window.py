@@ -1,0 +1,87 @@
+"""Event-time tumbling windows on both transports: close on the watermark, late records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel
+
+from streamflow import Asset, Pipeline, Settings, Window, WindowRecords, run_pipeline
+from streamflow._ops import list_dead_letters, list_runs
+
+from .helpers import ListSource
+
+
+class Click(BaseModel):
+    id: int
+    page: str
+    at: datetime
+
+
+class PageCount(BaseModel):
+    key: str
+    page: str
+    start: datetime
+    clicks: int
+
+
+clicks = Asset("clicks", Click, key="id", partition_by="page", event_time="at")
+counts = Asset("counts", PageCount, key="key", partition_by="page")
+
+
+def count(w: WindowRecords) -> PageCount:
+    start = datetime.fromtimestamp(w.start_ms / 1000, UTC)
+    return PageCount(key=f"{w.partition}@{start.isoformat()}", page=w.partition, start=start,
+                     clicks=len(w["clicks"]))
+
+
+def at(minute: int, second: int = 0) -> str:
+    return datetime(2026, 11, 1, 10, minute, second, tzinfo=UTC).isoformat()
+
+
+def pipeline(batches: list[list[dict[str, object]]], tmp_path: Path) -> Pipeline:
+    p = Pipeline("windows")
+    p.source(ListSource(batches), asset=clicks)
+    p.stage(inputs=[clicks], output=counts, name="per_minute",
+            trigger=Window(size_s=60, allowed_lateness_s=10))(count)
+    p.sink("files", asset=counts, path=tmp_path / "out")
+    return p
+
+
+def rows(tmp_path: Path) -> dict[str, int]:
+    out = [orjson.loads(x) for f in sorted((tmp_path / "out").glob("*.jsonl"))
+           for x in f.read_bytes().splitlines()]
+    return {str(r["key"]): int(r["clicks"]) for r in out}
+
+
+async def test_windows_close_on_the_watermark_and_late_records_are_dead_lettered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    home = "home"
+    batches = [
+        [{"id": 1, "page": home, "at": at(0, 5)}, {"id": 2, "page": home, "at": at(0, 50)},
+         {"id": 1, "page": home, "at": at(0, 5)}],             # a duplicate
+        [{"id": 3, "page": home, "at": at(1, 2)}],             # window 10:01 opens
+        [{"id": 4, "page": home, "at": at(0, 55)}],            # late but within lateness
+        [{"id": 5, "page": home, "at": at(1, 11)}],            # watermark 10:01:11 closes 10:00
+        [{"id": 6, "page": home, "at": at(0, 58)}],            # too late: dead letter
+        [{"id": 7, "page": home, "at": at(3, 0)}],             # closes 10:01
+    ]
+    summary = await run_pipeline(pipeline(batches, tmp_path), settings)
+
+    assert rows(tmp_path) == {f"home@{at(0)}": 3, f"home@{at(1)}": 2}
+    assert summary.runs == 2
+    (late,) = await list_dead_letters(settings)
+    assert str(late.body["reason"]).startswith("late: event time 2026-11-01T10:00:58")
+    assert late.body["kind"] == "stage"
+    runs = await list_runs(settings)
+    assert sorted(len(r.inputs) for r in runs) == [2, 3]
+
+    # A restart keeps the watermark: the open 10:03 window and the closed ones survive.
+    again = await run_pipeline(pipeline([[{"id": 8, "page": home, "at": at(0, 1)}],
+                                         [{"id": 9, "page": home, "at": at(5, 0)}]],
+                                        tmp_path), settings)
+    assert again.dead_lettered == 1  # 10:00:01 is late for good
+    assert rows(tmp_path)[f"home@{at(3)}"] == 1
