@@ -12,6 +12,7 @@ from ._api import (
     SourceRecord,
     TimeRange,
 )
+from ._io import write_atomic
 from ._registry import (
     GROUP,
     ConnectorError,
@@ -42,4 +43,5 @@ __all__ = [
     "distribution_of",
     "known_connectors",
     "load_spec",
+    "write_atomic",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from ._io import write_atomic
 
 PG_TYPES: Mapping[str, str] = {
     "str": "text", "int": "bigint", "float": "double precision", "bool": "boolean",
@@ -100,13 +101,7 @@ def read_state(path: Path) -> dict[str, Any] | None:
 
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Write a small JSON state file atomically and durably (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(state))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, orjson.dumps(state))
 
 
 # Value encoding for a driver with strict binary codecs (asyncpg): a column is converted only

@@ -26,6 +26,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._api import ConnectorContext, ConnectorSpec, Reject, SinkRecord, SourceBatch, SourceRecord
+from ._io import write_atomic
 from ._registry import ConnectorError
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -343,7 +344,7 @@ class FilesSink:
                 final = self.cfg.path / f"{target}{self._ext}"
             body = await asyncio.to_thread(_encode, self.cfg.format, rows.values(), final)
             tmp = final.with_name(final.name + ".tmp")
-            await asyncio.to_thread(_write_atomic, tmp, final, body)
+            await asyncio.to_thread(write_atomic, final, body, tmp)
         self._dirty.clear()
         self._buffered = 0
         if self.cfg.mode == "append-parts":
@@ -379,15 +380,6 @@ def _decode(fmt: str, path: Path) -> list[dict[str, object]]:
 
 def _safe(part: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in part) or "default"
-
-
-def _write_atomic(tmp: Path, final: Path, body: bytes) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 FILES = ConnectorSpec(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._api import ConnectorContext, ConnectorSpec, SourceBatch, SourceRecord
+from ._io import write_atomic
 from ._registry import ConnectorError
 
 Clock = Callable[[], datetime]
@@ -210,20 +210,10 @@ class _TickSource:
         self.acked += len(batch.records)
         if self.state_file is not None:
             body = orjson.dumps({"last_tick": batch.position, "acked": self.acked})
-            await asyncio.to_thread(_write_atomic, self.state_file, body)
+            await asyncio.to_thread(write_atomic, self.state_file, body)
 
     async def stop(self) -> None:
         self._stopped.set()
-
-
-def _write_atomic(final: Path, body: bytes) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 class IntervalSource(_TickSource):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._api import ConnectorContext, ConnectorSpec, SinkRecord, SourceBatch, SourceRecord
+from ._io import write_atomic
 from ._registry import ConnectorError
 
 T = TypeVar("T")
@@ -310,7 +310,7 @@ class SqliteSource:
 
     async def ack(self, batch: SourceBatch) -> None:
         assert self._state is not None, "setup() first"
-        await asyncio.to_thread(_write_atomic, self._state, batch.position.encode())
+        await asyncio.to_thread(write_atomic, self._state, batch.position.encode())
 
     async def stop(self) -> None:
         self._stopping = True
@@ -323,16 +323,6 @@ def _jsonable(value: object) -> object:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     return value
-
-
-def _write_atomic(final: Path, body: bytes) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 SQLITE = ConnectorSpec(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from streamflow.connectors import (
     SinkRecord,
     SourceBatch,
     SourceRecord,
+    write_atomic,
 )
 
 QUOTES = [
@@ -26,15 +26,6 @@ QUOTES = [
     ("Marcus Aurelius", "The impediment to action advances action."),
     ("Epictetus", "First say to yourself what you would be; then do what you have to do."),
 ]
-
-
-def _write_atomic(path: Path, body: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class FortuneSourceConfig(BaseModel):
@@ -72,7 +63,7 @@ class FortuneSource:
         if self.state is not None:
             self.state.parent.mkdir(parents=True, exist_ok=True)
             body = orjson.dumps({"done": self.done})
-            await asyncio.to_thread(_write_atomic, self.state, body)
+            await asyncio.to_thread(write_atomic, self.state, body)
 
     async def stop(self) -> None:
         return None
@@ -104,7 +95,7 @@ class FortuneSink:
 
     async def flush(self) -> None:
         body = orjson.dumps(self.rows, option=orjson.OPT_SORT_KEYS)
-        await asyncio.to_thread(_write_atomic, self.cfg.path, body)
+        await asyncio.to_thread(write_atomic, self.cfg.path, body)
 
     async def stop(self) -> None:
         return None
