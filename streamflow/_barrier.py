@@ -189,6 +189,10 @@ class BarrierGate:
         assert isinstance(plan.arg, Inputs)
         return plan.arg.missing(self.barrier.inputs)
 
+    def deadline_reason(self, plan: PlannedRun) -> str:
+        return (f"barrier for partition {plan.partition!r} missed its deadline; missing inputs: "
+                f"{', '.join(self.missing(plan))}")
+
     def alert(self, plan: PlannedRun, what: str) -> None:
         alerts.warning(
             "ALERT stage %s: barrier for partition %r %s at its deadline; arrived: %s; "

@@ -112,9 +112,7 @@ class StageRunner(_Consumer):
                 self.fired.add(plan.run_id)
             else:
                 self.gate.alert(plan, "failed")
-                missing = ", ".join(self.gate.missing(plan))
-                reason = f"stage {self.name!r}: barrier for partition {plan.partition!r} " \
-                         f"missed its deadline; missing inputs: {missing}"
+                reason = f"stage {self.name!r}: {self.gate.deadline_reason(plan)}"
                 out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
                 out.append(self._ledger(plan, "dead-lettered", 1, time.time(), [], None))
                 self.fired.add(plan.run_id)

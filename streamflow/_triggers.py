@@ -53,14 +53,23 @@ class Window:
     """An event-time tumbling window per partition key: fires once with every record whose
     event time falls in [start, start + size_s), when the watermark (the highest event time seen
     on that input partition) passes the window's end plus ``allowed_lateness_s``. A record for a
-    window that has already closed goes to dead letters with the reason ``late``."""
+    window that has already closed goes to dead letters with the reason ``late``.
+
+    The watermark only moves with event time, so a quiet partition's window could stay open for
+    ever: ``deadline_s`` (wall-clock, from the window's first record) bounds that, and
+    ``on_deadline`` says what then happens, as for a barrier: ``fire`` with what arrived,
+    ``skip`` (and alert) or ``fail`` (dead letters)."""
 
     size_s: float
     allowed_lateness_s: float = 0.0
+    deadline_s: float | None = None
+    on_deadline: DeadlinePolicy = "fire"
 
     def __post_init__(self) -> None:
         if self.size_s <= 0 or self.allowed_lateness_s < 0:
             raise ValueError("Window needs size_s > 0 and allowed_lateness_s >= 0")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"Window.deadline_s must be > 0, got {self.deadline_s}")
 
     def start_of(self, event_ms: int) -> int:
         size = int(self.size_s * 1000)

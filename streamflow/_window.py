@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._stage import PlannedRun
 
 log = logging.getLogger("streamflow.window")
+alerts = logging.getLogger("streamflow.alerts")
 MAX_LINKS = 32
 
 
@@ -128,14 +129,34 @@ class WindowGate:
             log.error("stage %s: unreadable planned window run dropped: %s", self.spec.name, e)
             return None
 
+    def _overdue(self, state: PartitionState, now_ms: int) -> bool:
+        d = self.window.deadline_s
+        return (d is not None and state.fired is None
+                and now_ms - state.first_seen_ms >= d * 1000)
+
     def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]:
-        return []  # windows close on event time (the watermark), not on the wall clock
+        """Windows still open at their wall-clock deadline (their watermark never came)."""
+        now = int(time.time() * 1000)
+        due: list[tuple[PlannedRun, str, OutMessage]] = []
+        for key, state in self.store.states.items():
+            if self._overdue(state, now):
+                state.fired = stable_id(self.spec.name, key, *sorted(state.slots), "deadline")
+                due.append((self.plan(state, state.fired, None), self.window.on_deadline,
+                            self.store.message(key, state)))
+        return due
 
     def any_expired(self) -> bool:
-        return False
+        now = int(time.time() * 1000)
+        return any(self._overdue(s, now) for s in self.store.states.values())
 
     def missing(self, plan: PlannedRun) -> list[str]:
         return []
 
+    def deadline_reason(self, plan: PlannedRun) -> str:
+        assert isinstance(plan.arg, WindowRecords)
+        return (f"window [{_iso(plan.arg.start_ms)}, {_iso(plan.arg.end_ms)}) of partition "
+                f"{plan.partition!r} missed its deadline: the watermark never closed it")
+
     def alert(self, plan: PlannedRun, what: str) -> None:
-        return None
+        alerts.warning("ALERT stage %s: %s; %s", self.spec.name, self.deadline_reason(plan),
+                       what)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, Window, WindowRecords, run_pipeline
@@ -85,3 +88,33 @@ async def test_windows_close_on_the_watermark_and_late_records_are_dead_lettered
                                         tmp_path), settings)
     assert again.dead_lettered == 1  # 10:00:01 is late for good
     assert rows(tmp_path)[f"home@{at(3)}"] == 1
+
+
+@pytest.mark.parametrize("policy", ["fire", "skip", "fail"])
+async def test_a_window_whose_watermark_never_comes_meets_its_deadline(
+    settings: Settings, tmp_path: Path, policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def quiet(batches: list[list[dict[str, object]]]) -> Pipeline:
+        p = Pipeline("windows")
+        p.source(ListSource(batches), asset=clicks)
+        window = Window(size_s=60, deadline_s=0.5, on_deadline=policy)  # type: ignore[arg-type]
+        p.stage(inputs=[clicks], output=counts, name="per_minute", trigger=window)(count)
+        p.sink("files", asset=counts, path=tmp_path / "out")
+        return p
+
+    with caplog.at_level(logging.WARNING, logger="streamflow.alerts"):
+        await run_pipeline(quiet([[{"id": 1, "page": "home", "at": at(0, 5)},
+                                   {"id": 2, "page": "home", "at": at(0, 9)}]]), settings)
+        await asyncio.sleep(0.6)
+        await run_pipeline(quiet([]), settings)
+
+    (run,) = await list_runs(settings)
+    if policy == "fire":
+        assert run.status == "succeeded" and rows(tmp_path) == {f"home@{at(0)}": 2}
+    elif policy == "skip":
+        assert run.status == "skipped" and not rows(tmp_path)
+        assert "missed its deadline: the watermark never closed it" in caplog.text
+    else:
+        assert run.status == "dead-lettered"
+        (dead,) = await list_dead_letters(settings)
+        assert "window [2026-11-01T10:00:00+00:00" in str(dead.body["reason"])
