@@ -30,7 +30,12 @@ def installed_plugin() -> None:
                            str(PLUGIN)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     import importlib
+    import site
+    import sysconfig
 
+    # A package installed after this interpreter started is only importable once its .pth
+    # file (the editable install's path entry) is processed: do what startup would have done.
+    site.addsitedir(sysconfig.get_paths()["purelib"])
     importlib.invalidate_caches()
 
 
