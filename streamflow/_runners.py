@@ -167,21 +167,28 @@ class _Consumer:
     async def run(self) -> None:
         """Poll, handle, and commit at most every ``commit_interval_s`` (and whenever idle):
         a commit is a broker round trip, and redelivery after a crash is deduped by run id."""
-        assert self.sub is not None, "open() first"
+        sub = self.sub
+        assert sub is not None, "open() first"
         loop = asyncio.get_running_loop()
         pending: list[Message] = []
         last_commit = loop.time()
+        committing: asyncio.Task[None] | None = None  # one commit in flight, off the hot path
         while not self._stop.is_set():
-            msgs = await self.sub.poll(self.ctx.poll_batch, timeout=0.2)
+            msgs = await sub.poll(self.ctx.poll_batch, timeout=0.2)
             if msgs:
                 pending.extend(await self.handle(msgs))
-            if pending and (not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s):
-                await self.sub.commit(pending)
+            due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
+            if pending and due and (committing is None or committing.done()):
+                if committing is not None:
+                    committing.result()  # surface a failed commit
+                committing = asyncio.create_task(sub.commit(pending))
                 pending, last_commit = [], loop.time()
             await self.idle()
+        if committing is not None:
+            await committing
         if pending:
-            await self.sub.commit(pending)
-        await self.sub.close()
+            await sub.commit(pending)
+        await sub.close()
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         """Process ``msgs``; return those now done (a prefix, if stopping cut it short)."""
