@@ -15,6 +15,7 @@ import orjson
 from . import __version__
 from ._config import ConfigError, Settings
 from ._engine import RunSummary, Worker
+from ._logging import configure_logging
 from ._ops import OpsError
 from ._pipeline import PipelineError, load_pipeline
 from ._telemetry import TelemetryError
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"streamflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto",
+                        help="json: one object per line with trace_id/span_id; auto: text on "
+                             "a terminal, json otherwise")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -120,10 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         rc: int = args.func(args)
         return rc

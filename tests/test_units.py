@@ -156,3 +156,26 @@ def test_time_range_is_half_open() -> None:
     assert datetime(2026, 11, 2, tzinfo=UTC) not in r
     with pytest.raises(ValueError, match="empty range"):
         TimeRange(r.end, r.start)
+
+
+def test_json_logs_carry_the_current_trace_and_span() -> None:
+    import logging
+
+    import orjson
+
+    from streamflow._logging import JsonFormatter
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    record = logging.makeLogRecord({"name": "streamflow.x", "levelname": "WARNING",
+                                    "msg": "hello %s", "args": ("world",), "stage": "to_usd"})
+    from opentelemetry import trace
+
+    with trace.use_span(tracer.start_span("run to_usd"), end_on_exit=True) as span:
+        line = orjson.loads(JsonFormatter().format(record))
+        ctx = span.get_span_context()
+    assert line["message"] == "hello world" and line["stage"] == "to_usd"
+    assert line["trace_id"] == f"{ctx.trace_id:032x}"
+    assert line["span_id"] == f"{ctx.span_id:016x}"
+    outside = orjson.loads(JsonFormatter().format(record))
+    assert "trace_id" not in outside
