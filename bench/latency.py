@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker, services
 from streamflow._model import Arrival, stable_id
+from streamflow.testing import IdleSource
 
 WARMUP_S = 5.0
 
@@ -38,22 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="arrivals per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="total, warm-up included")
     parser.add_argument("--partitions", type=int, default=4)
-
-
-class _Idle:
-    """A source that publishes nothing: the load generator publishes the arrivals."""
-
-    location = "bench"
-
-    async def setup(self, ctx: object) -> None: ...
-
-    async def read(self):  # type: ignore[no-untyped-def]
-        await asyncio.Event().wait()
-        yield  # pragma: no cover
-
-    async def ack(self, batch: object) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -75,8 +60,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[tuple[int, float]] = []
 
     p = Pipeline("latency")
-    p.source(_Idle(), asset=a, name="src-a")
-    p.source(_Idle(), asset=b, name="src-b")
+    p.source(IdleSource(), asset=a, name="src-a")
+    p.source(IdleSource(), asset=b, name="src-b")
 
     @p.stage(inputs=[a, b], trigger=AllOf(), name="barrier")
     def barrier(inputs: Inputs) -> None:

@@ -141,10 +141,11 @@ class BarrierGate:
             partition = arr.partition
             inputs.append(RunInput(asset=name, partition=arr.partition, version=arr.version,
                                    arrival_id=slot.arrival_id))
-            tp = dict(slot.headers).get(H_TRACEPARENT)
+            headers = dict(slot.headers)
+            tp = headers.get(H_TRACEPARENT)
             if tp is not None:
                 parents[name] = tp
-            if dict(slot.headers).get(H_MODE) == b"backfill":
+            if headers.get(H_MODE) == b"backfill":
                 mode = "backfill"
         # One input: its context is the parent. Several: the run is a child of the input that
         # completed the barrier and links to every other input.

@@ -31,7 +31,27 @@ import orjson
 
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceBatch
 
-__all__ = ["SourceReport", "check_sink", "check_source", "sample_records"]
+__all__ = ["IdleSource", "SourceReport", "check_sink", "check_source", "sample_records"]
+
+class IdleSource:
+    """A source that publishes nothing and ends only when the worker stops: for pipelines whose
+    arrivals a test or benchmark publishes itself, with the worker kept running."""
+
+    location = "idle"
+
+    async def setup(self, ctx: ConnectorContext) -> None:
+        return None
+
+    async def read(self) -> AsyncGenerator[SourceBatch, None]:
+        await asyncio.Event().wait()
+        yield SourceBatch([])  # never reached: the wait ends only by cancellation
+
+    async def ack(self, batch: SourceBatch) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
 
 SourceFactory = Callable[[], Source]
 SinkFactory = Callable[[], Sink]

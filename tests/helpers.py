@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import orjson
 
@@ -13,24 +12,12 @@ from streamflow.transports import Message
 
 
 async def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
-    """Everything on ``topic`` (read_committed on Kafka), read by a fresh consumer group."""
+    """Everything on ``topic`` (read_committed on Kafka), through the transport itself."""
     transport = make_transport(settings)
     await transport.start()
     try:
         await transport.ensure_topics([topic])
-        sub = await transport.subscribe(f"test-reader-{uuid.uuid4().hex[:8]}", [topic])
-        out: list[Message] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            msgs = await sub.poll(1000, timeout=0.3)
-            if msgs:
-                out.extend(msgs)
-                await sub.commit(msgs)
-            elif await sub.lag() == 0:
-                break
-        await sub.close()
-        return out
+        return await asyncio.wait_for(transport.read_topic(topic), timeout)
     finally:
         await transport.close()
 

@@ -15,6 +15,7 @@ from streamflow import AllOf, AnyOf, Asset, Inputs, Pipeline, Settings, Worker, 
 from streamflow._engine import make_transport
 from streamflow._model import Arrival, stable_id
 from streamflow._ops import list_dead_letters, list_runs, replay
+from streamflow.testing import IdleSource
 
 from .helpers import ListSource, read_topic, values
 
@@ -157,22 +158,6 @@ async def test_any_of_fires_on_each_new_input(settings: Settings, tmp_path: Path
     assert out_rows(tmp_path)["d1"]["inputs"] == ["rates", "sales"]
 
 
-class Forever:
-    """A source that publishes nothing and ends only when the worker stops."""
-
-    location = "nowhere"
-
-    async def setup(self, ctx: object) -> None: ...
-
-    async def read(self):  # type: ignore[no-untyped-def]
-        await asyncio.Event().wait()
-        yield  # pragma: no cover
-
-    async def ack(self, batch: object) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_a_partition_moved_to_another_worker_mid_barrier_fires_once(
     settings: Settings, tmp_path: Path
@@ -182,8 +167,8 @@ async def test_a_partition_moved_to_another_worker_mid_barrier_fires_once(
 
     def live_pipeline(name: str) -> Pipeline:
         p = Pipeline("barrier")
-        p.source(Forever(), asset=sales, name="sales-src")
-        p.source(Forever(), asset=rates, name="rates-src")
+        p.source(IdleSource(), asset=sales, name="sales-src")
+        p.source(IdleSource(), asset=rates, name="rates-src")
         p.stage(inputs=[sales, rates], output=reports, name="report", trigger=AllOf())(report)
         p.sink("files", asset=reports, path=tmp_path / name)
         return p

@@ -235,6 +235,26 @@ def wait_until(
     return check()
 
 
+def await_ready(name: str, pid: int, ready: Callable[[], bool], log: Path,
+                timeout: float) -> None:
+    """Wait until ``ready``; if it never is (or the process dies), stop it and raise with the
+    tail of its log, which is where the reason is."""
+    if not wait_until(ready, timeout, abort=lambda: not alive(pid)):
+        if alive(pid):
+            terminate(pid, name, grace=5)
+        raise ServiceError(
+            f"{name}: not ready within {timeout:.0f}s. Log {log} ends with:\n{log_tail(log)}"
+        )
+
+
+def stop_pid_service(name: str, pid: int | None, pid_file: Path) -> None:
+    """Stop a service we started as a plain process, and forget its pid file."""
+    if pid is not None:
+        progress(f"{name}: stopping pid {pid}")
+        terminate(pid, name)
+    pid_file.unlink(missing_ok=True)
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")

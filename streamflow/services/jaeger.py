@@ -16,7 +16,7 @@ from pathlib import Path
 from .base import (
     ServiceError,
     ServiceStatus,
-    alive,
+    await_ready,
     check_port_free,
     env_with,
     locked,
@@ -24,8 +24,8 @@ from .base import (
     our_pid,
     progress,
     spawn_detached,
+    stop_pid_service,
     terminate,
-    wait_until,
 )
 from .config import (
     HOST,
@@ -223,20 +223,10 @@ def up() -> ServiceStatus:
         log = _log()
         pid = spawn_detached([str(binary()), "--config", str(config)], log=log, cwd=run_dir(NAME))
         _pid_file().write_text(f"{pid}\n")
-        if not wait_until(_api_ok, START_TIMEOUT, abort=lambda: not alive(pid)):
-            if alive(pid):
-                terminate(pid, NAME, grace=5)
-            raise ServiceError(
-                f"jaeger: not ready within {START_TIMEOUT:.0f}s. "
-                f"Log {log} ends with:\n{log_tail(log)}"
-            )
+        await_ready(NAME, pid, _api_ok, log, START_TIMEOUT)
         return status()
 
 
 def down() -> None:
     with locked(run_dir(NAME) / ".lock"):
-        pid = _pid()
-        if pid is not None:
-            progress(f"jaeger: stopping pid {pid}")
-            terminate(pid, NAME)
-        _pid_file().unlink(missing_ok=True)
+        stop_pid_service(NAME, _pid(), _pid_file())

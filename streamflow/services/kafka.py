@@ -14,17 +14,16 @@ from pathlib import Path
 from .base import (
     ServiceError,
     ServiceStatus,
-    alive,
+    await_ready,
     check_port_free,
     locked,
-    log_tail,
     our_pid,
     progress,
     run,
     spawn_detached,
+    stop_pid_service,
     tcp_connectable,
     terminate,
-    wait_until,
 )
 from .config import (
     HOST,
@@ -228,20 +227,10 @@ def _start() -> ServiceStatus:
         except OSError:
             return False
 
-    if not wait_until(ready, START_TIMEOUT, abort=lambda: not alive(pid)):
-        if alive(pid):
-            terminate(pid, NAME, grace=5)
-        raise ServiceError(
-            f"kafka: broker did not become ready within {START_TIMEOUT:.0f}s. "
-            f"Log {log} ends with:\n{log_tail(log)}"
-        )
+    await_ready(NAME, pid, ready, log, START_TIMEOUT)
     return status()
 
 
 def down() -> None:
     with locked(run_dir(NAME) / ".lock"):
-        pid = _pid()
-        if pid is not None:
-            progress(f"kafka: stopping pid {pid}")
-            terminate(pid, NAME)
-        _pid_file().unlink(missing_ok=True)
+        stop_pid_service(NAME, _pid(), _pid_file())
