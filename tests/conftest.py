@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +24,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(f"FAILED: {skipped} test(s) skipped; CI allows none", red=True)
 
 
+# Every topic a test or benchmark creates: a throwaway namespace or a prefixed raw topic.
+TEST_TOPIC = re.compile(r"^([tpn][0-9a-f]{8,10}|bench[0-9a-f]{8})\.|^(test|kit|ext)-")
+
+
+async def _delete_test_topics(bootstrap: str) -> int:
+    """Delete test topics, so the broker's start time does not grow with every run."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if TEST_TOPIC.match(t)]
+        for i in range(0, len(doomed), 200):
+            await admin.delete_topics(doomed[i:i + 200], timeout_ms=60_000)
+        return len(doomed)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
+def kafka_bootstrap() -> Iterator[str]:
     from streamflow import services
 
     services.up(["kafka"])  # reuses a running broker; raises (fails the test) if it cannot start
-    return services.KAFKA_BOOTSTRAP
+    asyncio.run(_delete_test_topics(services.KAFKA_BOOTSTRAP))  # leftovers of a killed run
+    yield services.KAFKA_BOOTSTRAP
+    asyncio.run(_delete_test_topics(services.KAFKA_BOOTSTRAP))
 
 
 @pytest.fixture(scope="session")

@@ -94,11 +94,22 @@ def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in ("up", "status", "down"):
+    for cmd in ("up", "status", "down", "reset"):
         with pytest.raises(SystemExit) as exc:
             _parser().parse_args(["services", cmd, "--help"])
         assert exc.value.code == 0
         assert "--json" in capsys.readouterr().out
+
+
+def test_reset_refuses_services_without_data(capsys: pytest.CaptureFixture[str]) -> None:
+    before = services.status(["jaeger"])["jaeger"]
+    with pytest.raises(ServiceError, match="cannot reset jaeger: only kafka"):
+        services.reset(["jaeger"])
+    args = _parser().parse_args(["services", "reset", "postgres"])
+    assert args.func(args) == 1
+    assert "cannot reset postgres" in capsys.readouterr().err
+    after = services.status(["jaeger"])["jaeger"]
+    assert (after.running, after.pid) == (before.running, before.pid)  # the refusal stops nothing
 
 
 def test_cli_unknown_name_exits_nonzero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "check_port_free",
     "down",
     "port_holder",
+    "reset",
     "status",
     "up",
 ]
@@ -101,3 +102,19 @@ def down(names: Sequence[str] | None = None) -> None:
             errors.append(str(exc))
     if errors:
         raise ServiceError("\n".join(errors))
+
+
+RESETTABLE = ("kafka",)
+
+
+def reset(names: Sequence[str] | None = None) -> None:
+    """Stop the named services and delete their data (only Kafka keeps any worth wiping)."""
+    wanted = _resolve(names) if names else list(RESETTABLE)
+    refused = [n for n in wanted if n not in RESETTABLE]
+    if refused:
+        raise ServiceError(
+            f"cannot reset {', '.join(refused)}: only {', '.join(RESETTABLE)} keeps data "
+            "worth wiping (Jaeger keeps traces in memory; PostgreSQL tests use their own tables)"
+        )
+    for name in wanted:
+        _call(name, "reset")()

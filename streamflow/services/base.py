@@ -236,14 +236,38 @@ def wait_until(
 
 
 def await_ready(name: str, pid: int, ready: Callable[[], bool], log: Path,
-                timeout: float) -> None:
+                timeout: float, patience: float | None = None) -> None:
     """Wait until ``ready``; if it never is (or the process dies), stop it and raise with the
-    tail of its log, which is where the reason is."""
-    if not wait_until(ready, timeout, abort=lambda: not alive(pid)):
+    tail of its log, which is where the reason is.
+
+    ``timeout`` counts from the last line the service logged, not from the start: a broker
+    loading thousands of partitions logs steadily and is slow but healthy, a hung one goes quiet.
+    ``patience`` caps the total wait (default ten times ``timeout``).
+    """
+    cap = time.monotonic() + (patience if patience is not None else 10 * timeout)
+    seen = (-1, time.monotonic())  # (log size, when it last changed)
+
+    def quiet_for() -> float:
+        nonlocal seen
+        try:
+            size = log.stat().st_size
+        except OSError:
+            size = -1
+        if size != seen[0]:
+            seen = (size, time.monotonic())
+        return time.monotonic() - seen[1]
+
+    def hopeless() -> bool:
+        return not alive(pid) or quiet_for() > timeout or time.monotonic() > cap
+
+    started = time.monotonic()
+    if not wait_until(ready, cap - started, abort=hopeless):
         if alive(pid):
             terminate(pid, name, grace=5)
+        waited = time.monotonic() - started
         raise ServiceError(
-            f"{name}: not ready within {timeout:.0f}s. Log {log} ends with:\n{log_tail(log)}"
+            f"{name}: not ready after {waited:.0f}s (gives up after {timeout:.0f}s without a new "
+            f"log line). Log {log} ends with:\n{log_tail(log)}"
         )
 
 

@@ -32,11 +32,15 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         return 2
 
     parser.set_defaults(func=_usage)
-    sub = parser.add_subparsers(dest="services_command", metavar="{up,status,down}")
+    sub = parser.add_subparsers(dest="services_command", metavar="{up,status,down,reset}")
     helps = {
         "up": ("start services (reusing healthy ones); exit 1 if any failed", _cmd_up),
         "status": ("show services without starting anything; exit 1 if any is down", _cmd_status),
         "down": ("stop the services we started", _cmd_down),
+        "reset": (
+            "stop Kafka and delete all its topics (a slow start after many test runs)",
+            _cmd_reset,
+        ),
     }
     for name, (text, func) in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
@@ -102,6 +106,19 @@ def _cmd_down(args: argparse.Namespace) -> int:
     try:
         down(_names(args))
         statuses = status(_names(args))
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _emit(statuses, args.json)
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from . import reset, status
+
+    try:
+        reset(_names(args))
+        statuses = status(_names(args) or ["kafka"])
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

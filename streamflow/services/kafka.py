@@ -104,6 +104,7 @@ transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=0
 num.partitions=4
 auto.create.topics.enable=true
+log.segment.delete.delay.ms=1000
 """
 
 
@@ -234,3 +235,13 @@ def _start() -> ServiceStatus:
 def down() -> None:
     with locked(run_dir(NAME) / ".lock"):
         stop_pid_service(NAME, _pid(), _pid_file())
+
+
+def reset() -> None:
+    """Stop the broker and delete every topic with its storage; the next ``up`` formats anew."""
+    with locked(run_dir(NAME) / ".lock"):
+        stop_pid_service(NAME, _pid(), _pid_file())
+        data = run_dir(NAME) / "data"
+        if data.exists():
+            progress(f"kafka: deleting all topics (removing {data})")
+            shutil.rmtree(data)
