@@ -63,6 +63,9 @@ class StateStore:
             self._restores[partition] = task
         await task
 
+    def restoring(self) -> bool:
+        return any(not t.done() for t in self._restores.values())
+
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0

@@ -7,7 +7,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ._model import DEFAULT_NAMESPACE
 
@@ -38,6 +45,16 @@ class Settings(BaseModel):
     poll_batch: int = Field(500, ge=1)
     commit_interval_s: float = Field(
         0.1, ge=0, description="how often consumers commit offsets while busy (0: every batch)")
+    http_port: int | None = Field(
+        9464, ge=0, le=65535,
+        description="worker HTTP port for /healthz, /readyz, /metrics, /status "
+                    "(0: any free port; unset with STREAMFLOW_HTTP_PORT=off)")
+    http_host: str = "127.0.0.1"
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _port_off(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none", "") else v
 
     @model_validator(mode="after")
     def _default_dead_letter_topic(self) -> Settings:

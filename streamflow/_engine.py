@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ._barrier import state_topic
-from ._config import Settings
+from ._config import ConfigError, Settings
+from ._health import Probe
+from ._http import HttpServer
 from ._ledger import FINAL, fold, runs_topic
+from ._metrics import Metrics
 from ._pipeline import Pipeline, PipelineError
 from ._runners import Counters, Ctx, SinkRunner, SourceRunner, connector_context, replay_topic
 from ._stage import StageRunner
@@ -67,6 +70,10 @@ class Worker:
         self.settings = settings or Settings.load()
         self.transport = transport or make_transport(self.settings)
         self.counters = Counters()
+        self.metrics = Metrics(pipeline.name)
+        self.probe = Probe(pipeline.name, self.transport.name, self.metrics)
+        self.http_port: int | None = None
+        """The bound HTTP port once ``run`` started (``Settings.http_port`` 0 picks one)."""
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -79,7 +86,7 @@ class Worker:
         tracer = provider.get_tracer("streamflow") if provider is not None else None
         tracing = Tracing(tracer, self.transport.messaging_system)
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
-                  s.namespace, s.commit_interval_s)
+                  s.namespace, self.metrics, s.commit_interval_s)
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
@@ -92,11 +99,12 @@ class Worker:
              else sp.connector) for sp in p.sinks
         ]
 
-        await self.transport.start()
-        consumers: list[StageRunner | SinkRunner] = []
-        tasks: list[asyncio.Task[None]] = []
+        http = await self._serve_http()
+        consumers: list[StageRunner | SinkRunner] = self.probe.consumers
+        tasks: list[asyncio.Task[None]] = self.probe.tasks
         drained = True
         try:
+            await self.transport.start()
             topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
             names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
             topics += [replay_topic(s.namespace, n) for n in names]
@@ -119,16 +127,19 @@ class Worker:
             consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
             for cons in consumers:
                 await cons.open()
-            tasks = [asyncio.create_task(k.run(), name=f"consumer:{k.group}") for k in consumers]
+            tasks += [asyncio.create_task(k.run(), name=f"consumer:{k.group}") for k in consumers]
             src_tasks = [
                 asyncio.create_task(SourceRunner(sp, src, ctx).run(), name=f"source:{sp.name}")
                 for sp, src in sources
             ]
+            self.probe.phase = "running"
             await self._wait_sources(src_tasks, tasks)
+            self.probe.phase = "draining"
             for _, src in sources:
                 await src.stop()
             drained = await self._drain(consumers, tasks)
         finally:
+            self.probe.phase = "stopped"
             for cons in consumers:
                 cons.stop()
             if tasks:
@@ -140,6 +151,9 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await snk.stop()
             await self.transport.close()
+            if http is not None:
+                await http.close()
+            self.metrics.shutdown()
             shutdown_tracing(provider)
         c = self.counters
         return RunSummary(
@@ -147,6 +161,27 @@ class Worker:
             c.retried, c.deduped, {skp.name: snk.location for skp, snk in sinks},
             s.dead_letter_topic, drained,
         )
+
+    async def _serve_http(self) -> HttpServer | None:
+        s = self.settings
+        if s.http_port is None:
+            return None
+        server = HttpServer(self.probe.routes(), s.http_host, s.http_port)
+        try:
+            self.http_port = await server.start()
+        except OSError as e:
+            from .services.base import describe_process, port_holder
+
+            holder = port_holder(s.http_port) if s.http_port else None
+            who = f" (held by {describe_process(holder)})" if holder else ""
+            raise ConfigError(
+                f"cannot serve /healthz, /readyz and /metrics on {s.http_host}:{s.http_port}: "
+                f"{e.strerror or e}{who}. Pick another "
+                "port with --http-port (0: any free one) or STREAMFLOW_HTTP_PORT, or turn it "
+                "off with STREAMFLOW_HTTP_PORT=off") from e
+        log.info("worker HTTP on http://%s:%d (/healthz /readyz /metrics /status)",
+                 s.http_host, self.http_port)
+        return server
 
     async def _check_copartitioned(self, ctx: Ctx) -> None:
         """A barrier needs partition n of each input (and of its state) on one worker."""

@@ -46,6 +46,8 @@ class RunRecord(BaseModel):
     inputs: list[RunInput]
     outputs: list[str] = []
     error: dict[str, Any] | None = None
+    trace_id: str | None = None
+    """The W3C trace id of the record that fired the run (sampled or not)."""
 
     def message(self, topic: str) -> OutMessage:
         return OutMessage(topic, orjson.dumps(self.model_dump()), self.run_id.encode(), [])

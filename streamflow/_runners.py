@@ -17,9 +17,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from ._deadletter import dead_letter_message, describe_validation, error_info
+from ._metrics import Metrics
 from ._model import H_TRACEPARENT, Arrival, Asset, DeadLetter, stable_id
 from ._pipeline import SinkSpec, SourceSpec
 from ._telemetry import Tracing, traceparent_of
+from ._triggers import PartitionState
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import Message, OutMessage, Subscription, Transport
 
@@ -55,6 +57,7 @@ class Ctx:
     dlq_topic: str
     poll_batch: int
     namespace: str
+    metrics: Metrics
     commit_interval_s: float = 0.1
 
     def topic(self, asset: Asset[Any]) -> str:
@@ -70,7 +73,6 @@ class SourceRunner:
         tr = self.ctx.tracing
         topic = self.ctx.topic(asset)
         async for batch in self.source.read():
-            dead0 = self.ctx.counters.dead_lettered
             out: list[OutMessage] = []
             spans: list[Span | None] = []
             for rec in batch.records:
@@ -105,7 +107,10 @@ class SourceRunner:
                 out.append(self._dead(rej.reason, rej.origin, rej.payload, rid, root, spans))
             await self.ctx.transport.publish(out)
             _end(reversed(spans))
-            batch.dead_lettered = self.ctx.counters.dead_lettered - dead0
+            # Counted from this batch's own messages: sources run concurrently.
+            batch.dead_lettered = sum(1 for o in out if o.topic == self.ctx.dlq_topic)
+            mt = self.ctx.metrics
+            mt.add(mt.arrivals_out, (asset.name,), len(out) - batch.dead_lettered)
             await self.source.ack(batch)
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
@@ -131,6 +136,9 @@ class SourceRunner:
                               partial(tr.send_attributes, self.ctx.dlq_topic, arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
+        mt = self.ctx.metrics
+        mt.add(mt.dead_letters, ("source", self.spec.name))
+        mt.failed("source", self.spec.name, reason)
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
                         kind="source")
         return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))
@@ -201,6 +209,17 @@ class _Consumer:
         """Work is due that no input lag shows (an expired deadline): not drained yet."""
         return False
 
+    def restoring(self) -> bool:
+        """Still loading barrier state: not ready to serve."""
+        return False
+
+    def has_gate(self) -> bool:
+        return False
+
+    def open_states(self) -> list[PartitionState]:
+        """Barriers or windows waiting for inputs, for metrics and ``status``."""
+        return []
+
     def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
               spans: list[Span | None], exc: BaseException | None,
               run_id: str | None = None, attempts: int | None = None) -> OutMessage:
@@ -209,6 +228,9 @@ class _Consumer:
                               partial(tr.send_attributes, topic, arr.arrival_id.encode()))
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
+        mt = self.ctx.metrics
+        mt.add(mt.dead_letters, (self.kind, self.name))
+        mt.failed(self.kind, self.name, reason, run_id)
         origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
                   "asset": arr.asset, "partition_key": arr.partition,
                   "key": m.key.decode("utf-8", "replace") if m.key is not None else None}
@@ -274,6 +296,9 @@ class SinkRunner(_Consumer):
         await self.ctx.transport.publish(dead)
         _end(reversed(spans))
         self.ctx.counters.records_out += len(records)
+        mt = self.ctx.metrics
+        mt.add(mt.arrivals_in, (self.spec.asset.name, self.name), len(msgs))
+        mt.add(mt.sink_writes, (self.name,), len(records))
         return msgs
 
 

@@ -31,7 +31,7 @@ from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
 from ._telemetry import traceparent_of
-from ._triggers import OnEach, Window
+from ._triggers import OnEach, PartitionState, Window
 from ._window import WindowGate
 from .transports import Message, OutMessage
 
@@ -80,6 +80,7 @@ class StageRunner(_Consumer):
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
+        self._labels = {"stage": spec.name}
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
@@ -96,24 +97,39 @@ class StageRunner(_Consumer):
     def busy(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.any_expired()
 
+    def restoring(self) -> bool:
+        return self.gate is not None and not self.retry_lane and self.gate.store.restoring()
+
+    def has_gate(self) -> bool:
+        return self.gate is not None and not self.retry_lane
+
+    def open_states(self) -> list[PartitionState]:
+        if self.gate is None or self.retry_lane:
+            return []
+        return [st for st in self.gate.store.states.values() if st.fired is None and st.slots]
+
     async def idle(self) -> None:
         """Between polls: a barrier whose deadline passed gets its policy applied."""
         if self.gate is None or self.retry_lane:
             return
         out: list[OutMessage] = []
         spans: list[Span | None] = []
+        mt = self.ctx.metrics
         for plan, policy, state_msg in self.gate.expired():
             out.append(state_msg)
+            mt.add(mt.barrier_deadlines, (self.name, policy))
             if policy == "fire":
                 await self._execute(plan, 1, None, out, spans, None)
             elif policy == "skip":
                 self.gate.alert(plan, "skipped")
+                mt.add(mt.runs, (self.name, "skipped"))
                 out.append(self._ledger(plan, "skipped", 1, time.time(), [], None))
                 self.fired.add(plan.run_id)
             else:
                 self.gate.alert(plan, "failed")
                 reason = f"stage {self.name!r}: {self.gate.deadline_reason(plan)}"
                 out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
+                mt.add(mt.runs, (self.name, "dead-lettered"))
                 out.append(self._ledger(plan, "dead-lettered", 1, time.time(), [], None))
                 self.fired.add(plan.run_id)
         if out:
@@ -156,6 +172,10 @@ class StageRunner(_Consumer):
                 await self._execute(plan, attempt, m, out, spans, proc)
             return
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
+        if not self.retry_lane:
+            mt = self.ctx.metrics
+            key = (asset.name if asset is not None else arr.asset, self.name)
+            mt.arrivals_in[key] = mt.arrivals_in.get(key, 0) + 1
         if asset is None:
             reason = f"{m.topic}@{m.partition}:{m.offset}: asset {arr.asset!r} is no input of " \
                      f"stage {self.name!r}"
@@ -202,6 +222,7 @@ class StageRunner(_Consumer):
         headers = m.headers if m is not None else []
         if plan.run_id in self.fired:
             self.ctx.counters.deduped += 1
+            self.ctx.metrics.add(self.ctx.metrics.runs, (spec.name, "deduped"))
             return
         run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL, {
             "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
@@ -211,6 +232,9 @@ class StageRunner(_Consumer):
         spans.append(run)
         started = time.time()
         self.ctx.counters.runs += 1
+        mt = self.ctx.metrics
+        if m is not None and attempt == 1 and m.timestamp_ms > 0:
+            mt.fire_latency.record(max(0.0, started - m.timestamp_ms / 1000), self._labels)
         try:
             with trace.use_span(run, end_on_exit=False) if run is not None \
                     else contextlib.nullcontext():
@@ -220,8 +244,12 @@ class StageRunner(_Consumer):
             reason = f"stage {spec.name!r} failed in run {plan.run_id} (attempt {attempt} of " \
                      f"{policy.attempts}): {type(e).__name__}: {e}"
             _fail(run, e, reason)
+            mt.stage_duration.record(time.time() - started, self._labels)
+            mt.failed("stage", spec.name, reason, plan.run_id)
             if policy.should_retry(e, attempt):
                 self.ctx.counters.retried += 1
+                mt.add(mt.retries, (spec.name,))
+                mt.add(mt.runs, (spec.name, "retrying"))
                 due = int((time.time() + policy.delay_s(attempt)) * 1000)
                 keep = [(k, v) for k, v in headers
                         if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED, H_TRACEPARENT)]
@@ -237,9 +265,14 @@ class StageRunner(_Consumer):
             else:
                 out.append(self._dead_plan(reason, plan, m, run, spans, e, attempt))
                 out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
+                mt.add(mt.runs, (spec.name, "dead-lettered"))
                 self.fired.add(plan.run_id)
             return
+        mt.stage_duration.record(time.time() - started, self._labels)
+        mt.add(mt.runs, (spec.name, "succeeded"))
         produced = self._emit(outputs, plan, run, out, spans)
+        if produced and spec.output is not None:
+            mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
         out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
         self.fired.add(plan.run_id)
 
@@ -298,6 +331,7 @@ class StageRunner(_Consumer):
             started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=plan.mode,
             replay=plan.replay, inputs=plan.inputs, outputs=outputs,
             error=error_info(exc) if exc is not None else None,
+            trace_id=plan.parent[3:35].decode() if plan.parent else None,
         )
         return rec.message(self.runs_topic)
 

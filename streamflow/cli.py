@@ -25,7 +25,8 @@ from .transports import TransportError
 
 def _run(args: argparse.Namespace) -> int:
     settings = Settings.load(
-        kafka_bootstrap=args.kafka, state_dir=args.state_dir, partitions=args.partitions
+        kafka_bootstrap=args.kafka, state_dir=args.state_dir, partitions=args.partitions,
+        http_port=args.http_port,
     )
     pipeline = load_pipeline(args.target)
     worker = Worker(pipeline, settings)
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", help="where the embedded log and local state live "
                      "(default .streamflow)")
     run.add_argument("--partitions", type=int, help="partitions for new Kafka topics")
+    run.add_argument("--http-port", metavar="PORT",
+                     help="serve /healthz, /readyz, /metrics and /status here (default 9464; "
+                          "0: any free port; off: no HTTP)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=_run)
 
@@ -114,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=_connectors_list)
 
-    from . import _cli_ops, services
+    from . import _cli_obs, _cli_ops, services
 
+    _cli_obs.add_cli(sub)
     _cli_ops.add_cli(sub)
     services.add_cli(sub)
     return parser

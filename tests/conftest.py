@@ -72,7 +72,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> 
     bootstrap = request.getfixturevalue("kafka_bootstrap") if request.param == "kafka" else None
     return Settings(
         kafka_bootstrap=bootstrap, state_dir=tmp_path / "state", namespace=namespace,
-        partitions=2, drain_timeout_s=60,
+        partitions=2, drain_timeout_s=60, http_port=0,
     )
 
 

@@ -168,14 +168,15 @@ class EmbeddedSubscription:
             await self.t.db.commit()
 
     async def lag(self) -> int:
-        total = 0
+        return sum((await self.lags()).values())
+
+    async def lags(self) -> dict[tuple[str, int], int]:
         async with self.t.db.execute(
             "SELECT topic, off FROM group_offsets WHERE grp=?", (self.group,)
         ) as cur:
             committed = {topic: int(off) async for topic, off in cur}
-        for topic in self._pos:
-            total += max(0, self.t._next.get(topic, 0) - committed.get(topic, 0))
-        return total
+        return {(topic, 0): max(0, self.t._next.get(topic, 0) - committed.get(topic, 0))
+                for topic in self._pos}
 
     async def close(self) -> None:
         self._closed = True

@@ -237,19 +237,23 @@ class KafkaSubscription:
             await self.consumer.commit({tp: off + 1 for tp, off in last.items()})
 
     async def lag(self) -> int:
+        lags = await self.lags()
+        return sum(lags.values()) if lags else 1 << 30  # no metadata yet: not drained
+
+    async def lags(self) -> dict[tuple[str, int], int]:
         tps = [
             TopicPartition(t, p)
             for t in self.topics
             for p in (self.consumer.partitions_for_topic(t) or ())
         ]
         if not tps:
-            return 1 << 30  # metadata not loaded yet: not drained
+            return {}
         ends = await self.consumer.end_offsets(tps)
-        total = 0
+        out: dict[tuple[str, int], int] = {}
         for tp in tps:
             committed = await self.consumer.committed(tp)
-            total += max(0, ends[tp] - (committed or 0))
-        return total
+            out[(tp.topic, tp.partition)] = max(0, ends[tp] - (committed or 0))
+        return out
 
     async def close(self) -> None:
         if not self._closed:

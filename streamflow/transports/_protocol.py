@@ -51,6 +51,10 @@ class Subscription(Protocol):
         """Records on the subscribed topics the group has not committed yet."""
         ...
 
+    async def lags(self) -> dict[tuple[str, int], int]:
+        """``lag`` per (topic, partition), for metrics."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -1,0 +1,136 @@
+"""``streamflow trace <asset> <key-or-partition>``: the runs that touched a record, and its trace.
+
+The record's arrivals are found on the asset's topic (by message key or partition key), the
+runs from the ledger (directly, then downstream through their outputs), and the trace ids from
+the arrivals' ``traceparent`` headers and the runs; each trace is then fetched from Jaeger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from dataclasses import dataclass, field
+
+import orjson
+
+from ._config import Settings
+from ._engine import make_transport
+from ._jaeger import JSpan, get_trace, tree_lines
+from ._ledger import RunRecord, fold, runs_topic
+from ._model import H_ASSET, H_PARTITION, H_TRACEPARENT
+from ._ops import OpsError
+
+DEFAULT_JAEGER = "http://127.0.0.1:16686"
+
+
+@dataclass
+class Found:
+    arrivals: list[dict[str, object]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    trace_ids: dict[str, bool] = field(default_factory=dict)
+    """trace id -> whether its record was sampled."""
+
+
+async def find_record(settings: Settings, asset: str, key: str) -> Found:
+    t = make_transport(settings)
+    await t.start()
+    try:
+        topic = f"{settings.namespace}.{asset}"
+        found = Found()
+        ids: set[str] = set()
+        for m in await t.read_topic(topic):
+            h = dict(m.headers)
+            if (m.key or b"").decode() != key and h.get(H_PARTITION, b"").decode() != key:
+                continue
+            if h.get(H_ASSET, asset.encode()).decode() != asset:
+                continue
+            tp = h.get(H_TRACEPARENT, b"").decode()
+            aid = h.get("sf-arrival-id", b"").decode()
+            ids.add(aid)
+            found.arrivals.append({"topic": m.topic, "partition": m.partition,
+                                   "offset": m.offset, "arrival_id": aid, "traceparent": tp})
+            if len(tp) == 55:
+                found.trace_ids[tp[3:35]] = tp.endswith(("1", "3", "5", "7", "9", "b", "d", "f"))
+        ledger = fold(await t.read_topic(runs_topic(settings.namespace)))
+    finally:
+        await t.close()
+    seen: set[str] = set()
+    frontier = True
+    while frontier:  # follow outputs downstream until no new run consumes them
+        frontier = False
+        for r in ledger.values():
+            if r.run_id in seen:
+                continue
+            if any(i.arrival_id in ids or (i.asset == asset and i.partition == key)
+                   for i in r.inputs):
+                seen.add(r.run_id)
+                found.runs.append(r)
+                ids.update(r.outputs)
+                frontier = True
+                if r.trace_id:
+                    found.trace_ids.setdefault(r.trace_id, False)
+    found.runs.sort(key=lambda r: r.started_ms)
+    return found
+
+
+def _trace(args: argparse.Namespace) -> int:
+    settings = Settings.load(kafka_bootstrap=args.kafka, state_dir=args.state_dir,
+                             namespace=args.namespace)
+    found = asyncio.run(find_record(settings, args.asset, args.key))
+    if not found.arrivals and not found.runs:
+        raise OpsError(
+            f"no arrival of asset {args.asset!r} with key or partition {args.key!r} on "
+            f"{settings.transport} (namespace {settings.namespace!r}). Check the asset name "
+            "(`streamflow runs list` shows stages and partitions) and --namespace/--kafka.")
+    jaeger = args.jaeger.rstrip("/")
+    traces: dict[str, list[JSpan]] = {}
+    for tid in found.trace_ids:
+        try:
+            traces[tid] = get_trace(jaeger, tid)
+        except OSError as e:
+            raise OpsError(f"cannot reach Jaeger at {jaeger} ({e}); start it with "
+                           "`streamflow services up jaeger` or pass --jaeger") from e
+    if args.json:
+        print(orjson.dumps({
+            "arrivals": found.arrivals,
+            "runs": [r.model_dump() for r in found.runs],
+            "traces": {tid: {"url": f"{jaeger}/trace/{tid}", "spans": [
+                {"span_id": s.span_id, "parent_id": s.parent_id, "name": s.name,
+                 "kind": s.kind, "status_code": s.status_code,
+                 "links": [list(lk) for lk in s.links]} for s in spans]}
+                for tid, spans in traces.items()},
+        }, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"{args.asset} {args.key!r}: {len(found.arrivals)} arrival(s), "
+          f"{len(found.runs)} run(s)")
+    for r in found.runs:
+        ins = ", ".join(f"{i.asset}:{i.partition}" for i in r.inputs)
+        print(f"  run {r.run_id} stage {r.stage} [{r.status}, attempt {r.attempt}] <- {ins}")
+    for tid, spans in traces.items():
+        print(f"\ntrace {tid}  {jaeger}/trace/{tid}")
+        if not spans:
+            why = "recorded unsampled" if not found.trace_ids[tid] else "not in Jaeger (yet)"
+            print(f"  no spans: {why}; OTEL_TRACES_SAMPLER_ARG sets the sampling ratio, and "
+                  "failures are exported whatever it is")
+        for line in tree_lines(spans):
+            print("  " + line)
+    return 0
+
+
+def add_trace_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tr = sub.add_parser(
+        "trace", help="the runs that touched a record, and its span tree from Jaeger",
+        description="Find a record's arrivals (by key or partition key) on its asset's topic, "
+        "the runs that consumed it and everything downstream, and print each trace's span tree "
+        "(links included) with its Jaeger URL.")
+    tr.add_argument("asset", help="asset name, e.g. pos_sales")
+    tr.add_argument("key", help="the record's key or partition key, e.g. S1-0001")
+    tr.add_argument("--jaeger", default=os.environ.get("STREAMFLOW_JAEGER_URL", DEFAULT_JAEGER),
+                    help=f"Jaeger query URL (default {DEFAULT_JAEGER}, or STREAMFLOW_JAEGER_URL)")
+    tr.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers (default: "
+                    "STREAMFLOW_KAFKA_BOOTSTRAP, else the embedded log)")
+    tr.add_argument("--state-dir", help="embedded log location (default .streamflow)")
+    tr.add_argument("--namespace", help="topic prefix (default sf)")
+    tr.add_argument("--json", action="store_true", help="machine-readable output")
+    tr.set_defaults(func=_trace)

@@ -1,0 +1,189 @@
+"""The worker's HTTP port on both transports: /healthz, /readyz, /metrics (scraped with a real
+HTTP client and checked against the work done), /status and ``streamflow status``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings, Worker
+from streamflow._config import ConfigError
+from streamflow.cli import main
+from streamflow.connectors import SourceBatch
+
+from .helpers import ListSource
+
+
+class Order(BaseModel):
+    id: int
+    day: str
+
+
+class Payment(BaseModel):
+    id: int
+    day: str
+
+
+class Report(BaseModel):
+    day: str
+    orders: int
+
+
+orders = Asset("orders", Order, key="id", partition_by="day")
+payments = Asset("payments", Payment, key="id", partition_by="day")
+paid = Asset("paid", Order, key="id", partition_by="day")
+reports = Asset("reports", Report, key="day", partition_by="day")
+
+
+class ThenIdle(ListSource):
+    """Publishes its batches, then keeps the worker running until it is stopped."""
+
+    async def read(self) -> AsyncGenerator[SourceBatch, None]:  # type: ignore[override]
+        async for batch in super().read():
+            yield batch
+        await asyncio.Event().wait()
+
+
+def pipeline(tmp_path: Path) -> Pipeline:
+    p = Pipeline("obs")
+    good = [{"id": i, "day": f"d{i % 3}"} for i in range(9)]
+    p.source(ThenIdle([good[:5], [*good[5:], {"id": "not-a-number", "day": "d0"}]]),
+             asset=orders, name="orders-src")
+    # Payments only for d0 and d1: the d2 barrier of the report stays open.
+    p.source(ThenIdle([[{"id": 100, "day": "d0"}, {"id": 101, "day": "d1"}]]), asset=payments,
+             name="payments-src")
+
+    @p.stage(inputs=[orders], output=paid, retry=RetryPolicy(attempts=1))
+    def check(o: Order) -> Order:
+        if o.id == 4:
+            raise ValueError("order 4 is cursed")
+        return o
+
+    @p.stage(inputs=[paid, payments], output=reports, trigger=AllOf())
+    def report(x: Inputs) -> Report:
+        return Report(day=x[paid].day, orders=1)  # type: ignore[attr-defined]
+
+    p.sink("files", asset=reports, path=tmp_path / "out")
+    return p
+
+
+def sample(text: str, metric: str, /, **labels: str) -> float:
+    """The value of one Prometheus sample whose labels include ``labels``."""
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m is None or m.group(1) != metric:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    raise AssertionError(f"no sample {metric}{labels} in /metrics:\n{text}")
+
+
+async def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_health_metrics_and_status_match_the_work_done(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker = Worker(pipeline(tmp_path), settings)
+    task = asyncio.create_task(worker.run())
+    while worker.http_port is None:
+        assert not task.done(), task
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{worker.http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+        async def settled() -> str:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            text = (await http.get("/metrics")).text
+            assert sample(text, "streamflow_sink_records_total", sink="files-reports") == 2
+            assert sample(text, "streamflow_consumer_lag", group=f"{settings.namespace}"
+                          ".stage.report") == 0
+            return text
+
+        text = await wait_for(settled)
+        assert (await http.get("/metrics")).headers["content-type"].startswith("text/plain")
+        # Sources: 9 valid orders and 2 payments published, the malformed order dead-lettered.
+        assert sample(text, "streamflow_arrivals_out_total", asset="orders") == 9
+        assert sample(text, "streamflow_arrivals_out_total", asset="payments") == 2
+        assert sample(text, "streamflow_dead_letters_total", kind="source",
+                      name="orders-src") == 1
+        # check: 9 runs, one dead-lettered (no retries allowed), 8 outputs.
+        assert sample(text, "streamflow_arrivals_in_total", asset="orders",
+                      consumer="check") == 9
+        assert sample(text, "streamflow_runs_total", stage="check", status="succeeded") == 8
+        assert sample(text, "streamflow_runs_total", stage="check", status="dead-lettered") == 1
+        assert sample(text, "streamflow_dead_letters_total", kind="stage", name="check") == 1
+        assert sample(text, "streamflow_arrivals_out_total", asset="paid") == 8
+        assert sample(text, "streamflow_stage_duration_seconds_count", stage="check") == 9
+        assert sample(text, "streamflow_fire_latency_seconds_count", stage="check") == 9
+        assert sample(text, "streamflow_stage_duration_seconds_bucket", stage="check",
+                      le="+Inf") == 9
+        # report: a barrier per day; d0 and d1 fire (once each), d2 waits for its payment.
+        assert sample(text, "streamflow_runs_total", stage="report", status="succeeded") == 2
+        assert sample(text, "streamflow_open_barriers", stage="report") == 1
+        assert sample(text, "streamflow_oldest_open_barrier_age_seconds", stage="report") > 0
+        assert sample(text, "streamflow_arrivals_in_total", asset="payments",
+                      consumer="report") == 2
+
+        status = (await http.get("/status")).json()
+        assert status["phase"] == "running" and status["ready"] is True
+        assert status["stages"]["report"]["open_barriers"] == 1
+        assert status["stages"]["check"]["runs"] == {"succeeded": 8, "dead-lettered": 1}
+        reasons = [f["reason"] for f in status["recent_failures"]]
+        assert any("order 4 is cursed" in r for r in reasons), reasons
+        assert any("not-a-number" in r or "id" in r for r in reasons), reasons
+        assert (await http.get("/nope")).status_code == 404
+
+        rc = await asyncio.to_thread(main, ["status", "--url", base])
+        out = capsys.readouterr().out
+        assert rc == 0
+        assert re.search(r"^report\s+stage\s+0\s+1\s+\d+\.\ds\s+.*succeeded 2", out, re.M), out
+        assert "order 4 is cursed" in out
+
+        worker.request_stop()
+        summary = await asyncio.wait_for(task, 120)
+    assert summary.drained
+    async with httpx.AsyncClient(timeout=2) as http:
+        with pytest.raises(httpx.ConnectError):  # the port closes with the worker
+            await http.get(f"{base}/healthz")
+
+
+async def test_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        settings = Settings(state_dir=tmp_path / "s", namespace="obsport", http_port=port)
+        with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}.*--http-port"):
+            await Worker(pipeline(tmp_path), settings).run()
+
+
+def test_status_without_a_worker_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the worker at http://127.0.0.1:9/status" in err
+    assert "streamflow run" in err
+
+
+def test_http_port_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMFLOW_HTTP_PORT", "off")
+    assert Settings.load().http_port is None
+    monkeypatch.setenv("STREAMFLOW_HTTP_PORT", "9555")
+    assert Settings.load().http_port == 9555
