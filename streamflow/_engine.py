@@ -18,7 +18,8 @@ from ._metrics import Metrics
 from ._pipeline import Pipeline, PipelineError
 from ._runners import Counters, Ctx, SinkRunner, SourceRunner, connector_context, replay_topic
 from ._stage import StageRunner
-from ._telemetry import Tracing, configure_tracing, shutdown_tracing
+from ._telemetry import Tracing
+from ._tracing_setup import configure_tracing
 from ._triggers import OnEach
 from .connectors import build_sink, build_source
 from .transports import EmbeddedTransport, KafkaTransport, Transport
@@ -72,6 +73,8 @@ class Worker:
         self.counters = Counters()
         self.metrics = Metrics(pipeline.name)
         self.probe = Probe(pipeline.name, self.transport.name, self.metrics)
+        self.spans_dropped = 0
+        """Spans the trace exporter could not deliver, known after ``run``."""
         self.http_port: int | None = None
         """The bound HTTP port once ``run`` started (``Settings.http_port`` 0 picks one)."""
         self._stop = asyncio.Event()
@@ -82,9 +85,9 @@ class Worker:
 
     async def run(self) -> RunSummary:
         s, p = self.settings, self.pipeline
-        provider = configure_tracing(default_service=f"streamflow-{p.name}")
-        tracer = provider.get_tracer("streamflow") if provider is not None else None
-        tracing = Tracing(tracer, self.transport.messaging_system)
+        setup = configure_tracing(default_service=f"streamflow-{p.name}")
+        system = self.transport.messaging_system
+        tracing = setup.tracing(system) if setup is not None else Tracing(None, system)
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
                   s.namespace, self.metrics, s.commit_interval_s)
         state = str(Path(s.state_dir) / s.namespace / p.name)
@@ -154,7 +157,9 @@ class Worker:
             if http is not None:
                 await http.close()
             self.metrics.shutdown()
-            shutdown_tracing(provider)
+            if setup is not None:
+                setup.shutdown()
+                self.spans_dropped = setup.dropped
         c = self.counters
         return RunSummary(
             p.name, self.transport.name, c.records_in, c.records_out, c.dead_lettered, c.runs,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 @dataclass
 class JSpan:
+    trace_id: str
     span_id: str
     parent_id: str | None
     name: str
@@ -51,7 +54,8 @@ def parse_spans(body: dict[str, Any]) -> list[JSpan]:
         for ss in rs.get("scopeSpans", []):
             for s in ss.get("spans", []):
                 spans.append(JSpan(
-                    s["spanId"], s.get("parentSpanId") or None, s["name"], _kind(s["kind"]),
+                    s["traceId"], s["spanId"], s.get("parentSpanId") or None, s["name"],
+                    _kind(s["kind"]),
                     {a["key"]: _value(a["value"]) for a in s.get("attributes", [])},
                     int(s.get("status", {}).get("code", 0)),
                     [(lk.get("traceId", ""), lk["spanId"]) for lk in s.get("links", [])],
@@ -71,6 +75,35 @@ def get_trace(query_url: str, trace_id: str) -> list[JSpan]:
         if e.code == 404:
             return []
         raise
+
+
+def search_service(query_url: str, service: str, lookback_s: float = 3600,
+                   limit: int = 1000) -> dict[str, list[JSpan]]:
+    """Recent traces of ``service`` by trace id (spans of other services in them included)."""
+    now = time.time()
+    params = urllib.parse.urlencode({
+        "query.service_name": service,
+        "query.start_time_min": _rfc3339(now - lookback_s),
+        "query.start_time_max": _rfc3339(now + 60),
+        "query.num_traces": limit,
+    })
+    url = f"{query_url.rstrip('/')}/api/v3/traces?{params}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            body = orjson.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return {}
+        raise
+    out: dict[str, list[JSpan]] = {}
+    for rs in body.get("result", {}).get("resourceSpans", []):
+        for sp in parse_spans({"result": {"resourceSpans": [rs]}}):
+            out.setdefault(sp.trace_id, []).append(sp)
+    return out
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def tree_lines(spans: list[JSpan]) -> list[str]:

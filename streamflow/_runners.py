@@ -20,7 +20,7 @@ from ._deadletter import dead_letter_message, describe_validation, error_info
 from ._metrics import Metrics
 from ._model import H_TRACEPARENT, Arrival, Asset, DeadLetter, stable_id
 from ._pipeline import SinkSpec, SourceSpec
-from ._telemetry import Tracing, traceparent_of
+from ._telemetry import AttrValue, Tracing, parse_traceparent, traceparent_of
 from ._triggers import PartitionState
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import Message, OutMessage, Subscription, Transport
@@ -76,7 +76,7 @@ class SourceRunner:
             out: list[OutMessage] = []
             spans: list[Span | None] = []
             for rec in batch.records:
-                root = self._read_span(rec)
+                root, root_tp = self._read_span(rec)
                 spans.append(root)
                 arrival_id = stable_id(asset.name, rec.record_id)
                 try:
@@ -84,6 +84,7 @@ class SourceRunner:
                 except ValidationError as e:
                     reason = (f"{_where(rec.origin)}: "
                               f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+                    root = root or self._failed_root(rec, root_tp, spans)
                     _fail(root, None, reason)
                     out.append(self._dead(reason, rec.origin, orjson.dumps(rec.data).decode(),
                                           arrival_id, root, spans))
@@ -96,11 +97,14 @@ class SourceRunner:
                 arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
                               asset.event_time_ms(model), f"source:{self.spec.name}", "live",
                               key_b, model.model_dump_json().encode(),
-                              traceparent_of(send, rec.traceparent))
+                              traceparent_of(send, root_tp))
                 out.append(arr.message(topic))
             for rej in batch.rejects:
-                root = tr.start_root(f"read {self.spec.name}",
-                                     {"streamflow.source": self.spec.name})
+                root, tp = tr.start_root(f"read {self.spec.name}",
+                                         {"streamflow.source": self.spec.name})
+                root = root or tr.start_failure(f"read {self.spec.name}", tp,
+                                                attributes={"streamflow.source": self.spec.name},
+                                                root=True)
                 spans.append(root)
                 _fail(root, None, rej.reason)
                 rid = stable_id(asset.name, "reject", str(rej.origin))
@@ -115,19 +119,34 @@ class SourceRunner:
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
 
-    def _read_span(self, rec: SourceRecord) -> Span | None:
-        tr = self.ctx.tracing
-        if not tr.enabled:
-            return None
-        attrs = {
+    def _read_attrs(self, rec: SourceRecord) -> dict[str, AttrValue]:
+        return {
             "streamflow.source": self.spec.name,
             "streamflow.asset": self.spec.asset.name,
             **{f"streamflow.origin.{k}": str(v) for k, v in rec.origin.items()},
         }
-        if rec.traceparent is not None:  # continue the producer's trace (or stay unsampled)
-            return tr.start_child(f"read {self.spec.name}", rec.traceparent,
-                                  SpanKind.CONSUMER, attrs)
-        return tr.start_root(f"read {self.spec.name}", attrs)
+
+    def _read_span(self, rec: SourceRecord) -> tuple[Span | None, bytes | None]:
+        """The record's root span if sampled, and the traceparent it travels with either way."""
+        tr = self.ctx.tracing
+        if not tr.enabled:
+            return None, rec.traceparent
+        if parse_traceparent(rec.traceparent) is not None:  # continue the producer's trace
+            assert rec.traceparent is not None
+            return tr.start_consumer_root(f"read {self.spec.name}", rec.traceparent,
+                                          self._read_attrs(rec))
+        return tr.start_root(f"read {self.spec.name}", self._read_attrs(rec))
+
+    def _failed_root(self, rec: SourceRecord, tp: bytes | None,
+                     spans: list[Span | None]) -> Span | None:
+        """An unsampled record failed: export its read span after all (failures stay visible)."""
+        fresh = parse_traceparent(rec.traceparent) is None
+        span = self.ctx.tracing.start_failure(
+            f"read {self.spec.name}", tp if fresh else rec.traceparent,
+            SpanKind.INTERNAL if fresh else SpanKind.CONSUMER, partial(self._read_attrs, rec),
+            root=fresh)
+        spans.append(span)
+        return span
 
     def _dead(self, reason: str, origin: dict[str, Any], payload: str, arrival_id: str,
               parent: Span | None, spans: list[Span | None]) -> OutMessage:
@@ -224,6 +243,12 @@ class _Consumer:
               spans: list[Span | None], exc: BaseException | None,
               run_id: str | None = None, attempts: int | None = None) -> OutMessage:
         tr, topic = self.ctx.tracing, self.ctx.dlq_topic
+        if parent is None and tr.enabled:  # unsampled: its failure is exported all the same
+            parent = tr.start_failure(
+                f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
+                partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
+            _fail(parent, exc, reason)
+            spans.append(parent)
         send = tr.start_child(f"send {topic}", parent, SpanKind.PRODUCER,
                               partial(tr.send_attributes, topic, arr.arrival_id.encode()))
         spans.append(send)

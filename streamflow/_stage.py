@@ -30,7 +30,7 @@ from ._ledger import RunInput, RunRecord, RunStatus, runs_topic
 from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
-from ._telemetry import traceparent_of
+from ._telemetry import AttrValue, traceparent_of
 from ._triggers import OnEach, PartitionState, Window
 from ._window import WindowGate
 from .transports import Message, OutMessage
@@ -224,11 +224,13 @@ class StageRunner(_Consumer):
             self.ctx.counters.deduped += 1
             self.ctx.metrics.add(self.ctx.metrics.runs, (spec.name, "deduped"))
             return
-        run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL, {
+        attrs: dict[str, AttrValue] = {
             "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
             "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
             "streamflow.attempt": attempt,
-        }, links=plan.links)
+        }
+        run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
+                             attrs, links=plan.links)
         spans.append(run)
         started = time.time()
         self.ctx.counters.runs += 1
@@ -237,12 +239,16 @@ class StageRunner(_Consumer):
             mt.fire_latency.record(max(0.0, started - m.timestamp_ms / 1000), self._labels)
         try:
             with trace.use_span(run, end_on_exit=False) if run is not None \
-                    else contextlib.nullcontext():
+                    else tr.unsampled_context(plan.parent):
                 outputs = list(_outputs(await self._call(plan.arg), spec.output))
         except Exception as e:  # user code: a failure retries or dead-letters, never crashes
             policy = spec.retry
             reason = f"stage {spec.name!r} failed in run {plan.run_id} (attempt {attempt} of " \
                      f"{policy.attempts}): {type(e).__name__}: {e}"
+            if run is None:  # not sampled: the failing run is exported all the same
+                run = tr.start_failure(f"run {spec.name}", plan.parent, SpanKind.INTERNAL,
+                                       attrs, start_time=int(started * 1e9))
+                spans.append(run)
             _fail(run, e, reason)
             mt.stage_duration.record(time.time() - started, self._labels)
             mt.failed("stage", spec.name, reason, plan.run_id)

@@ -7,13 +7,17 @@ because even a non-recording SDK span costs several times the rest of the pipeli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 
 log = logging.getLogger("streamflow.telemetry")
@@ -51,22 +55,100 @@ def format_traceparent(ctx: SpanContext) -> bytes:
     return b"00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
 
 
-class Tracing:
-    """Creates the spans of a record's path; every method is a cheap no-op when disabled."""
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Which records get traced: ``OTEL_TRACES_SAMPLER`` (+ ``_ARG``) read once, decided here.
 
-    def __init__(self, tracer: trace.Tracer | None, messaging_system: str) -> None:
+    ``ratio`` applies to records that start a trace; ``parent_based`` makes a record arriving
+    with a traceparent (the Kafka source) keep its producer's decision instead.
+    """
+
+    ratio: float = 1.0
+    parent_based: bool = True
+
+    @classmethod
+    def from_env(cls) -> Sampling:
+        name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        parent_based = name.startswith("parentbased_")
+        base = name.removeprefix("parentbased_")
+        if base == "always_on":
+            return cls(1.0, parent_based)
+        if base == "always_off":
+            return cls(0.0, parent_based)
+        if base == "traceidratio":
+            try:
+                ratio = float(arg) if arg else 1.0
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise TelemetryError(
+                    f"OTEL_TRACES_SAMPLER_ARG={arg!r} is not a ratio between 0 and 1")
+            return cls(ratio, parent_based)
+        raise TelemetryError(
+            f"OTEL_TRACES_SAMPLER={name!r} is not supported; use always_on, always_off, "
+            "traceidratio or their parentbased_ forms (with OTEL_TRACES_SAMPLER_ARG=0.01)")
+
+
+class PrimedIds(RandomIdGenerator):
+    """Lets a late root span take the ids an unsampled record was already given, so a record
+    that fails after being left unsampled gets its spans under the trace id it carries."""
+
+    def __init__(self) -> None:
+        self.trace_id: int | None = None
+        self.span_id: int | None = None
+
+    def generate_trace_id(self) -> int:
+        tid, self.trace_id = self.trace_id, None
+        return tid if tid is not None else super().generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        sid, self.span_id = self.span_id, None
+        return sid if sid is not None else super().generate_span_id()
+
+
+class Tracing:
+    """Creates the spans of a record's path; every method is a cheap no-op when disabled.
+
+    Sampling is decided here, from the header bytes, so an unsampled record never touches the
+    SDK; ``tracer`` records whatever it is asked to (its sampler is always-on).
+    """
+
+    def __init__(self, tracer: trace.Tracer | None, messaging_system: str,
+                 sampling: Sampling | None = None, ids: PrimedIds | None = None) -> None:
         self.tracer = tracer
         self.system = messaging_system
+        self.sampling = sampling or Sampling()
+        self.ids = ids
 
     @property
     def enabled(self) -> bool:
         return self.tracer is not None
 
-    def start_root(self, name: str, attributes: Mapping[str, AttrValue]) -> Span | None:
-        """A new trace for a record entering the system (subject to the configured sampler)."""
+    def _decide(self) -> bool:
+        r = self.sampling.ratio
+        return r >= 1.0 or (r > 0.0 and random.random() < r)
+
+    def start_root(self, name: str, attributes: Mapping[str, AttrValue]
+                   ) -> tuple[Span | None, bytes | None]:
+        """A new trace for a record entering the system: its span if sampled, and its
+        traceparent either way (an unsampled one costs a random number, not an SDK call)."""
         if self.tracer is None:
-            return None
-        return self.tracer.start_span(name, context=Context(), attributes=attributes)
+            return None, None
+        if self._decide():
+            span = self.tracer.start_span(name, context=Context(), attributes=attributes)
+            return span, format_traceparent(span.get_span_context())
+        return None, b"00-%032x-%016x-00" % (random.getrandbits(128) or 1,
+                                              random.getrandbits(64) or 1)
+
+    def start_consumer_root(self, name: str, incoming: bytes,
+                            attributes: Mapping[str, AttrValue]) -> tuple[Span | None, bytes]:
+        """A record that arrived with a traceparent (from outside): continue that trace."""
+        sampled = is_sampled(incoming) if self.sampling.parent_based else self._decide()
+        if not sampled:
+            return None, incoming[:53] + b"%02x" % (int(incoming[53:55], 16) & ~1)
+        span = self.start_child(name, _with_sampled(incoming), SpanKind.CONSUMER, attributes)
+        return span, traceparent_of(span, incoming) or incoming
 
     def start_child(
         self,
@@ -75,6 +157,7 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, AttrValue] | Callable[[], Mapping[str, AttrValue]] | None = None,
         links: Sequence[bytes] = (),
+        start_time: int | None = None,
     ) -> Span | None:
         """A span under ``parent`` (a live span or a traceparent header), or None if unsampled.
 
@@ -96,8 +179,44 @@ class Tracing:
         span_links = [Link(sc) for sc in map(parse_traceparent, links) if sc is not None]
         attrs = attributes() if callable(attributes) else attributes
         return self.tracer.start_span(
-            name, context=ctx, kind=kind, attributes=attrs, links=span_links
+            name, context=ctx, kind=kind, attributes=attrs, links=span_links,
+            start_time=start_time,
         )
+
+    def start_failure(
+        self,
+        name: str,
+        parent: bytes | None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, AttrValue] | Callable[[], Mapping[str, AttrValue]] | None = None,
+        root: bool = False,
+        start_time: int | None = None,
+    ) -> Span | None:
+        """A span for a failing record even if it was not sampled, under the trace id its
+        traceparent carries: failures stay visible at any sampling ratio.
+
+        ``root`` recreates the record's unsampled root span itself (same trace and span id).
+        """
+        if self.tracer is None or parent is None:
+            return None
+        sc = parse_traceparent(parent)
+        if sc is None:
+            return None
+        if root and self.ids is not None:
+            self.ids.trace_id, self.ids.span_id = sc.trace_id, sc.span_id
+            attrs = attributes() if callable(attributes) else attributes
+            return self.tracer.start_span(name, context=Context(), kind=kind, attributes=attrs,
+                                          start_time=start_time)
+        return self.start_child(name, _with_sampled(parent), kind, attributes,
+                                start_time=start_time)
+
+    def unsampled_context(self, parent: bytes | None) -> AbstractContextManager[object]:
+        """Make an unsampled record's context current, so spans that user code opens through
+        the OpenTelemetry API follow its decision instead of starting traces of their own."""
+        sc = parse_traceparent(parent) if self.tracer is not None and parent else None
+        if sc is None:
+            return contextlib.nullcontext()
+        return trace.use_span(NonRecordingSpan(sc), end_on_exit=False)
 
     def send_attributes(self, topic: str, key: bytes | None) -> dict[str, AttrValue]:
         a: dict[str, AttrValue] = {
@@ -127,73 +246,12 @@ class Tracing:
         return a
 
 
+def _with_sampled(tp: bytes) -> bytes:
+    return tp[:53] + b"%02x" % (int(tp[53:55], 16) | 1) if len(tp) == 55 else tp
+
+
 def traceparent_of(span: Span | None, fallback: bytes | None = None) -> bytes | None:
     """The header to write for a message sent under ``span``; unsampled context passes through."""
     if span is None:
         return fallback
     return format_traceparent(span.get_span_context())
-
-
-def configure_tracing(default_service: str = "streamflow") -> Any | None:
-    """Install an SDK TracerProvider when the standard OTEL_* variables ask for export.
-
-    Returns the provider (so the caller can flush it) or None when tracing stays off.
-    """
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if exporter_name == "none" or (not exporter_name and not endpoint):
-        return None
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SpanExporter,
-    )
-
-    exporter: SpanExporter
-    exporter = ConsoleSpanExporter() if exporter_name == "console" else _otlp_exporter()
-    resource = Resource.create(
-        {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service}
-    )
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return provider
-
-
-def _otlp_exporter() -> Any:
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    if protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as GrpcExporter,
-            )
-        except ImportError as e:
-            raise TelemetryError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
-                "pip install 'streamflow[grpc]' (or use http/protobuf on port 4318)"
-            ) from e
-        return GrpcExporter()
-    raise TelemetryError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; "
-        "use 'http/protobuf' (default, port 4318) or 'grpc' (port 4317)"
-    )
-
-
-def shutdown_tracing(provider: Any | None) -> None:
-    if provider is not None:
-        provider.force_flush()
-        provider.shutdown()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from streamflow._jaeger import JSpan, get_trace
+from streamflow._jaeger import JSpan, get_trace, search_service
 
-__all__ = ["JSpan", "chain", "fetch_trace"]
+__all__ = ["JSpan", "chain", "fetch_trace", "search_service"]
 
 
 def fetch_trace(query_url: str, trace_id: str, min_spans: int, timeout: float = 30) -> list[JSpan]:

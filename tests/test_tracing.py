@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import orjson
 import pytest
+from opentelemetry import trace
+from pydantic import BaseModel
 
-from streamflow import Settings
+from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings, run_pipeline
+from streamflow._telemetry import is_sampled
+from streamflow.transports import Message
 
-from .helpers import read_topic
-from .jaeger_client import chain, fetch_trace
+from .helpers import ListSource, read_topic
+from .jaeger_client import chain, fetch_trace, search_service
 from .test_retail import run_cli, seed_landing
 
 
@@ -21,7 +26,6 @@ async def test_record_path_is_one_trace_in_jaeger(
 ) -> None:
     ns = settings.namespace
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger["otlp_http"])
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_SERVICE_NAME", f"sf-test-{ns}")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     workdir = tmp_path / "retail"
@@ -83,3 +87,155 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert dsend.parent_id == drun.span_id and dsend.kind == "PRODUCER"
     assert drun.status_code == 2  # ERROR
     assert os.environ["OTEL_SERVICE_NAME"] == f"sf-test-{ns}"
+
+
+class Order(BaseModel):
+    id: int
+    day: str
+
+
+class Payment(BaseModel):
+    id: int
+    day: str
+
+
+class Report(BaseModel):
+    day: str
+    order: int
+    payment: int
+
+
+orders = Asset("orders", Order, key="id", partition_by="day")
+payments = Asset("payments", Payment, key="id", partition_by="day")
+checked = Asset("checked", Order, key="id", partition_by="day")
+reports = Asset("reports", Report, key="day", partition_by="day")
+
+
+def fan_in(tmp_path: Path, n_orders: int, payment_days: list[str]) -> Pipeline:
+    """orders → check (fails on id 4) → report ⟵ payments (fan-in per day) → files."""
+    p = Pipeline("fanin")
+    p.source(ListSource([[{"id": i, "day": f"d{i}"} for i in range(n_orders)]
+                         + [{"id": "NaN", "day": "d0"}]]), asset=orders, name="orders-src")
+    p.source(ListSource([[{"id": 100 + i, "day": d} for i, d in enumerate(payment_days)]]),
+             asset=payments, name="payments-src")
+
+    @p.stage(inputs=[orders], output=checked, retry=RetryPolicy(attempts=1))
+    def check(o: Order) -> Order:
+        with trace.get_tracer("user-code").start_as_current_span("lookup customer"):
+            if o.id == 4:
+                raise ValueError("order 4 is cursed")
+        return o
+
+    @p.stage(inputs=[checked, payments], output=reports, trigger=AllOf())
+    def report(x: Inputs) -> Report:
+        return Report(day=x[checked].day, order=x[checked].id,  # type: ignore[attr-defined]
+                      payment=x[payments].id)  # type: ignore[attr-defined]
+
+    p.sink("files", asset=reports, path=tmp_path / "out")
+    return p
+
+
+def _otel(monkeypatch: pytest.MonkeyPatch, jaeger: dict[str, str], service: str,
+          sampler: str, arg: str = "") -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger["otlp_http"])
+    monkeypatch.setenv("OTEL_SERVICE_NAME", service)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+
+
+def _trace_id(m: Message) -> str:
+    return dict(m.headers)["traceparent"].decode().split("-")[1]
+
+
+@pytest.mark.parametrize("settings", ["kafka"], indirect=True)
+async def test_fan_in_run_is_a_child_of_the_completing_input_and_links_the_other(
+    settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ns = settings.namespace
+    _otel(monkeypatch, jaeger, f"sf-fanin-{ns}", "parentbased_always_on")
+
+    summary = await run_pipeline(fan_in(tmp_path, 2, ["d0", "d1"]), settings)
+    assert summary.records_out == 2
+
+    out = {orjson.loads(m.value)["day"]: m for m in await read_topic(settings, f"{ns}.reports")}
+    msgs = {orjson.loads(m.value)["id"]: m for m in await read_topic(settings, f"{ns}.checked")}
+    pays = {orjson.loads(m.value)["id"]: m for m in await read_topic(settings, f"{ns}.payments")}
+    report_msg = out["d0"]
+    spans = fetch_trace(jaeger["query"], _trace_id(report_msg), min_spans=6)
+    run = next(s for s in spans if s.name == "run report")
+    # The run sits in the trace of the input whose arrival completed the barrier...
+    completing = {_trace_id(msgs[0]): "checked", _trace_id(pays[100]): "payments"}
+    assert _trace_id(report_msg) in completing
+    other = next(m for t, m in ((t, msgs[0] if a == "checked" else pays[100])
+                                for t, a in completing.items()) if t != _trace_id(report_msg))
+    # ...and links to the other input's send span, in that input's own trace.
+    other_tp = dict(other.headers)["traceparent"].decode().split("-")
+    assert run.links == [(other_tp[1], other_tp[2])]
+    write = next(s for s in spans if s.name == "write files-reports")
+    path = [(s.name, s.kind) for s in chain(spans, write)]
+    assert path[-5:] == [
+        (f"process {ns}.{completing[_trace_id(report_msg)]}", "CONSUMER"),
+        ("run report", "INTERNAL"), (f"send {ns}.reports", "PRODUCER"),
+        (f"process {ns}.reports", "CONSUMER"), ("write files-reports", "INTERNAL")]
+    assert run.attributes["streamflow.stage"] == "report"
+    assert run.attributes["streamflow.partition"] == "d0"
+    # A span that the stage function opened through the plain OpenTelemetry API is a child of
+    # its run.
+    ospans = fetch_trace(jaeger["query"], _trace_id(msgs[0]), min_spans=4)
+    lookup = next(s for s in ospans if s.name == "lookup customer")
+    assert next(s for s in ospans if s.span_id == lookup.parent_id).name == "run check"
+
+    # By service: both inputs' traces are there.
+    found = search_service(jaeger["query"], f"sf-fanin-{ns}")
+    assert {_trace_id(report_msg), _trace_id(other)} <= set(found)
+    dead = {orjson.loads(m.value)["stage"]: m
+            for m in await read_topic(settings, settings.dead_letter_topic)}
+    assert set(dead) == {"orders-src"}  # only 0 and 1 were run; order 4 does not exist here
+
+
+@pytest.mark.parametrize("settings", ["kafka"], indirect=True)
+async def test_at_one_percent_sampling_failures_are_still_exported(
+    settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ns = settings.namespace
+    service = f"sf-sampled-{ns}"
+    _otel(monkeypatch, jaeger, service, "parentbased_traceidratio", "0.01")
+
+    summary = await run_pipeline(fan_in(tmp_path, 60, ["d1", "d2"]), settings)
+    assert summary.dead_lettered == 2  # the malformed order at the source, order 4 in check
+
+    dead = {orjson.loads(m.value)["stage"]: m
+            for m in await read_topic(settings, settings.dead_letter_topic)}
+    # The run that failed, and the send to the dead-letter topic, under the record's trace id.
+    check_tid = _trace_id(dead["check"])
+    spans = fetch_trace(jaeger["query"], check_tid, min_spans=2)
+    run = next(s for s in spans if s.name == "run check")
+    send = next(s for s in spans if s.name == f"send {settings.dead_letter_topic}")
+    assert run.status_code == 2 and send.parent_id == run.span_id and send.kind == "PRODUCER"
+    assert run.attributes["streamflow.run_id"]
+    # The order's own arrival carried that trace id, unsampled: its failure alone was exported.
+    order4 = next(m for m in await read_topic(settings, f"{ns}.orders")
+                  if orjson.loads(m.value)["id"] == 4)
+    tp = dict(order4.headers)["traceparent"].decode()
+    assert tp.split("-")[1] == check_tid
+    # The malformed source record: its read span (the root it would have had) and the send.
+    src_tid = _trace_id(dead["orders-src"])
+    sspans = fetch_trace(jaeger["query"], src_tid, min_spans=2)
+    read = next(s for s in sspans if s.name == "read orders-src")
+    assert read.status_code == 2 and read.parent_id is None
+    assert next(s for s in sspans if s.name.startswith("send ")).parent_id == read.span_id
+
+    # Unsampled records create no spans: every trace of the service is a failure's or a
+    # record whose traceparent says sampled.
+    arrivals = [*await read_topic(settings, f"{ns}.orders"),
+                *await read_topic(settings, f"{ns}.payments")]
+    sampled = {_trace_id(m) for m in arrivals if is_sampled(dict(m.headers)["traceparent"])}
+    assert len(sampled) < 10  # about 1% of 62 records
+    found = search_service(jaeger["query"], service)
+    assert {check_tid, src_tid} <= set(found)
+    failures = {check_tid, src_tid}
+    extra = {t: sorted(s.name for s in found[t]) for t in set(found) - sampled - failures}
+    heads = sorted(dict(m.headers)["traceparent"].decode() for m in arrivals)
+    assert not extra, f"unsampled records made spans: {extra}; arrivals: {heads}"
+    assert all(s.name != "lookup customer" for t in found if t not in sampled
+               for s in found[t])  # user spans follow the record's decision

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel
 
 import streamflow
 from streamflow import Asset, ConfigError, ConnectorError, Pipeline, PipelineError, Settings
-from streamflow._telemetry import Tracing, format_traceparent, is_sampled, parse_traceparent
+from streamflow._otlp_json import encode
+from streamflow._telemetry import (
+    PrimedIds,
+    Sampling,
+    TelemetryError,
+    Tracing,
+    format_traceparent,
+    is_sampled,
+    parse_traceparent,
+)
 from streamflow.connectors import build_source
 
 SAMPLED = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -38,11 +49,12 @@ def test_traceparent_round_trip_and_sampled_bit() -> None:
         assert parse_traceparent(bad) is None
 
 
-def _tracing() -> tuple[Tracing, InMemorySpanExporter]:
+def _tracing(ratio: float = 1.0) -> tuple[Tracing, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    ids = PrimedIds()
+    provider = TracerProvider(id_generator=ids)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider.get_tracer("t"), "kafka"), exporter
+    return Tracing(provider.get_tracer("t"), "kafka", Sampling(ratio), ids), exporter
 
 
 def test_unsampled_record_creates_no_span() -> None:
@@ -65,7 +77,90 @@ def test_sampled_record_continues_its_trace() -> None:
 
 def test_disabled_tracing_is_a_no_op() -> None:
     t = Tracing(None, "kafka")
-    assert t.start_root("x", {}) is None and t.start_child("y", SAMPLED) is None
+    assert t.start_root("x", {}) == (None, None) and t.start_child("y", SAMPLED) is None
+    assert t.start_failure("z", UNSAMPLED) is None
+
+
+def test_unsampled_root_gets_a_traceparent_but_no_span() -> None:
+    tracing, exporter = _tracing(ratio=0.0)
+    span, tp = tracing.start_root("read x", {})
+    assert span is None and tp is not None and not is_sampled(tp)
+    sc = parse_traceparent(tp)
+    assert sc is not None and sc.trace_id and sc.span_id
+    assert tracing.start_child("process t", tp) is None
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_failure_is_exported_under_the_unsampled_records_trace_id() -> None:
+    tracing, exporter = _tracing(ratio=0.0)
+    _, tp = tracing.start_root("read x", {})
+    assert tp is not None
+    sc = parse_traceparent(tp)
+    assert sc is not None
+    root = tracing.start_failure("read x", tp, root=True)  # the very root it would have had
+    run = tracing.start_failure("run s", tp)  # or a child of whatever the header names
+    assert root is not None and run is not None
+    send = tracing.start_child("send dlq", run)
+    assert send is not None
+    for sp in (send, run, root):
+        sp.end()
+    spans = {sp.name: sp for sp in exporter.get_finished_spans()}
+    assert {sp.context.trace_id for sp in spans.values() if sp.context} == {sc.trace_id}
+    r = spans["read x"]
+    assert r.context is not None and r.context.span_id == sc.span_id and r.parent is None
+    assert spans["run s"].parent is not None and spans["run s"].parent.span_id == sc.span_id
+    sent = spans["send dlq"]
+    assert sent.parent is not None and spans["run s"].context is not None
+    assert sent.parent.span_id == spans["run s"].context.span_id
+
+
+def test_sampling_from_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    assert Sampling.from_env() == Sampling(1.0, True)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.01")
+    assert Sampling.from_env() == Sampling(0.01, True)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    assert Sampling.from_env() == Sampling(0.01, False)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    assert Sampling.from_env() == Sampling(0.0, False)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+    with pytest.raises(TelemetryError, match="OTEL_TRACES_SAMPLER_ARG='2'"):
+        Sampling.from_env()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    with pytest.raises(TelemetryError, match="'sometimes' is not supported"):
+        Sampling.from_env()
+
+
+def test_ratio_sampling_samples_about_that_share() -> None:
+    tracing, _ = _tracing(ratio=0.1)
+    sampled = sum(is_sampled(tracing.start_root("r", {})[1]) for _ in range(5000))
+    assert 350 < sampled < 650  # 500 expected; far outside this is a broken decision
+
+
+def test_otlp_json_encoding_follows_the_otlp_json_mapping() -> None:
+    tracing, exporter = _tracing()
+    root, _ = tracing.start_root("read x", {"a": "s", "n": 3, "f": 0.5, "b": True})
+    assert root is not None
+    child = tracing.start_child("send t", root, SpanKind.PRODUCER, links=[SAMPLED])
+    assert child is not None
+    child.set_status(Status(StatusCode.ERROR, "bad"))
+    child.end()
+    root.end()
+    body = orjson.loads(encode(exporter.get_finished_spans()))
+    (rs,) = body["resourceSpans"]
+    (ss,) = rs["scopeSpans"]
+    spans = {s["name"]: s for s in ss["spans"]}
+    r, c = spans["read x"], spans["send t"]
+    assert len(r["traceId"]) == 32 and len(r["spanId"]) == 16 and "parentSpanId" not in r
+    assert c["parentSpanId"] == r["spanId"] and c["kind"] == 4 and r["kind"] == 1
+    assert {a["key"]: a["value"] for a in r["attributes"]} == {
+        "a": {"stringValue": "s"}, "n": {"intValue": "3"}, "f": {"doubleValue": 0.5},
+        "b": {"boolValue": True}}
+    assert c["status"] == {"code": 2, "message": "bad"}
+    assert c["links"][0]["traceId"] == SAMPLED[3:35].decode()
+    assert int(r["endTimeUnixNano"]) >= int(r["startTimeUnixNano"]) > 0
 
 
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,247 @@
+"""What tracing costs: the same Kafka map pipeline with tracing off, at 1% and at 100%.
+
+Pipeline: the ``kafka`` source reads a pre-filled topic of JSON records, a map stage validates
+and transforms each, and its output asset goes to Kafka (five spans per sampled record: read,
+send, process, run, send). Beside it, a raw aiokafka loop does the same map work untraced
+(consume, decode, validate, transform, encode, produce, commit). Throughput is measured on the
+output topic, from 2% to 100% of the records there, so start-up and group joins are excluded.
+Variants are interleaved within each repeat and the median of the repeats is reported. Spans
+go to the local Jaeger over OTLP/HTTP JSON; after the last 100% run, 100 of its output
+records have their traces fetched back from Jaeger and checked complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import BaseModel
+
+from streamflow import Asset, Pipeline, Settings, Worker, services
+from streamflow._jaeger import get_trace
+
+VARIANTS = ("off", "1pct", "100pct", "raw")
+SAMPLERS = {"1pct": ("parentbased_traceidratio", "0.01"), "100pct": ("always_on", "")}
+SPANS_PER_RECORD = 5
+
+
+class Sale(BaseModel):
+    id: str
+    store: str
+    sku: str
+    quantity: int
+    amount: float
+    currency: str
+    sold_at: str
+
+
+class Priced(BaseModel):
+    id: str
+    store: str
+    sku: str
+    quantity: int
+    amount_usd: float
+    sold_at: str
+
+
+def price(s: Sale) -> Priced:
+    return Priced(id=s.id, store=s.store, sku=s.sku, quantity=s.quantity,
+                  amount_usd=round(s.amount * 1.08, 2), sold_at=s.sold_at)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", type=int, default=20_000, help="records per run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each variant")
+    parser.add_argument("--partitions", type=int, default=4)
+
+
+async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        rnd = random.Random(7)
+        futures = []
+        for i in range(n):
+            sale = {"id": f"S{i:08d}", "store": f"store-{i % 40}",
+                    "sku": f"sku-{rnd.randrange(5000)}", "quantity": 1 + i % 5,
+                    "amount": round(rnd.uniform(1, 500), 2), "currency": "EUR",
+                    "sold_at": "2026-11-25T10:00:00Z"}
+            futures.append(await producer.send(topic, orjson.dumps(sale),
+                                               key=str(sale["id"]).encode(),
+                                               partition=i % partitions))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _watch(bootstrap: str, topic: str, n: int, done: asyncio.Event) -> float:
+    """Output records per second between 2% and 100% of ``n`` appearing on ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        t_low = None
+        while True:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer.force_metadata_update()
+                await asyncio.sleep(0.05)
+                continue
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            total = sum(ends.values())
+            now = time.perf_counter()
+            if t_low is None and total >= 0.02 * n:
+                t_low, low = now, total
+            if total >= n and t_low is not None:
+                done.set()
+                return (total - low) / max(now - t_low, 1e-6)
+            await asyncio.sleep(0.02)
+    finally:
+        await consumer.stop()
+
+
+async def _engine_run(variant: str, bootstrap: str, n: int, parts: int
+                      ) -> tuple[float, int, list[bytes]]:
+    ns = "bench" + uuid.uuid4().hex[:8]
+    raw = f"{ns}.raw"
+    await _fill(bootstrap, raw, n, parts)
+    for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+        os.environ.pop(k, None)
+    if variant in SAMPLERS:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = services.OTLP_HTTP_ENDPOINT
+        os.environ["OTEL_SERVICE_NAME"] = f"bench-tracing-{variant}"
+        os.environ["OTEL_TRACES_SAMPLER"], os.environ["OTEL_TRACES_SAMPLER_ARG"] = \
+            SAMPLERS[variant]
+    sales = Asset("sales", Sale, key="id")
+    priced = Asset("priced", Priced, key="id")
+    p = Pipeline("tracing-bench")
+    p.source("kafka", asset=sales, bootstrap=bootstrap, topic=raw)
+    p.stage(inputs=[sales], output=priced, name="price")(price)
+    settings = Settings(kafka_bootstrap=bootstrap, namespace=ns, partitions=parts,
+                        state_dir=f"/tmp/{ns}", http_port=None)
+    worker = Worker(p, settings)
+    done = asyncio.Event()
+    watch = asyncio.create_task(_watch(bootstrap, f"{ns}.priced", n, done))
+    run = asyncio.create_task(worker.run())
+    rps = await watch
+    await run
+    headers: list[bytes] = []
+    if variant == "100pct":
+        headers = await _traceparents(bootstrap, f"{ns}.priced", 100)
+    return rps, worker.spans_dropped, headers
+
+
+async def _raw_run(bootstrap: str, n: int, parts: int) -> float:
+    ns = "bench" + uuid.uuid4().hex[:8]
+    src, dst = f"{ns}.raw", f"{ns}.priced"
+    await _fill(bootstrap, src, n, parts)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(dst, parts, 1)])
+    await admin.close()
+    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"{ns}.raw",
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                isolation_level="read_committed", max_poll_records=500)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    done = asyncio.Event()
+    watch = asyncio.create_task(_watch(bootstrap, dst, n, done))
+    try:
+        while not done.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            futures = []
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    out = price(Sale.model_validate_json(m.value))
+                    futures.append(await producer.send(dst, out.model_dump_json().encode(),
+                                                       key=m.key, partition=tp.partition))
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+        return await watch
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _traceparents(bootstrap: str, topic: str, k: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        while len(out) < k:
+            for msgs in (await consumer.getmany(timeout_ms=1000, max_records=k)).values():
+                out += [dict(m.headers)["traceparent"] for m in msgs]
+    finally:
+        await consumer.stop()
+    return out[:k]
+
+
+def _complete(traceparents: list[bytes]) -> int:
+    """How many of these records' traces Jaeger holds whole: all five spans, one chain."""
+    ok = 0
+    for tp in traceparents:
+        tid = tp.decode().split("-")[1]
+        spans: list[Any] = []
+        for _ in range(50):
+            spans = get_trace(services.JAEGER_QUERY_URL, tid)
+            if len(spans) >= SPANS_PER_RECORD:
+                break
+            time.sleep(0.2)
+        names = sorted(s.name.split(" ")[0] for s in spans)
+        roots = [s for s in spans if s.parent_id is None]
+        if names == ["process", "read", "run", "send", "send"] and len(roots) == 1:
+            ok += 1
+    return ok
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    services.up(["kafka", "jaeger"])
+    bootstrap = services.KAFKA_BOOTSTRAP
+    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    dropped = 0
+    last_headers: list[bytes] = []
+    for r in range(args.repeats):
+        for v in VARIANTS:
+            if v == "raw":
+                rps = await _raw_run(bootstrap, args.records, args.partitions)
+            else:
+                rps, d, headers = await _engine_run(v, bootstrap, args.records, args.partitions)
+                dropped += d
+                last_headers = headers or last_headers
+            results[v].append(rps)
+            print(f"tracing: repeat {r + 1}/{args.repeats} {v:>6}: {rps:,.0f} records/s",
+                  file=sys.stderr)
+    med = {v: statistics.median(xs) for v, xs in results.items()}
+    checked = _complete(last_headers)
+    r1, r100 = med["1pct"] / med["off"], med["100pct"] / med["off"]
+    return {
+        "records": args.records, "repeats": args.repeats, "partitions": args.partitions,
+        "off_rps": round(med["off"]), "raw_map_rps": round(med["raw"]),
+        "pct1_rps": round(med["1pct"]), "pct100_rps": round(med["100pct"]),
+        "ratio_1pct": round(r1, 3), "ratio_100pct": round(r100, 3),
+        "off_vs_raw": round(med["off"] / med["raw"], 3),
+        "spans_dropped": dropped, "complete_traces_checked": checked,
+        "runs": {v: [round(x) for x in xs] for v, xs in results.items()},
+        "target": "ratio_1pct >= 0.9; ratio_100pct >= 0.25 with spans_dropped = 0 and 100 "
+                  "sampled traces complete in Jaeger",
+        "met": r1 >= 0.9 and r100 >= 0.25 and dropped == 0 and checked == 100,
+    }
