@@ -91,24 +91,23 @@ async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
         await producer.stop()
 
 
-async def _watch(bootstrap: str, topic: str, n: int, done: asyncio.Event) -> float:
+async def _watch(bootstrap: str, topic: str, n: int, parts: int, done: asyncio.Event) -> float:
     """Output records per second between 2% and 100% of ``n`` appearing on ``topic``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(parts)]
     try:
-        t_low = None
+        for _ in range(600):  # the worker creates the topic at its start
+            if topic in await consumer.topics():
+                break
+            await asyncio.sleep(0.05)
+        t_low, low = 0.0, 0
         while True:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer.force_metadata_update()
-                await asyncio.sleep(0.05)
-                continue
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-            total = sum(ends.values())
+            total = sum((await consumer.end_offsets(tps)).values())
             now = time.perf_counter()
-            if t_low is None and total >= 0.02 * n:
+            if not t_low and total >= 0.02 * n:
                 t_low, low = now, total
-            if total >= n and t_low is not None:
+            if total >= n and t_low:
                 done.set()
                 return (total - low) / max(now - t_low, 1e-6)
             await asyncio.sleep(0.02)
@@ -137,7 +136,7 @@ async def _engine_run(variant: str, bootstrap: str, n: int, parts: int
                         state_dir=f"/tmp/{ns}", http_port=None)
     worker = Worker(p, settings)
     done = asyncio.Event()
-    watch = asyncio.create_task(_watch(bootstrap, f"{ns}.priced", n, done))
+    watch = asyncio.create_task(_watch(bootstrap, f"{ns}.priced", n, parts, done))
     run = asyncio.create_task(worker.run())
     rps = await watch
     await run
@@ -163,7 +162,7 @@ async def _raw_run(bootstrap: str, n: int, parts: int) -> float:
     await consumer.start()
     await producer.start()
     done = asyncio.Event()
-    watch = asyncio.create_task(_watch(bootstrap, dst, n, done))
+    watch = asyncio.create_task(_watch(bootstrap, dst, n, parts, done))
     try:
         while not done.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)

@@ -189,6 +189,16 @@ class BarrierGate:
         now = int(time.time() * 1000)
         return any(self.barrier.expired(s, now) for s in self.states.values())
 
+    def next_deadline_s(self) -> float | None:
+        """Seconds until the earliest open barrier's deadline (None: no deadline pending)."""
+        trigger = self.barrier.trigger
+        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
+            return None
+        firsts = [s.first_seen_ms for s in self.states.values() if s.fired is None and s.slots]
+        if not firsts:
+            return None
+        return (min(firsts) + trigger.deadline_s * 1000 - time.time() * 1000) / 1000
+
     def missing(self, plan: PlannedRun) -> list[str]:
         assert isinstance(plan.arg, Inputs)
         return plan.arg.missing(self.barrier.inputs)

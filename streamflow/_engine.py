@@ -140,7 +140,10 @@ class Worker:
             self.probe.phase = "draining"
             for _, src in sources:
                 await src.stop()
-            drained = await self._drain(consumers, tasks)
+            # Sources ran dry (not a stop request): deadlines due within the drain timeout are
+            # waited for, so a batch run applies them instead of leaving them to the next run.
+            drained = await self._drain(consumers, tasks,
+                                        wait_deadlines=not self._stop.is_set())
         finally:
             self.probe.phase = "stopped"
             for cons in consumers:
@@ -228,7 +231,8 @@ class Worker:
             stop.cancel()
 
     async def _drain(
-        self, consumers: list[StageRunner | SinkRunner], tasks: list[asyncio.Task[None]]
+        self, consumers: list[StageRunner | SinkRunner], tasks: list[asyncio.Task[None]],
+        wait_deadlines: bool = False,
     ) -> bool:
         """Wait until every consumer has committed everything upstream produced.
 
@@ -245,6 +249,10 @@ class Worker:
                     raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
             lags = [await c.lag() for c in consumers]
             idle = sum(lags) == 0 and not any(c.busy() for c in consumers)
+            if idle and wait_deadlines:
+                left = deadline - loop.time()
+                idle = not any(d is not None and d < left
+                               for d in (c.next_deadline_s() for c in consumers))
             clean_rounds = clean_rounds + 1 if idle else 0
             if clean_rounds >= 2:
                 return True

@@ -16,12 +16,15 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from ._spans import RecSpan, encode_rec_span, otlp_attributes
 
 log = logging.getLogger("streamflow.telemetry")
 
@@ -48,58 +51,49 @@ def _headers_from_env() -> dict[str, str]:
     return out
 
 
-def _value(v: Any) -> dict[str, Any]:
-    if isinstance(v, str):
-        return {"stringValue": v}
-    if isinstance(v, bool):
-        return {"boolValue": v}
-    if isinstance(v, int):
-        return {"intValue": str(v)}
-    if isinstance(v, float):
-        return {"doubleValue": v}
-    if isinstance(v, Sequence):
-        return {"arrayValue": {"values": [_value(x) for x in v]}}
-    return {"stringValue": str(v)}
-
-
-def _attrs(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return [{"key": k, "value": _value(v)} for k, v in (attrs or {}).items()]
-
-
 def encode_span(s: ReadableSpan) -> dict[str, Any]:
+    """An SDK span (one that user code opened) in OTLP/JSON."""
     ctx = s.context
     assert ctx is not None
     out: dict[str, Any] = {
         "traceId": f"{ctx.trace_id:032x}", "spanId": f"{ctx.span_id:016x}", "name": s.name,
         "kind": s.kind.value + 1,  # the API counts from INTERNAL=0, OTLP from UNSPECIFIED=0
         "startTimeUnixNano": str(s.start_time or 0), "endTimeUnixNano": str(s.end_time or 0),
-        "attributes": _attrs(s.attributes),
+        "attributes": otlp_attributes(s.attributes),
     }
     if s.parent is not None:
         out["parentSpanId"] = f"{s.parent.span_id:016x}"
     if s.events:
         out["events"] = [{"name": e.name, "timeUnixNano": str(e.timestamp),
-                          "attributes": _attrs(e.attributes)} for e in s.events]
+                          "attributes": otlp_attributes(e.attributes)} for e in s.events]
     if s.links:
         out["links"] = [{"traceId": f"{lk.context.trace_id:032x}",
                          "spanId": f"{lk.context.span_id:016x}",
-                         "attributes": _attrs(lk.attributes)} for lk in s.links]
+                         "attributes": otlp_attributes(lk.attributes)} for lk in s.links]
     code = s.status.status_code.value
     if code:
         out["status"] = {"code": code, "message": s.status.description or ""}
     return out
 
 
-def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """An ExportTraceServiceRequest in OTLP/JSON: spans grouped by resource and scope."""
+def encode(spans: Sequence[ReadableSpan | RecSpan], resource: Resource | None = None) -> bytes:
+    """An ExportTraceServiceRequest in OTLP/JSON: spans grouped by resource and scope.
+
+    StreamFlow's own spans (``RecSpan``) belong to ``resource`` and the ``streamflow`` scope.
+    """
     groups: dict[int, tuple[Any, dict[tuple[str, str], list[dict[str, Any]]]]] = {}
+    own = resource or Resource.get_empty()
     for s in spans:
+        if isinstance(s, RecSpan):
+            groups.setdefault(id(own), (own, {}))[1].setdefault(
+                ("streamflow", ""), []).append(encode_rec_span(s))
+            continue
         res = groups.setdefault(id(s.resource), (s.resource, {}))
         scope = s.instrumentation_scope
         key = (scope.name, scope.version or "") if scope is not None else ("", "")
         res[1].setdefault(key, []).append(encode_span(s))
     body = {"resourceSpans": [
-        {"resource": {"attributes": _attrs(resource.attributes)},
+        {"resource": {"attributes": otlp_attributes(resource.attributes)},
          "scopeSpans": [{"scope": {"name": n, "version": v}, "spans": encoded}
                         for (n, v), encoded in scopes.items()]}
         for resource, scopes in groups.values()]}
@@ -109,15 +103,17 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
 class JsonSpanProcessor(SpanProcessor):
     """Queues ended spans and posts them as OTLP/JSON from one background thread."""
 
-    def __init__(self, endpoint: str | None = None, max_queue: int = 500_000,
-                 batch: int = 2_000, interval_s: float = 0.5, timeout_s: float = 10.0) -> None:
+    def __init__(self, endpoint: str | None = None, resource: Resource | None = None,
+                 max_queue: int = 500_000, batch: int = 2_000, interval_s: float = 0.5,
+                 timeout_s: float = 10.0) -> None:
+        self.resource = resource
         self.url = urllib.parse.urlsplit(endpoint or traces_endpoint())
         if self.url.scheme not in ("http", "https"):
             raise ValueError(f"OTLP endpoint {endpoint!r} is not an http(s) URL")
         self.headers = {"Content-Type": "application/json", **_headers_from_env()}
         self.max_queue, self.batch = max_queue, batch
         self.interval_s, self.timeout_s = interval_s, timeout_s
-        self.queue: collections.deque[ReadableSpan] = collections.deque()
+        self.queue: collections.deque[ReadableSpan | RecSpan] = collections.deque()
         self.dropped = 0
         self.exported = 0
         self._conn: http.client.HTTPConnection | None = None
@@ -131,7 +127,7 @@ class JsonSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
 
-    def on_end(self, span: ReadableSpan) -> None:
+    def on_end(self, span: ReadableSpan | RecSpan) -> None:
         q = self.queue
         if len(q) >= self.max_queue:
             self.dropped += 1
@@ -153,8 +149,8 @@ class JsonSpanProcessor(SpanProcessor):
                 n = min(len(q), self.batch)
                 self._post([q.popleft() for _ in range(n)])
 
-    def _post(self, spans: list[ReadableSpan]) -> None:
-        body = encode(spans)
+    def _post(self, spans: list[ReadableSpan | RecSpan]) -> None:
+        body = encode(spans, self.resource)
         for attempt in range(3):
             try:
                 conn = self._connection()

@@ -13,14 +13,15 @@ from functools import partial
 from typing import Any
 
 import orjson
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from ._deadletter import dead_letter_message, describe_validation, error_info
 from ._metrics import Metrics
 from ._model import H_TRACEPARENT, Arrival, Asset, DeadLetter, stable_id
 from ._pipeline import SinkSpec, SourceSpec
-from ._telemetry import AttrValue, Tracing, parse_traceparent, traceparent_of
+from ._spans import AttrValue, RecSpan
+from ._telemetry import Tracing, parse_traceparent, traceparent_of
 from ._triggers import PartitionState
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import Message, OutMessage, Subscription, Transport
@@ -36,17 +37,15 @@ class Counters:
     deduped: int = 0
 
 
-def _end(spans: Iterable[Span | None]) -> None:
+def _end(spans: Iterable[RecSpan | None]) -> None:
     for s in spans:
         if s is not None:
             s.end()
 
 
-def _fail(span: Span | None, exc: BaseException | None, message: str) -> None:
+def _fail(span: RecSpan | None, exc: BaseException | None, message: str) -> None:
     if span is not None:
-        if exc is not None:
-            span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, message))
+        span.fail(message, exc)
 
 
 @dataclass
@@ -74,7 +73,7 @@ class SourceRunner:
         topic = self.ctx.topic(asset)
         async for batch in self.source.read():
             out: list[OutMessage] = []
-            spans: list[Span | None] = []
+            spans: list[RecSpan | None] = []
             for rec in batch.records:
                 root, root_tp = self._read_span(rec)
                 spans.append(root)
@@ -126,7 +125,7 @@ class SourceRunner:
             **{f"streamflow.origin.{k}": str(v) for k, v in rec.origin.items()},
         }
 
-    def _read_span(self, rec: SourceRecord) -> tuple[Span | None, bytes | None]:
+    def _read_span(self, rec: SourceRecord) -> tuple[RecSpan | None, bytes | None]:
         """The record's root span if sampled, and the traceparent it travels with either way."""
         tr = self.ctx.tracing
         if not tr.enabled:
@@ -138,7 +137,7 @@ class SourceRunner:
         return tr.start_root(f"read {self.spec.name}", self._read_attrs(rec))
 
     def _failed_root(self, rec: SourceRecord, tp: bytes | None,
-                     spans: list[Span | None]) -> Span | None:
+                     spans: list[RecSpan | None]) -> RecSpan | None:
         """An unsampled record failed: export its read span after all (failures stay visible)."""
         fresh = parse_traceparent(rec.traceparent) is None
         span = self.ctx.tracing.start_failure(
@@ -149,7 +148,7 @@ class SourceRunner:
         return span
 
     def _dead(self, reason: str, origin: dict[str, Any], payload: str, arrival_id: str,
-              parent: Span | None, spans: list[Span | None]) -> OutMessage:
+              parent: RecSpan | None, spans: list[RecSpan | None]) -> OutMessage:
         tr = self.ctx.tracing
         send = tr.start_child(f"send {self.ctx.dlq_topic}", parent, SpanKind.PRODUCER,
                               partial(tr.send_attributes, self.ctx.dlq_topic, arrival_id.encode()))
@@ -232,6 +231,10 @@ class _Consumer:
         """Still loading barrier state: not ready to serve."""
         return False
 
+    def next_deadline_s(self) -> float | None:
+        """Seconds until a barrier or window deadline of this consumer comes due, if any."""
+        return None
+
     def has_gate(self) -> bool:
         return False
 
@@ -239,8 +242,8 @@ class _Consumer:
         """Barriers or windows waiting for inputs, for metrics and ``status``."""
         return []
 
-    def _dead(self, reason: str, m: Message, arr: Arrival, parent: Span | None,
-              spans: list[Span | None], exc: BaseException | None,
+    def _dead(self, reason: str, m: Message, arr: Arrival, parent: RecSpan | None,
+              spans: list[RecSpan | None], exc: BaseException | None,
               run_id: str | None = None, attempts: int | None = None) -> OutMessage:
         tr, topic = self.ctx.tracing, self.ctx.dlq_topic
         if parent is None and tr.enabled:  # unsampled: its failure is exported all the same
@@ -282,8 +285,8 @@ class SinkRunner(_Consumer):
     async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing
         records: list[SinkRecord] = []
-        delivered: list[tuple[Message, Arrival, Span | None]] = []
-        spans: list[Span | None] = []
+        delivered: list[tuple[Message, Arrival, RecSpan | None]] = []
+        spans: list[RecSpan | None] = []
         dead: list[OutMessage] = []
         for m in msgs:
             arr = Arrival.from_message(m.key, m.value, m.headers)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from ._barrier import BarrierGate, Late
@@ -30,7 +29,8 @@ from ._ledger import RunInput, RunRecord, RunStatus, runs_topic
 from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
-from ._telemetry import AttrValue, traceparent_of
+from ._spans import AttrValue, RecSpan
+from ._telemetry import traceparent_of
 from ._triggers import OnEach, PartitionState, Window
 from ._window import WindowGate
 from .transports import Message, OutMessage
@@ -80,7 +80,6 @@ class StageRunner(_Consumer):
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
-        self._labels = {"stage": spec.name}
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
@@ -100,6 +99,9 @@ class StageRunner(_Consumer):
     def restoring(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.store.restoring()
 
+    def next_deadline_s(self) -> float | None:
+        return None if self.gate is None or self.retry_lane else self.gate.next_deadline_s()
+
     def has_gate(self) -> bool:
         return self.gate is not None and not self.retry_lane
 
@@ -113,7 +115,7 @@ class StageRunner(_Consumer):
         if self.gate is None or self.retry_lane:
             return
         out: list[OutMessage] = []
-        spans: list[Span | None] = []
+        spans: list[RecSpan | None] = []
         mt = self.ctx.metrics
         for plan, policy, state_msg in self.gate.expired():
             out.append(state_msg)
@@ -138,7 +140,7 @@ class StageRunner(_Consumer):
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         out: list[OutMessage] = []
-        spans: list[Span | None] = []
+        spans: list[RecSpan | None] = []
         done: list[Message] = []
         for m in msgs:
             if self.retry_lane and not await self._wait_until_due(m):
@@ -158,7 +160,8 @@ class StageRunner(_Consumer):
             await asyncio.wait_for(self._stop.wait(), delay)
         return not self._stop.is_set()
 
-    async def _process(self, m: Message, out: list[OutMessage], spans: list[Span | None]) -> None:
+    async def _process(self, m: Message, out: list[OutMessage],
+                       spans: list[RecSpan | None]) -> None:
         tr = self.ctx.tracing
         arr = Arrival.from_message(m.key, m.value, m.headers)
         proc = tr.start_child(
@@ -216,8 +219,8 @@ class StageRunner(_Consumer):
         return plan
 
     async def _execute(self, plan: PlannedRun, attempt: int, m: Message | None,
-                       out: list[OutMessage], spans: list[Span | None],
-                       proc: Span | None) -> None:
+                       out: list[OutMessage], spans: list[RecSpan | None],
+                       proc: RecSpan | None) -> None:
         tr, spec = self.ctx.tracing, self.spec
         headers = m.headers if m is not None else []
         if plan.run_id in self.fired:
@@ -236,10 +239,9 @@ class StageRunner(_Consumer):
         self.ctx.counters.runs += 1
         mt = self.ctx.metrics
         if m is not None and attempt == 1 and m.timestamp_ms > 0:
-            mt.fire_latency.record(max(0.0, started - m.timestamp_ms / 1000), self._labels)
+            mt.fire_latency.observe(self.name, max(0.0, started - m.timestamp_ms / 1000))
         try:
-            with trace.use_span(run, end_on_exit=False) if run is not None \
-                    else tr.unsampled_context(plan.parent):
+            with tr.run_context(run):
                 outputs = list(_outputs(await self._call(plan.arg), spec.output))
         except Exception as e:  # user code: a failure retries or dead-letters, never crashes
             policy = spec.retry
@@ -250,7 +252,7 @@ class StageRunner(_Consumer):
                                        attrs, start_time=int(started * 1e9))
                 spans.append(run)
             _fail(run, e, reason)
-            mt.stage_duration.record(time.time() - started, self._labels)
+            mt.stage_duration.observe(spec.name, time.time() - started)
             mt.failed("stage", spec.name, reason, plan.run_id)
             if policy.should_retry(e, attempt):
                 self.ctx.counters.retried += 1
@@ -274,7 +276,7 @@ class StageRunner(_Consumer):
                 mt.add(mt.runs, (spec.name, "dead-lettered"))
                 self.fired.add(plan.run_id)
             return
-        mt.stage_duration.record(time.time() - started, self._labels)
+        mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
         produced = self._emit(outputs, plan, run, out, spans)
         if produced and spec.output is not None:
@@ -283,7 +285,7 @@ class StageRunner(_Consumer):
         self.fired.add(plan.run_id)
 
     def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
-                   parent: Span | None, spans: list[Span | None], exc: BaseException | None,
+                   parent: RecSpan | None, spans: list[RecSpan | None], exc: BaseException | None,
                    attempt: int) -> OutMessage:
         """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
         first = plan.inputs[0] if plan.inputs else None
@@ -309,8 +311,8 @@ class StageRunner(_Consumer):
             return fn(arg)
         return await asyncio.wait_for(asyncio.to_thread(fn, arg), timeout)
 
-    def _emit(self, outputs: list[BaseModel], plan: PlannedRun, run: Span | None,
-              out: list[OutMessage], spans: list[Span | None]) -> list[str]:
+    def _emit(self, outputs: list[BaseModel], plan: PlannedRun, run: RecSpan | None,
+              out: list[OutMessage], spans: list[RecSpan | None]) -> list[str]:
         tr, out_asset = self.ctx.tracing, self.spec.output
         if out_asset is None:
             return []

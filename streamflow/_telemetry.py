@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+from ._spans import AttrValue, RecSpan, new_ids, new_span_id
 
 log = logging.getLogger("streamflow.telemetry")
 
-AttrValue = str | int | float | bool
 
 _UNSET = object()
 
@@ -90,59 +90,83 @@ class Sampling:
             "traceidratio or their parentbased_ forms (with OTEL_TRACES_SAMPLER_ARG=0.01)")
 
 
-class PrimedIds(RandomIdGenerator):
-    """Lets a late root span take the ids an unsampled record was already given, so a record
-    that fails after being left unsampled gets its spans under the trace id it carries."""
+Attrs = Mapping[str, AttrValue] | Callable[[], dict[str, AttrValue]] | None
 
-    def __init__(self) -> None:
-        self.trace_id: int | None = None
-        self.span_id: int | None = None
 
-    def generate_trace_id(self) -> int:
-        tid, self.trace_id = self.trace_id, None
-        return tid if tid is not None else super().generate_trace_id()
+def ids_of(tp: bytes | None) -> tuple[int, int] | None:
+    """(trace id, span id) of a well-formed traceparent, without building a SpanContext."""
+    if tp is None or len(tp) != 55 or tp[2:3] != b"-":
+        return None
+    try:
+        tid, sid = int(tp[3:35], 16), int(tp[36:52], 16)
+    except ValueError:
+        return None
+    return (tid, sid) if tid and sid else None
 
-    def generate_span_id(self) -> int:
-        sid, self.span_id = self.span_id, None
-        return sid if sid is not None else super().generate_span_id()
+
+def _attrs(attributes: Attrs) -> dict[str, AttrValue]:
+    if attributes is None:
+        return {}
+    if callable(attributes):
+        return attributes()
+    return attributes if isinstance(attributes, dict) else dict(attributes)
+
+
+class _Attached:
+    """Makes a context current for a ``with`` block: cheaper than ``trace.use_span``."""
+
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.token: object = None
+
+    def __enter__(self) -> None:
+        self.token = context.attach(self.ctx)
+
+    def __exit__(self, *exc: object) -> None:
+        context.detach(self.token)  # type: ignore[arg-type]
 
 
 class Tracing:
     """Creates the spans of a record's path; every method is a cheap no-op when disabled.
 
     Sampling is decided here, from the header bytes, so an unsampled record never touches the
-    SDK; ``tracer`` records whatever it is asked to (its sampler is always-on).
+    SDK. Recorded spans are ``RecSpan``s handed to ``sink`` when they end.
     """
 
-    def __init__(self, tracer: trace.Tracer | None, messaging_system: str,
-                 sampling: Sampling | None = None, ids: PrimedIds | None = None) -> None:
-        self.tracer = tracer
+    def __init__(self, sink: Callable[[RecSpan], None] | None, messaging_system: str,
+                 sampling: Sampling | None = None) -> None:
+        self.sink = sink
         self.system = messaging_system
         self.sampling = sampling or Sampling()
-        self.ids = ids
+        # Any unsampled record's context will do for user spans: they are dropped either way.
+        tid, sid = new_ids()
+        self._unsampled = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+            tid, sid, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))))
 
     @property
     def enabled(self) -> bool:
-        return self.tracer is not None
+        return self.sink is not None
 
     def _decide(self) -> bool:
         r = self.sampling.ratio
         return r >= 1.0 or (r > 0.0 and random.random() < r)
 
-    def start_root(self, name: str, attributes: Mapping[str, AttrValue]
-                   ) -> tuple[Span | None, bytes | None]:
+    def start_root(self, name: str, attributes: Attrs) -> tuple[RecSpan | None, bytes | None]:
         """A new trace for a record entering the system: its span if sampled, and its
-        traceparent either way (an unsampled one costs a random number, not an SDK call)."""
-        if self.tracer is None:
+        traceparent either way (an unsampled one costs two random numbers)."""
+        if self.sink is None:
             return None, None
+        tid, sid = new_ids()
         if self._decide():
-            span = self.tracer.start_span(name, context=Context(), attributes=attributes)
-            return span, format_traceparent(span.get_span_context())
-        return None, b"00-%032x-%016x-00" % (random.getrandbits(128) or 1,
-                                              random.getrandbits(64) or 1)
+            span = RecSpan(self.sink, name, tid, sid, None, SpanKind.INTERNAL, _attrs(attributes),
+                           [])
+            return span, span.traceparent()
+        return None, b"00-%032x-%016x-00" % (tid, sid)
 
-    def start_consumer_root(self, name: str, incoming: bytes,
-                            attributes: Mapping[str, AttrValue]) -> tuple[Span | None, bytes]:
+    def start_consumer_root(self, name: str, incoming: bytes, attributes: Attrs
+                            ) -> tuple[RecSpan | None, bytes]:
         """A record that arrived with a traceparent (from outside): continue that trace."""
         sampled = is_sampled(incoming) if self.sampling.parent_based else self._decide()
         if not sampled:
@@ -153,70 +177,63 @@ class Tracing:
     def start_child(
         self,
         name: str,
-        parent: Span | bytes | None,
+        parent: RecSpan | bytes | None,
         kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, AttrValue] | Callable[[], Mapping[str, AttrValue]] | None = None,
+        attributes: Attrs = None,
         links: Sequence[bytes] = (),
         start_time: int | None = None,
-    ) -> Span | None:
+    ) -> RecSpan | None:
         """A span under ``parent`` (a live span or a traceparent header), or None if unsampled.
 
         ``attributes`` may be a callable so that an unsampled record never builds them.
         """
-        if self.tracer is None or parent is None:
+        if self.sink is None or parent is None:
             return None
         if isinstance(parent, bytes):
             if not is_sampled(parent):
                 return None
-            sc = parse_traceparent(parent)
-            if sc is None:
+            ids = ids_of(parent)
+            if ids is None:
                 return None
-            ctx = trace.set_span_in_context(NonRecordingSpan(sc))
+            tid, pid = ids
         else:
-            if not parent.get_span_context().trace_flags.sampled:
-                return None
-            ctx = trace.set_span_in_context(parent)
-        span_links = [Link(sc) for sc in map(parse_traceparent, links) if sc is not None]
-        attrs = attributes() if callable(attributes) else attributes
-        return self.tracer.start_span(
-            name, context=ctx, kind=kind, attributes=attrs, links=span_links,
-            start_time=start_time,
-        )
+            tid, pid = parent.trace_id, parent.span_id
+        span_links = [i for i in map(ids_of, links) if i is not None]
+        return RecSpan(self.sink, name, tid, new_span_id(), pid, kind, _attrs(attributes),
+                       span_links, start_time)
 
     def start_failure(
         self,
         name: str,
         parent: bytes | None,
         kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, AttrValue] | Callable[[], Mapping[str, AttrValue]] | None = None,
+        attributes: Attrs = None,
         root: bool = False,
         start_time: int | None = None,
-    ) -> Span | None:
+    ) -> RecSpan | None:
         """A span for a failing record even if it was not sampled, under the trace id its
         traceparent carries: failures stay visible at any sampling ratio.
 
         ``root`` recreates the record's unsampled root span itself (same trace and span id).
         """
-        if self.tracer is None or parent is None:
+        ids = ids_of(parent) if self.sink is not None else None
+        if ids is None or self.sink is None:
             return None
-        sc = parse_traceparent(parent)
-        if sc is None:
-            return None
-        if root and self.ids is not None:
-            self.ids.trace_id, self.ids.span_id = sc.trace_id, sc.span_id
-            attrs = attributes() if callable(attributes) else attributes
-            return self.tracer.start_span(name, context=Context(), kind=kind, attributes=attrs,
-                                          start_time=start_time)
-        return self.start_child(name, _with_sampled(parent), kind, attributes,
-                                start_time=start_time)
+        tid, sid = ids
+        if root:
+            return RecSpan(self.sink, name, tid, sid, None, kind, _attrs(attributes), [],
+                           start_time)
+        return RecSpan(self.sink, name, tid, new_span_id(), sid, kind, _attrs(attributes), [],
+                       start_time)
 
-    def unsampled_context(self, parent: bytes | None) -> AbstractContextManager[object]:
-        """Make an unsampled record's context current, so spans that user code opens through
-        the OpenTelemetry API follow its decision instead of starting traces of their own."""
-        sc = parse_traceparent(parent) if self.tracer is not None and parent else None
-        if sc is None:
+    def run_context(self, run: RecSpan | None) -> AbstractContextManager[object]:
+        """The context user code runs in: the run span if sampled, so its OpenTelemetry spans
+        are children of the run; an unsampled context otherwise, so they are dropped."""
+        if run is not None:
+            return _Attached(trace.set_span_in_context(run.context()))
+        if self.sink is None:
             return contextlib.nullcontext()
-        return trace.use_span(NonRecordingSpan(sc), end_on_exit=False)
+        return _Attached(self._unsampled)
 
     def send_attributes(self, topic: str, key: bytes | None) -> dict[str, AttrValue]:
         a: dict[str, AttrValue] = {
@@ -250,8 +267,8 @@ def _with_sampled(tp: bytes) -> bytes:
     return tp[:53] + b"%02x" % (int(tp[53:55], 16) | 1) if len(tp) == 55 else tp
 
 
-def traceparent_of(span: Span | None, fallback: bytes | None = None) -> bytes | None:
+def traceparent_of(span: RecSpan | None, fallback: bytes | None = None) -> bytes | None:
     """The header to write for a message sent under ``span``; unsampled context passes through."""
     if span is None:
         return fallback
-    return format_traceparent(span.get_span_context())
+    return span.traceparent()

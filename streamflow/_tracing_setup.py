@@ -1,10 +1,10 @@
 """Installing tracing for a worker from the standard ``OTEL_*`` variables.
 
-Two providers share one span processor. StreamFlow's own spans come from an always-on provider
-because the sampling decision is taken earlier, from the record's traceparent (``Tracing``).
-Spans that user code opens through the global OpenTelemetry API go to a parent-based provider,
-so they follow the record they were opened for. The global provider can be set only once per
-process, so it is a switch that forwards to the running worker's provider.
+StreamFlow's own spans (``RecSpan``, sampled by ``Tracing`` from the record's traceparent) and
+the spans that user code opens through the global OpenTelemetry API share one span processor.
+User spans come from a parent-based provider, so they follow the record they were opened
+for. The global provider can be set only once per process, so it is a switch that forwards to
+the running worker's provider.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
 from ._otlp_json import JsonSpanProcessor
-from ._telemetry import PrimedIds, Sampling, TelemetryError, Tracing
+from ._spans import RecSpan
+from ._telemetry import Sampling, TelemetryError, Tracing
 
 log = logging.getLogger("streamflow.telemetry")
 
@@ -58,12 +61,24 @@ class _SwitchProvider(trace.TracerProvider):
 _SWITCH = _SwitchProvider()
 
 
+def readable(s: RecSpan, resource: Resource) -> ReadableSpan:
+    """A StreamFlow span as an SDK span, for the SDK's exporters (console, protobuf, gRPC)."""
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    ctx = SpanContext(s.trace_id, s.span_id, is_remote=False, trace_flags=flags)
+    parent = (SpanContext(s.trace_id, s.parent_id, is_remote=True, trace_flags=flags)
+              if s.parent_id is not None else None)
+    return ReadableSpan(
+        name=s.name, context=ctx, parent=parent, resource=resource, attributes=s.attributes,
+        events=[Event(n, a, t) for n, t, a in s.events],
+        links=[Link(SpanContext(t, i, is_remote=True, trace_flags=flags)) for t, i in s.links],
+        kind=s.kind, start_time=s.start_ns, end_time=s.end_ns,
+        status=Status(StatusCode.ERROR, s.status_message) if s.status_code else Status(),
+        instrumentation_scope=InstrumentationScope("streamflow"))
+
+
 class TracingSetup:
     def __init__(self, resource: Resource, sampling: Sampling, processor: SpanProcessor) -> None:
-        self.sampling, self.processor = sampling, processor
-        self.ids = PrimedIds()
-        self.provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=self.ids)
-        self.provider.add_span_processor(processor)
+        self.sampling, self.processor, self.resource = sampling, processor, resource
         root = TraceIdRatioBased(sampling.ratio)
         self.user_provider = TracerProvider(
             resource=resource, sampler=ParentBased(root) if sampling.parent_based else root)
@@ -76,8 +91,15 @@ class TracingSetup:
             log.info("a global TracerProvider is already set; spans opened in stages use it")
 
     def tracing(self, messaging_system: str) -> Tracing:
-        return Tracing(self.provider.get_tracer("streamflow"), messaging_system, self.sampling,
-                       self.ids)
+        proc = self.processor
+        if isinstance(proc, JsonSpanProcessor):
+            return Tracing(proc.on_end, messaging_system, self.sampling)
+        resource = self.resource
+
+        def sdk_sink(s: RecSpan) -> None:
+            proc.on_end(readable(s, resource))
+
+        return Tracing(sdk_sink, messaging_system, self.sampling)
 
     @property
     def dropped(self) -> int:
@@ -106,10 +128,10 @@ def configure_tracing(default_service: str = "streamflow") -> TracingSetup | Non
         return None
     resource = Resource.create(
         {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service})
-    return TracingSetup(resource, sampling, _processor(exporter_name))
+    return TracingSetup(resource, sampling, _processor(exporter_name, resource))
 
 
-def _processor(exporter_name: str) -> SpanProcessor:
+def _processor(exporter_name: str, resource: Resource) -> SpanProcessor:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     if exporter_name == "console":
@@ -120,7 +142,7 @@ def _processor(exporter_name: str) -> SpanProcessor:
     protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/json").strip()
     if protocol == "http/json":
-        return JsonSpanProcessor()
+        return JsonSpanProcessor(resource=resource)
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -109,7 +109,7 @@ class WindowGate:
             inputs.append(RunInput(asset=asset.name, partition=state.partition,
                                    version=slot.version, arrival_id=slot.arrival_id))
             tp = dict(slot.headers).get(H_TRACEPARENT)
-            if tp is not None and len(links) < MAX_LINKS:
+            if tp is not None and tp != parent and len(links) < MAX_LINKS:
                 links.append(tp)
         end = start + int(self.window.size_s * 1000)
         payload = orjson.dumps({"run_id": run_id, "state": state.to_json()})
@@ -141,9 +141,19 @@ class WindowGate:
         for key, state in self.store.states.items():
             if self._overdue(state, now):
                 state.fired = stable_id(self.spec.name, key, *sorted(state.slots), "deadline")
-                due.append((self.plan(state, state.fired, None), self.window.on_deadline,
+                last = next(reversed(state.slots.values()), None)
+                parent = dict(last.headers).get(H_TRACEPARENT) if last is not None else None
+                due.append((self.plan(state, state.fired, parent), self.window.on_deadline,
                             self.store.message(key, state)))
         return due
+
+    def next_deadline_s(self) -> float | None:
+        """Seconds until the earliest open window's deadline (None: no deadline pending)."""
+        d = self.window.deadline_s
+        firsts = [s.first_seen_ms for s in self.store.states.values() if s.fired is None]
+        if d is None or not firsts:
+            return None
+        return (min(firsts) + d * 1000 - time.time() * 1000) / 1000
 
     def any_expired(self) -> bool:
         now = int(time.time() * 1000)

@@ -63,8 +63,16 @@ async def test_retail_end_to_end(settings: Settings, tmp_path: Path, repo_root: 
     summary = run_cli(settings, workdir, repo_root)
 
     assert summary["transport"] == settings.transport
-    assert (summary["records_in"], summary["records_out"], summary["dead_lettered"]) == (12, 9, 3)
+    # Out: nine sales in USD, and one daily report per day (the fan-in over the day's sales).
+    assert (summary["records_in"], summary["records_out"], summary["dead_lettered"]) == (12, 11, 3)
     assert summary["drained"] is True
+    reports = {r["day"]: r for f in sorted((workdir / "reports").glob("*.jsonl"))
+               for r in map(orjson.loads, f.read_bytes().splitlines())}
+    assert set(reports) == set(EXPECTED)
+    for day, expected in EXPECTED.items():
+        assert reports[day]["sales"] == len(expected), day
+        assert Decimal(reports[day]["total_usd"]) == sum(map(Decimal, expected.values())), day
+    assert reports["2026-11-01"]["stores"] == ["london-02", "nyc-04", "paris-01", "tokyo-03"]
     out = workdir / "out"
     assert sorted(p.name for p in out.glob("*.jsonl")) == [
         "usd_sales-2026-11-01.jsonl", "usd_sales-2026-11-02.jsonl"]

@@ -30,7 +30,7 @@ async def test_record_path_is_one_trace_in_jaeger(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     workdir = tmp_path / "retail"
     seed_landing(repo_root, workdir)
-    assert run_cli(settings, workdir, repo_root)["records_out"] == 9
+    assert run_cli(settings, workdir, repo_root)["records_out"] == 11
 
     out = await read_topic(settings, f"{ns}.usd_sales")
     msg = next(m for m in out if m.key == b"S1-0001")
@@ -38,12 +38,12 @@ async def test_record_path_is_one_trace_in_jaeger(
     version, trace_id, _parent, flags = traceparent.split("-")
     assert version == "00" and int(flags, 16) & 1
 
-    spans = fetch_trace(jaeger["query"], trace_id, min_spans=7)
+    spans = fetch_trace(jaeger["query"], trace_id, min_spans=8)
     names = sorted(s.name for s in spans)
-    assert names == sorted([
+    assert names == sorted([  # usd_sales is processed twice: by the sink and by daily_report
         "read files-pos_sales", f"send {ns}.pos_sales", f"process {ns}.pos_sales",
         "run to_usd", f"send {ns}.usd_sales", f"process {ns}.usd_sales",
-        "write files-usd_sales",
+        f"process {ns}.usd_sales", "write files-usd_sales",
     ])
     leaf = next(s for s in spans if s.name == "write files-usd_sales")
     path = chain(spans, leaf)

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import orjson
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 import streamflow
 from streamflow import Asset, ConfigError, ConnectorError, Pipeline, PipelineError, Settings
 from streamflow._otlp_json import encode
+from streamflow._spans import RecSpan
 from streamflow._telemetry import (
-    PrimedIds,
     Sampling,
     TelemetryError,
     Tracing,
@@ -49,30 +51,27 @@ def test_traceparent_round_trip_and_sampled_bit() -> None:
         assert parse_traceparent(bad) is None
 
 
-def _tracing(ratio: float = 1.0) -> tuple[Tracing, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    ids = PrimedIds()
-    provider = TracerProvider(id_generator=ids)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider.get_tracer("t"), "kafka", Sampling(ratio), ids), exporter
+def _tracing(ratio: float = 1.0) -> tuple[Tracing, list[RecSpan]]:
+    done: list[RecSpan] = []
+    return Tracing(done.append, "kafka", Sampling(ratio)), done
 
 
 def test_unsampled_record_creates_no_span() -> None:
-    tracing, exporter = _tracing()
+    tracing, done = _tracing()
     assert tracing.start_child("process t", UNSAMPLED) is None
     assert tracing.start_child("process t", b"not a traceparent") is None
-    assert exporter.get_finished_spans() == ()
+    assert done == []
 
 
 def test_sampled_record_continues_its_trace() -> None:
-    tracing, exporter = _tracing()
+    tracing, done = _tracing()
     span = tracing.start_child("process t", SAMPLED)
     assert span is not None
     span.end()
-    (done,) = exporter.get_finished_spans()
-    assert done.context is not None and done.parent is not None
-    assert done.context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
-    assert done.parent.span_id == 0x00F067AA0BA902B7
+    assert done == [span]
+    assert span.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert span.parent_id == 0x00F067AA0BA902B7
+    assert is_sampled(span.traceparent()) and span.traceparent()[3:35] == SAMPLED[3:35]
 
 
 def test_disabled_tracing_is_a_no_op() -> None:
@@ -82,17 +81,17 @@ def test_disabled_tracing_is_a_no_op() -> None:
 
 
 def test_unsampled_root_gets_a_traceparent_but_no_span() -> None:
-    tracing, exporter = _tracing(ratio=0.0)
+    tracing, done = _tracing(ratio=0.0)
     span, tp = tracing.start_root("read x", {})
     assert span is None and tp is not None and not is_sampled(tp)
     sc = parse_traceparent(tp)
     assert sc is not None and sc.trace_id and sc.span_id
     assert tracing.start_child("process t", tp) is None
-    assert exporter.get_finished_spans() == ()
+    assert done == []
 
 
 def test_a_failure_is_exported_under_the_unsampled_records_trace_id() -> None:
-    tracing, exporter = _tracing(ratio=0.0)
+    tracing, done = _tracing(ratio=0.0)
     _, tp = tracing.start_root("read x", {})
     assert tp is not None
     sc = parse_traceparent(tp)
@@ -104,14 +103,26 @@ def test_a_failure_is_exported_under_the_unsampled_records_trace_id() -> None:
     assert send is not None
     for sp in (send, run, root):
         sp.end()
-    spans = {sp.name: sp for sp in exporter.get_finished_spans()}
-    assert {sp.context.trace_id for sp in spans.values() if sp.context} == {sc.trace_id}
-    r = spans["read x"]
-    assert r.context is not None and r.context.span_id == sc.span_id and r.parent is None
-    assert spans["run s"].parent is not None and spans["run s"].parent.span_id == sc.span_id
-    sent = spans["send dlq"]
-    assert sent.parent is not None and spans["run s"].context is not None
-    assert sent.parent.span_id == spans["run s"].context.span_id
+    assert {sp.trace_id for sp in done} == {sc.trace_id}
+    assert (root.span_id, root.parent_id) == (sc.span_id, None)
+    assert run.parent_id == sc.span_id and send.parent_id == run.span_id
+
+
+def test_user_spans_follow_the_records_sampling_decision() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    user = provider.get_tracer("user")
+    tracing, _ = _tracing()
+    run = tracing.start_child("run s", SAMPLED)
+    assert run is not None
+    with tracing.run_context(run):
+        user.start_span("inside").end()
+    with tracing.run_context(None):
+        user.start_span("unsampled record").end()
+    (inside,) = exporter.get_finished_spans()
+    assert inside.parent is not None and inside.context is not None
+    assert inside.parent.span_id == run.span_id and inside.context.trace_id == run.trace_id
 
 
 def test_sampling_from_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,16 +151,17 @@ def test_ratio_sampling_samples_about_that_share() -> None:
 
 
 def test_otlp_json_encoding_follows_the_otlp_json_mapping() -> None:
-    tracing, exporter = _tracing()
+    tracing, done = _tracing()
     root, _ = tracing.start_root("read x", {"a": "s", "n": 3, "f": 0.5, "b": True})
     assert root is not None
     child = tracing.start_child("send t", root, SpanKind.PRODUCER, links=[SAMPLED])
     assert child is not None
-    child.set_status(Status(StatusCode.ERROR, "bad"))
+    child.fail("bad", ValueError("boom"))
     child.end()
     root.end()
-    body = orjson.loads(encode(exporter.get_finished_spans()))
+    body = orjson.loads(encode(done, Resource.create({"service.name": "svc"})))
     (rs,) = body["resourceSpans"]
+    assert {"key": "service.name", "value": {"stringValue": "svc"}} in rs["resource"]["attributes"]
     (ss,) = rs["scopeSpans"]
     spans = {s["name"]: s for s in ss["spans"]}
     r, c = spans["read x"], spans["send t"]
@@ -159,6 +171,9 @@ def test_otlp_json_encoding_follows_the_otlp_json_mapping() -> None:
         "a": {"stringValue": "s"}, "n": {"intValue": "3"}, "f": {"doubleValue": 0.5},
         "b": {"boolValue": True}}
     assert c["status"] == {"code": 2, "message": "bad"}
+    (event,) = c["events"]
+    assert event["name"] == "exception"
+    assert {"key": "exception.type", "value": {"stringValue": "ValueError"}} in event["attributes"]
     assert c["links"][0]["traceId"] == SAMPLED[3:35].decode()
     assert int(r["endTimeUnixNano"]) >= int(r["startTimeUnixNano"]) > 0
 

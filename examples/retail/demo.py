@@ -45,6 +45,13 @@ def main() -> int:
     print(f"  output:         {out}")
     for f in sorted(out.glob("*.jsonl")):
         print(f"    {f.name}: {sum(1 for _ in f.open())} records")
+    reports = workdir.resolve() / "reports"
+    print(f"  daily reports:  {reports}")
+    for f in sorted(reports.glob("*.jsonl")):
+        for line in f.read_bytes().splitlines():
+            r = orjson.loads(line)
+            print(f"    {r['day']}: {r['sales']} sales in {len(r['stores'])} stores, "
+                  f"{r['total_usd']} USD")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Retail walking skeleton: point-of-sale CSV files → amounts in USD → JSON Lines by day.
+"""Retail: point-of-sale CSV files → amounts in USD → JSON Lines by day, and a daily report.
 
 Run it with ``streamflow run examples/retail/pipeline.py:pipeline``. ``RETAIL_WORKDIR`` says
 where the landing and output folders are (default ``.streamflow/retail`` under the current
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from streamflow import Asset, Pipeline
+from streamflow import Asset, Pipeline, Window, WindowRecords
 
 HERE = Path(__file__).resolve().parent
 WORKDIR = Path(os.environ.get("RETAIL_WORKDIR", ".streamflow/retail")).resolve()
@@ -44,6 +44,15 @@ class UsdSale(BaseModel):
     currency: str
     usd_per_unit: Decimal
     amount_usd: Decimal
+
+
+class DailySales(BaseModel):
+    """One day's report across all stores, in USD."""
+
+    day: date
+    sales: int
+    stores: list[str]
+    total_usd: Decimal
 
 
 pos_sales = Asset("pos_sales", PosSale, key="sale_id", event_time="sold_at")
@@ -75,3 +84,23 @@ def to_usd(sale: PosSale) -> UsdSale:
 
 
 pipeline.sink("files", asset=usd_sales, path=WORKDIR / "out")
+
+daily_sales = Asset("daily_sales", DailySales, key="day", partition_by="day")
+
+
+# The fan-in: one run per day over all of that day's sales. The stores' files land once a day,
+# whole, so a day is complete a few seconds after its first sale arrives (the deadline); the
+# next day's sales close it sooner, through the watermark.
+@pipeline.stage(inputs=[usd_sales], output=daily_sales, trigger=Window(
+    size_s=86_400, allowed_lateness_s=3_600, deadline_s=5, on_deadline="fire"))
+def daily_report(window: WindowRecords) -> DailySales:
+    sales = [s for s in window.all() if isinstance(s, UsdSale)]
+    return DailySales(
+        day=sales[0].day,
+        sales=len(sales),
+        stores=sorted({s.store for s in sales}),
+        total_usd=sum((s.amount_usd for s in sales), Decimal("0")),
+    )
+
+
+pipeline.sink("files", asset=daily_sales, path=WORKDIR / "reports")
