@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from ._spans import RecSpan, encode_rec_span, otlp_attributes
+from ._spans import RecSpan, otlp_attributes, rec_span_json
 
 log = logging.getLogger("streamflow.telemetry")
 
@@ -81,23 +81,26 @@ def encode(spans: Sequence[ReadableSpan | RecSpan], resource: Resource | None = 
 
     StreamFlow's own spans (``RecSpan``) belong to ``resource`` and the ``streamflow`` scope.
     """
-    groups: dict[int, tuple[Any, dict[tuple[str, str], list[dict[str, Any]]]]] = {}
+    groups: dict[int, tuple[Resource, dict[tuple[str, str], list[bytes]]]] = {}
     own = resource or Resource.get_empty()
     for s in spans:
         if isinstance(s, RecSpan):
             groups.setdefault(id(own), (own, {}))[1].setdefault(
-                ("streamflow", ""), []).append(encode_rec_span(s))
+                ("streamflow", ""), []).append(rec_span_json(s))
             continue
         res = groups.setdefault(id(s.resource), (s.resource, {}))
         scope = s.instrumentation_scope
         key = (scope.name, scope.version or "") if scope is not None else ("", "")
-        res[1].setdefault(key, []).append(encode_span(s))
-    body = {"resourceSpans": [
-        {"resource": {"attributes": otlp_attributes(resource.attributes)},
-         "scopeSpans": [{"scope": {"name": n, "version": v}, "spans": encoded}
-                        for (n, v), encoded in scopes.items()]}
-        for resource, scopes in groups.values()]}
-    return orjson.dumps(body)
+        res[1].setdefault(key, []).append(orjson.dumps(encode_span(s)))
+    resource_spans = []
+    for owner, scopes in groups.values():
+        scope_spans = b",".join([
+            b'{"scope":%b,"spans":[%b]}' % (orjson.dumps({"name": n, "version": v}),
+                                            b",".join(encoded))
+            for (n, v), encoded in scopes.items()])
+        resource_spans.append(b'{"resource":{"attributes":%b},"scopeSpans":[%b]}' % (
+            orjson.dumps(otlp_attributes(owner.attributes)), scope_spans))
+    return b'{"resourceSpans":[%b]}' % b",".join(resource_spans)
 
 
 class JsonSpanProcessor(SpanProcessor):

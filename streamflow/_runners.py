@@ -133,8 +133,8 @@ class SourceRunner:
         if parse_traceparent(rec.traceparent) is not None:  # continue the producer's trace
             assert rec.traceparent is not None
             return tr.start_consumer_root(f"read {self.spec.name}", rec.traceparent,
-                                          self._read_attrs(rec))
-        return tr.start_root(f"read {self.spec.name}", self._read_attrs(rec))
+                                          partial(self._read_attrs, rec))
+        return tr.start_root(f"read {self.spec.name}", partial(self._read_attrs, rec))
 
     def _failed_root(self, rec: SourceRecord, tp: bytes | None,
                      spans: list[RecSpan | None]) -> RecSpan | None:

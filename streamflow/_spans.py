@@ -15,11 +15,13 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 AttrValue = str | int | float | bool
 
 STATUS_ERROR = 2
+_dumps = orjson.dumps
 
 
 class RecSpan:
@@ -94,20 +96,37 @@ def otlp_attributes(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return [{"key": k, "value": _value(v)} for k, v in (attrs or {}).items()]
 
 
-def encode_rec_span(s: RecSpan) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "traceId": f"{s.trace_id:032x}", "spanId": f"{s.span_id:016x}", "name": s.name,
-        "kind": s.kind.value + 1,  # the API counts from INTERNAL=0, OTLP from UNSPECIFIED=0
-        "startTimeUnixNano": str(s.start_ns), "endTimeUnixNano": str(s.end_ns),
-        "attributes": otlp_attributes(s.attributes),
-    }
+def _attr_json(k: str, v: Any) -> bytes:
+    if isinstance(v, str):
+        return b'{"key":%b,"value":{"stringValue":%b}}' % (_dumps(k), _dumps(v))
+    if isinstance(v, bool):
+        return b'{"key":%b,"value":{"boolValue":%b}}' % (_dumps(k), b"true" if v else b"false")
+    if isinstance(v, int):
+        return b'{"key":%b,"value":{"intValue":"%d"}}' % (_dumps(k), v)
+    return _dumps({"key": k, "value": _value(v)})
+
+
+def _attrs_json(attrs: Mapping[str, Any]) -> bytes:
+    return b",".join([_attr_json(k, v) for k, v in attrs.items()])
+
+
+def rec_span_json(s: RecSpan) -> bytes:
+    """One span as OTLP/JSON bytes. Built as bytes, not dicts: bytes are not tracked by the
+    garbage collector, and the dict version spent three quarters of its time in collections."""
+    out = b'{"traceId":"%032x","spanId":"%016x","name":%b,"kind":%d,"startTimeUnixNano":"%d",' \
+          b'"endTimeUnixNano":"%d","attributes":[%b]' % (
+              s.trace_id, s.span_id, _dumps(s.name), s.kind.value + 1, s.start_ns, s.end_ns,
+              _attrs_json(s.attributes))
+    # (the API counts span kinds from INTERNAL=0, OTLP from UNSPECIFIED=0)
     if s.parent_id is not None:
-        out["parentSpanId"] = f"{s.parent_id:016x}"
+        out += b',"parentSpanId":"%016x"' % s.parent_id
     if s.events:
-        out["events"] = [{"name": n, "timeUnixNano": str(t), "attributes": otlp_attributes(a)}
-                         for n, t, a in s.events]
+        out += b',"events":[%b]' % b",".join([
+            b'{"name":%b,"timeUnixNano":"%d","attributes":[%b]}' % (_dumps(n), t, _attrs_json(a))
+            for n, t, a in s.events])
     if s.links:
-        out["links"] = [{"traceId": f"{t:032x}", "spanId": f"{i:016x}"} for t, i in s.links]
+        out += b',"links":[%b]' % b",".join([
+            b'{"traceId":"%032x","spanId":"%016x"}' % link for link in s.links])
     if s.status_code:
-        out["status"] = {"code": s.status_code, "message": s.status_message}
-    return out
+        out += b',"status":{"code":%d,"message":%b}' % (s.status_code, _dumps(s.status_message))
+    return out + b"}"

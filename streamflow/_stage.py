@@ -241,7 +241,7 @@ class StageRunner(_Consumer):
         if m is not None and attempt == 1 and m.timestamp_ms > 0:
             mt.fire_latency.observe(self.name, max(0.0, started - m.timestamp_ms / 1000))
         try:
-            with tr.run_context(run):
+            with tr.run_context(run, plan.parent):
                 outputs = list(_outputs(await self._call(plan.arg), spec.output))
         except Exception as e:  # user code: a failure retries or dead-letters, never crashes
             policy = spec.retry

@@ -140,7 +140,7 @@ class Tracing:
         self.sink = sink
         self.system = messaging_system
         self.sampling = sampling or Sampling()
-        # Any unsampled record's context will do for user spans: they are dropped either way.
+        # For runs without a traceparent: any unsampled context drops their spans.
         tid, sid = new_ids()
         self._unsampled = trace.set_span_in_context(NonRecordingSpan(SpanContext(
             tid, sid, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))))
@@ -226,14 +226,21 @@ class Tracing:
         return RecSpan(self.sink, name, tid, new_span_id(), sid, kind, _attrs(attributes), [],
                        start_time)
 
-    def run_context(self, run: RecSpan | None) -> AbstractContextManager[object]:
+    def run_context(self, run: RecSpan | None, parent: bytes | None = None
+                    ) -> AbstractContextManager[object]:
         """The context user code runs in: the run span if sampled, so its OpenTelemetry spans
-        are children of the run; an unsampled context otherwise, so they are dropped."""
+        are children of the run. Otherwise the record's unsampled context: spans opened under
+        it are dropped, and log lines still carry the record's trace id, the one under which
+        a failure of the run is exported."""
         if run is not None:
             return _Attached(trace.set_span_in_context(run.context()))
         if self.sink is None:
             return contextlib.nullcontext()
-        return _Attached(self._unsampled)
+        ids = ids_of(parent)
+        if ids is None:
+            return _Attached(self._unsampled)
+        return _Attached(trace.set_span_in_context(NonRecordingSpan(SpanContext(
+            ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT)))))
 
     def send_attributes(self, topic: str, key: bytes | None) -> dict[str, AttrValue]:
         a: dict[str, AttrValue] = {

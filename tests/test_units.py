@@ -289,3 +289,20 @@ def test_json_logs_carry_the_current_trace_and_span() -> None:
     assert line["span_id"] == f"{ctx.span_id:016x}"
     outside = orjson.loads(JsonFormatter().format(record))
     assert "trace_id" not in outside
+
+
+def test_log_lines_in_a_run_carry_the_records_trace_id_sampled_or_not() -> None:
+    import logging
+
+    from streamflow._logging import JsonFormatter
+
+    record = logging.makeLogRecord({"name": "streamflow.x", "msg": "in the stage"})
+    tracing, _ = _tracing()
+    run = tracing.start_child("run s", SAMPLED)
+    assert run is not None
+    with tracing.run_context(run, SAMPLED):
+        line = orjson.loads(JsonFormatter().format(record))
+    assert (line["trace_id"], line["span_id"]) == (f"{run.trace_id:032x}", f"{run.span_id:016x}")
+    with tracing.run_context(None, UNSAMPLED):  # an unsampled record: its own trace id
+        line = orjson.loads(JsonFormatter().format(record))
+    assert line["trace_id"] == UNSAMPLED[3:35].decode()
