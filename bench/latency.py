@@ -26,6 +26,8 @@ from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker, service
 from streamflow._model import Arrival, stable_id
 from streamflow.testing import IdleSource
 
+from ._common import drop_topics
+
 WARMUP_S = 5.0
 
 
@@ -109,6 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.2)
     worker.request_stop()
     await task
+    await drop_topics(services.KAFKA_BOOTSTRAP, ns)
     measured = [ms for s, ms in latencies if s >= warm_end_ns]
     achieved = sent / send_elapsed
     p99 = percentile(measured, 0.99)

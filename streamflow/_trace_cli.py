@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import orjson
@@ -104,11 +105,15 @@ def _trace(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.asset} {args.key!r}: {len(found.arrivals)} arrival(s), "
           f"{len(found.runs)} run(s)")
+    own = {str(a["traceparent"])[3:35] for a in found.arrivals}
     for r in found.runs:
-        ins = ", ".join(f"{i.asset}:{i.partition}" for i in r.inputs)
+        counts = Counter(f"{i.asset}:{i.partition}" for i in r.inputs)
+        ins = ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in counts.items())
         print(f"  run {r.run_id} stage {r.stage} [{r.status}, attempt {r.attempt}] <- {ins}")
     for tid, spans in traces.items():
-        print(f"\ntrace {tid}  {jaeger}/trace/{tid}")
+        whose = "the record's own trace" if tid in own else ", ".join(
+            f"run of {r.stage}" for r in found.runs if r.trace_id == tid) or "a related trace"
+        print(f"\ntrace {tid} ({whose})  {jaeger}/trace/{tid}")
         if not spans:
             why = "recorded unsampled" if not found.trace_ids[tid] else "not in Jaeger (yet)"
             print(f"  no spans: {why}; OTEL_TRACES_SAMPLER_ARG sets the sampling ratio, and "

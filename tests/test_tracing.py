@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 from pathlib import Path
 
 import orjson
@@ -11,7 +13,9 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings, run_pipeline
+from streamflow._ops import list_runs
 from streamflow._telemetry import is_sampled
+from streamflow.cli import main
 from streamflow.transports import Message
 
 from .helpers import ListSource, read_topic
@@ -22,7 +26,7 @@ from .test_retail import run_cli, seed_landing
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_record_path_is_one_trace_in_jaeger(
     settings: Settings, tmp_path: Path, repo_root: Path, jaeger: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     ns = settings.namespace
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger["otlp_http"])
@@ -87,6 +91,29 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert dsend.parent_id == drun.span_id and dsend.kind == "PRODUCER"
     assert drun.status_code == 2  # ERROR
     assert os.environ["OTEL_SERVICE_NAME"] == f"sf-test-{ns}"
+
+    # `streamflow trace` follows S1-0001 from the landing folder through the daily report's
+    # fan-in: its runs, each trace's span tree with links, and the Jaeger URLs.
+    report_run = next(r for r in await list_runs(settings) if r.stage == "daily_report"
+                      and r.partition == "2026-11-01")
+    assert report_run.trace_id is not None
+    fetch_trace(jaeger["query"], report_run.trace_id, min_spans=3)
+    args = ["trace", "pos_sales", "S1-0001", "--kafka", str(settings.kafka_bootstrap),
+            "--namespace", ns, "--jaeger", jaeger["query"]]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"run \w+ stage to_usd \[succeeded, attempt 1\] <- pos_sales:", out), out
+    assert re.search(r"run \w+ stage daily_report \[succeeded, attempt 1\] <- "
+                     r"usd_sales:2026-11-01 \(x6\)", out), out
+    assert f"trace {trace_id} (the record's own trace)  {jaeger['query']}/trace/{trace_id}" in out
+    assert f"{jaeger['query']}/trace/{report_run.trace_id}" in out
+    assert "write files-usd_sales [internal]" in out and "run daily_report [internal]" in out
+    assert f"↳ link to span {traceparent.split('-')[2]} of trace {trace_id}" in out
+    assert await asyncio.to_thread(main, [*args, "--json"]) == 0
+    as_json = orjson.loads(capsys.readouterr().out)
+    assert {r["stage"] for r in as_json["runs"]} == {"to_usd", "daily_report"}
+    assert trace_id in as_json["traces"] and report_run.trace_id in as_json["traces"]
 
 
 class Order(BaseModel):
