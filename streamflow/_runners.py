@@ -281,6 +281,12 @@ class SinkRunner(_Consumer):
         # The replay lane: `streamflow dlq replay` re-injects this sink's dead letters here.
         self.topics = [ctx.topic(spec.asset), replay_topic(ctx.namespace, spec.name)]
         self.kind = "sink"
+        # A connector may describe its target for the write span (db.* for SQL sinks).
+        self._write_attrs: dict[str, AttrValue] = {
+            "streamflow.sink": spec.name, "streamflow.connector": self.connector,
+            "streamflow.sink.location": sink.location,
+            **dict(getattr(sink, "trace_attributes", None) or {}),
+        }
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing
@@ -303,10 +309,8 @@ class SinkRunner(_Consumer):
                 _fail(proc, e, reason)
                 dead.append(self._dead(reason, m, arr, proc, spans, e))
                 continue
-            write = tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL, {
-                "streamflow.sink": self.spec.name, "streamflow.connector": self.connector,
-                "streamflow.sink.location": self.sink.location,
-            })
+            write = tr.start_child(f"write {self.spec.name}", proc, SpanKind.INTERNAL,
+                                   self._write_attrs.copy)
             spans.append(write)
             key = m.key.decode("utf-8", "replace") if m.key is not None else None
             records.append(SinkRecord(key, arr.arrival_id, arr.partition, value))

@@ -54,6 +54,9 @@ class RecSpan:
     def set_attribute(self, key: str, value: AttrValue) -> None:
         self.attributes[key] = value
 
+    def add_event(self, name: str, attributes: dict[str, AttrValue]) -> None:
+        self.events.append((name, time.time_ns(), attributes))
+
     def fail(self, message: str, exc: BaseException | None = None) -> None:
         """ERROR status with ``message``; the exception, if any, as an ``exception`` event."""
         self.status_code, self.status_message = STATUS_ERROR, message

@@ -252,6 +252,9 @@ class StageRunner(_Consumer):
                                        attrs, start_time=int(started * 1e9))
                 spans.append(run)
             _fail(run, e, reason)
+            if run is not None:
+                run.add_event("attempt", {"streamflow.attempt": attempt,
+                                          "streamflow.outcome": "failed"})
             mt.stage_duration.observe(spec.name, time.time() - started)
             mt.failed("stage", spec.name, reason, plan.run_id)
             if policy.should_retry(e, attempt):
@@ -278,6 +281,9 @@ class StageRunner(_Consumer):
             return
         mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
+        if run is not None:
+            run.add_event("attempt", {"streamflow.attempt": attempt,
+                                      "streamflow.outcome": "succeeded"})
         produced = self._emit(outputs, plan, run, out, spans)
         if produced and spec.output is not None:
             mt.add(mt.arrivals_out, (spec.output.name,), len(produced))

@@ -266,3 +266,53 @@ async def test_at_one_percent_sampling_failures_are_still_exported(
     assert not extra, f"unsampled records made spans: {extra}; arrivals: {heads}"
     assert all(s.name != "lookup customer" for t in found if t not in sampled
                for s in found[t])  # user spans follow the record's decision
+
+
+@pytest.mark.parametrize("settings", ["kafka"], indirect=True)
+async def test_sql_sink_writes_carry_db_attributes_and_runs_their_attempts(
+    settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamflow import services
+
+    services.up(["postgres"])
+    ns = settings.namespace
+    _otel(monkeypatch, jaeger, f"sf-sql-{ns}", "always_on")
+    tries: dict[int, int] = {}
+
+    def flaky(o: Order) -> Order:
+        tries[o.id] = tries.get(o.id, 0) + 1
+        if tries[o.id] == 1:
+            raise ConnectionError("first attempt always fails")
+        return o
+
+    table = f"t_{ns}"
+    p = Pipeline("sql")
+    p.source(ListSource([[{"id": 7, "day": "d7"}]]), asset=orders)
+    p.stage(inputs=[orders], output=checked, name="flaky",
+            retry=RetryPolicy(attempts=2, backoff_s=0.01))(flaky)
+    p.sink("postgres", asset=checked, dsn=services.POSTGRES_DSN, table=table)
+    p.sink("sqlite", asset=checked, path=tmp_path / "out.db", table="checked")
+    summary = await run_pipeline(p, settings)
+    assert (summary.records_out, summary.retried) == (2, 1)
+
+    (out,) = await read_topic(settings, f"{ns}.checked")
+    spans = fetch_trace(jaeger["query"], _trace_id(out), min_spans=9)
+    writes = {s.name: s for s in spans if s.name.startswith("write ")}
+    pg = writes["write postgres-checked"].attributes
+    assert (pg["db.system.name"], pg["db.collection.name"], pg["db.namespace"]) == (
+        "postgresql", table, "streamflow")
+    assert pg["db.operation.name"] == "upsert" and pg["server.port"] == 5432
+    lite = writes["write sqlite-checked"].attributes
+    assert (lite["db.system.name"], lite["db.collection.name"]) == ("sqlite", "checked")
+    # Both attempts are in the record's trace, each with its outcome as an event.
+    runs = sorted((s for s in spans if s.name == "run flaky"),
+                  key=lambda s: s.attributes["streamflow.attempt"])
+    assert [(r.attributes["streamflow.attempt"], r.status_code) for r in runs] == [(1, 2), (2, 0)]
+    assert [sorted(r.events) for r in runs] == [["attempt", "exception"], ["attempt"]]
+    import asyncpg
+
+    conn = await asyncpg.connect(services.POSTGRES_DSN)
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        await conn.close()

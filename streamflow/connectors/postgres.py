@@ -392,6 +392,13 @@ class PostgresSink:
         schema, _, self.table_name = config.table.rpartition(".")
         self.schema = schema or None
         self.location = f"postgresql://{endpoint(config.dsn)}#{config.table}"
+        host_port, _, dbname = endpoint(config.dsn).partition("/")
+        host, _, port = host_port.rpartition(":")
+        self.trace_attributes = {  # the write span's attributes (OpenTelemetry db conventions)
+            "db.system.name": "postgresql", "db.namespace": dbname,
+            "db.collection.name": config.table, "db.operation.name": "upsert",
+            "server.address": host, "server.port": int(port) if port.isdigit() else 5432,
+        }
         self.db = _Db(config.dsn, f"postgres sink ({config.table})", config.pool_size,
                       config.max_retries, config.retry_backoff_s, config.connect_timeout_s)
         self._buf: dict[str, SinkRecord] = {}

@@ -91,6 +91,10 @@ class SqliteSink:
     def __init__(self, config: SqliteSinkConfig) -> None:
         self.cfg = config
         self.location = f"sqlite:{config.path}#{config.table}"
+        self.trace_attributes = {  # the write span's attributes (OpenTelemetry db conventions)
+            "db.system.name": "sqlite", "db.namespace": str(config.path),
+            "db.collection.name": config.table, "db.operation.name": "upsert",
+        }
         self._db: aiosqlite.Connection | None = None
         self._columns: list[str] = []
         self._buffer: list[SinkRecord] = []
