@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 
 import orjson
+from opentelemetry import trace
+from pydantic import BaseModel
 
-from streamflow import Settings
+from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings
 from streamflow._engine import make_transport
 from streamflow.transports import Message
 
@@ -55,3 +59,51 @@ class ListSource:
 
     async def stop(self) -> None:
         return None
+
+
+class Order(BaseModel):
+    id: int
+    day: str
+
+
+class Payment(BaseModel):
+    id: int
+    day: str
+
+
+class Report(BaseModel):
+    day: str
+    order: int
+    payment: int
+
+
+# Orders and payments per day, and a report per day fanning both in.
+orders = Asset("orders", Order, key="id", partition_by="day")
+payments = Asset("payments", Payment, key="id", partition_by="day")
+checked = Asset("checked", Order, key="id", partition_by="day")
+reports = Asset("reports", Report, key="day", partition_by="day")
+
+
+def order_pipeline(name: str, orders_src: object, payments_src: object, out: Path,
+                   user_span: bool = False) -> Pipeline:
+    """orders → check (order 4 always fails) → report ⟵ payments (fan-in per day) → files."""
+    p = Pipeline(name)
+    p.source(orders_src, asset=orders, name="orders-src")  # type: ignore[arg-type]
+    p.source(payments_src, asset=payments, name="payments-src")  # type: ignore[arg-type]
+
+    @p.stage(inputs=[orders], output=checked, retry=RetryPolicy(attempts=1))
+    def check(o: Order) -> Order:
+        span = trace.get_tracer("user-code").start_as_current_span("lookup customer") \
+            if user_span else contextlib.nullcontext()
+        with span:
+            if o.id == 4:
+                raise ValueError("order 4 is cursed")
+        return o
+
+    @p.stage(inputs=[checked, payments], output=reports, trigger=AllOf())
+    def report(x: Inputs) -> Report:
+        return Report(day=x[checked].day, order=x[checked].id,  # type: ignore[attr-defined]
+                      payment=x[payments].id)  # type: ignore[attr-defined]
+
+    p.sink("files", asset=reports, path=out)
+    return p

@@ -10,35 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
-from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings, Worker
+from streamflow import Pipeline, Settings, Worker
 from streamflow._config import ConfigError
 from streamflow.cli import main
 from streamflow.connectors import SourceBatch
 
-from .helpers import ListSource
-
-
-class Order(BaseModel):
-    id: int
-    day: str
-
-
-class Payment(BaseModel):
-    id: int
-    day: str
-
-
-class Report(BaseModel):
-    day: str
-    orders: int
-
-
-orders = Asset("orders", Order, key="id", partition_by="day")
-payments = Asset("payments", Payment, key="id", partition_by="day")
-paid = Asset("paid", Order, key="id", partition_by="day")
-reports = Asset("reports", Report, key="day", partition_by="day")
+from .helpers import ListSource, order_pipeline
 
 
 class ThenIdle(ListSource):
@@ -51,26 +29,12 @@ class ThenIdle(ListSource):
 
 
 def pipeline(tmp_path: Path) -> Pipeline:
-    p = Pipeline("obs")
     good = [{"id": i, "day": f"d{i % 3}"} for i in range(9)]
-    p.source(ThenIdle([good[:5], [*good[5:], {"id": "not-a-number", "day": "d0"}]]),
-             asset=orders, name="orders-src")
+    orders_src = ThenIdle([good[:5], [*good[5:], {"id": "not-a-number", "day": "d0"}]])
     # Payments only for d0 and d1: the d2 barrier of the report stays open.
-    p.source(ThenIdle([[{"id": 100, "day": "d0"}, {"id": 101, "day": "d1"}]]), asset=payments,
-             name="payments-src")
+    payments_src = ThenIdle([[{"id": 100, "day": "d0"}, {"id": 101, "day": "d1"}]])
 
-    @p.stage(inputs=[orders], output=paid, retry=RetryPolicy(attempts=1))
-    def check(o: Order) -> Order:
-        if o.id == 4:
-            raise ValueError("order 4 is cursed")
-        return o
-
-    @p.stage(inputs=[paid, payments], output=reports, trigger=AllOf())
-    def report(x: Inputs) -> Report:
-        return Report(day=x[paid].day, orders=1)  # type: ignore[attr-defined]
-
-    p.sink("files", asset=reports, path=tmp_path / "out")
-    return p
+    return order_pipeline("obs", orders_src, payments_src, tmp_path / "out")
 
 
 def sample(text: str, metric: str, /, **labels: str) -> float:
@@ -130,7 +94,7 @@ async def test_health_metrics_and_status_match_the_work_done(
         assert sample(text, "streamflow_runs_total", stage="check", status="succeeded") == 8
         assert sample(text, "streamflow_runs_total", stage="check", status="dead-lettered") == 1
         assert sample(text, "streamflow_dead_letters_total", kind="stage", name="check") == 1
-        assert sample(text, "streamflow_arrivals_out_total", asset="paid") == 8
+        assert sample(text, "streamflow_arrivals_out_total", asset="checked") == 8
         assert sample(text, "streamflow_stage_duration_seconds_count", stage="check") == 9
         assert sample(text, "streamflow_fire_latency_seconds_count", stage="check") == 9
         assert sample(text, "streamflow_stage_duration_seconds_bucket", stage="check",

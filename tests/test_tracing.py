@@ -9,16 +9,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from opentelemetry import trace
-from pydantic import BaseModel
 
-from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings, run_pipeline
+from streamflow import Pipeline, RetryPolicy, Settings, run_pipeline
 from streamflow._ops import list_runs
 from streamflow._telemetry import is_sampled
 from streamflow.cli import main
 from streamflow.transports import Message
 
-from .helpers import ListSource, read_topic
+from .helpers import ListSource, Order, checked, order_pipeline, orders, read_topic
 from .jaeger_client import chain, fetch_trace, search_service
 from .test_retail import run_cli, seed_landing
 
@@ -116,50 +114,13 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert trace_id in as_json["traces"] and report_run.trace_id in as_json["traces"]
 
 
-class Order(BaseModel):
-    id: int
-    day: str
-
-
-class Payment(BaseModel):
-    id: int
-    day: str
-
-
-class Report(BaseModel):
-    day: str
-    order: int
-    payment: int
-
-
-orders = Asset("orders", Order, key="id", partition_by="day")
-payments = Asset("payments", Payment, key="id", partition_by="day")
-checked = Asset("checked", Order, key="id", partition_by="day")
-reports = Asset("reports", Report, key="day", partition_by="day")
-
-
 def fan_in(tmp_path: Path, n_orders: int, payment_days: list[str]) -> Pipeline:
-    """orders → check (fails on id 4) → report ⟵ payments (fan-in per day) → files."""
-    p = Pipeline("fanin")
-    p.source(ListSource([[{"id": i, "day": f"d{i}"} for i in range(n_orders)]
-                         + [{"id": "NaN", "day": "d0"}]]), asset=orders, name="orders-src")
-    p.source(ListSource([[{"id": 100 + i, "day": d} for i, d in enumerate(payment_days)]]),
-             asset=payments, name="payments-src")
-
-    @p.stage(inputs=[orders], output=checked, retry=RetryPolicy(attempts=1))
-    def check(o: Order) -> Order:
-        with trace.get_tracer("user-code").start_as_current_span("lookup customer"):
-            if o.id == 4:
-                raise ValueError("order 4 is cursed")
-        return o
-
-    @p.stage(inputs=[checked, payments], output=reports, trigger=AllOf())
-    def report(x: Inputs) -> Report:
-        return Report(day=x[checked].day, order=x[checked].id,  # type: ignore[attr-defined]
-                      payment=x[payments].id)  # type: ignore[attr-defined]
-
-    p.sink("files", asset=reports, path=tmp_path / "out")
-    return p
+    return order_pipeline(
+        "fanin",
+        ListSource([[{"id": i, "day": f"d{i}"} for i in range(n_orders)]
+                    + [{"id": "NaN", "day": "d0"}]]),
+        ListSource([[{"id": 100 + i, "day": d} for i, d in enumerate(payment_days)]]),
+        tmp_path / "out", user_span=True)
 
 
 def _otel(monkeypatch: pytest.MonkeyPatch, jaeger: dict[str, str], service: str,
