@@ -135,10 +135,10 @@ def _trace_id(m: Message) -> str:
     return dict(m.headers)["traceparent"].decode().split("-")[1]
 
 
-@pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_fan_in_run_is_a_child_of_the_completing_input_and_links_the_other(
     settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """On both transports: trace context travels in the embedded log's headers too."""
     ns = settings.namespace
     _otel(monkeypatch, jaeger, f"sf-fanin-{ns}", "parentbased_always_on")
 
