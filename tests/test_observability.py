@@ -151,3 +151,34 @@ def test_http_port_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings.load().http_port is None
     monkeypatch.setenv("STREAMFLOW_HTTP_PORT", "9555")
     assert Settings.load().http_port == 9555
+
+
+async def test_probes_follow_the_worker_phase_and_a_dead_consumer() -> None:
+    from streamflow._health import Probe
+    from streamflow._metrics import Metrics
+
+    probe = Probe("p", "embedded", Metrics("p"))
+    routes = probe.routes()
+
+    async def code(route: str) -> int:
+        status, _, _ = await routes[route]()
+        return status
+
+    assert (await code("/healthz"), await code("/readyz")) == (200, 503)  # starting
+    probe.phase = "running"
+    assert (await code("/healthz"), await code("/readyz")) == (200, 200)
+
+    async def crash() -> None:
+        raise RuntimeError("broker gone")
+
+    task = asyncio.create_task(crash(), name="consumer:p.stage.s")
+    await asyncio.gather(task, return_exceptions=True)
+    probe.tasks.append(task)
+    status, _, body = await routes["/healthz"]()
+    assert status == 503 and b"consumer:p.stage.s" in body
+    assert await code("/readyz") == 503
+    probe.tasks.clear()
+    probe.phase = "draining"
+    assert (await code("/healthz"), await code("/readyz")) == (200, 503)
+    _, _, body = await routes["/readyz"]()
+    assert b"draining" in body
