@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._barrier import BarrierGate, Late
 from ._deadletter import describe_validation, error_info
-from ._ledger import RunInput, RunRecord, RunStatus, runs_topic
+from ._ledger import RunInput, RunStatus, record_message, runs_topic
 from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
@@ -203,8 +203,8 @@ class StageRunner(_Consumer):
                 return
             out.extend(state_msgs)
         else:
-            inputs = [RunInput(asset=arr.asset, partition=arr.partition, version=arr.version,
-                               arrival_id=arr.arrival_id)]
+            inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
+                                               version=arr.version, arrival_id=arr.arrival_id)]
             plans = [PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
                                 arr.traceparent, mode=arr.mode, replay=arr.replay,
                                 payload=m.value)]
@@ -339,15 +339,11 @@ class StageRunner(_Consumer):
 
     def _ledger(self, plan: PlannedRun, status: RunStatus, attempt: int, started: float,
                 outputs: list[str], exc: BaseException | None) -> OutMessage:
-        rec = RunRecord(
-            run_id=plan.run_id, stage=self.spec.name, partition=plan.partition, status=status,
-            attempt=attempt, max_attempts=self.spec.retry.attempts,
-            started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=plan.mode,
-            replay=plan.replay, inputs=plan.inputs, outputs=outputs,
-            error=error_info(exc) if exc is not None else None,
-            trace_id=plan.parent[3:35].decode() if plan.parent else None,
-        )
-        return rec.message(self.runs_topic)
+        return record_message(
+            self.runs_topic, plan.run_id, self.spec.name, plan.partition, status, attempt,
+            self.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
+            plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
+            plan.parent[3:35].decode() if plan.parent else None)
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

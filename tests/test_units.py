@@ -306,3 +306,18 @@ def test_log_lines_in_a_run_carry_the_records_trace_id_sampled_or_not() -> None:
     with tracing.run_context(None, UNSAMPLED):  # an unsampled record: its own trace id
         line = orjson.loads(JsonFormatter().format(record))
     assert line["trace_id"] == UNSAMPLED[3:35].decode()
+
+
+def test_a_ledger_message_is_a_valid_run_record() -> None:
+    from streamflow._ledger import RunInput, RunRecord, record_message
+
+    inputs = [RunInput.model_construct(asset="a", partition="d1", version=2, arrival_id="x")]
+    m = record_message("ns.runs", "r1", "s", "d1", "retrying", 1, 3, 10, 20, "live", 0, inputs,
+                       ["o1"], {"type": "ValueError"}, "ab" * 16)
+    rec = RunRecord.model_validate_json(m.value)
+    assert m.key == b"r1" and m.topic == "ns.runs"
+    assert rec == RunRecord(run_id="r1", stage="s", partition="d1", status="retrying", attempt=1,
+                            max_attempts=3, started_ms=10, ended_ms=20, mode="live", replay=0,
+                            inputs=inputs, outputs=["o1"], error={"type": "ValueError"},
+                            trace_id="ab" * 16)
+    assert set(orjson.loads(m.value)) == set(RunRecord.model_fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Collection, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -115,20 +116,45 @@ class KafkaTransport:
             await probe.stop()
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
+        """Place every message on its partition, then send one batch per partition.
+
+        ``producer.send`` costs about 11 µs per keyed record (a future, a partitioner call, a
+        metadata check); appending to a batch builder costs well under 1 µs.
+        """
         if self._producer is None:
             raise RuntimeError("kafka transport used before start()")
-        send, producer = self._producer.send, self._producer
-        futs = []
+        producer = self._producer
         counts: dict[str, int] = {}
+        groups: dict[tuple[str, int], list[OutMessage]] = {}
         for m in messages:
             partition = m.partition
-            if partition is None and m.partition_key is not None:
+            if partition is None:
                 n = counts.get(m.topic)
                 if n is None:  # waits for metadata: co-partitioning must not depend on timing
                     n = counts[m.topic] = len(await producer.partitions_for(m.topic))
-                partition = (murmur2(m.partition_key) & 0x7FFFFFFF) % n
-            futs.append(await send(m.topic, m.value, key=m.key, headers=m.headers,
-                                   partition=partition))
+                placed_by = m.partition_key if m.partition_key is not None else m.key
+                # murmur2 as Kafka's default partitioner, so keyed records land where any
+                # Kafka client would put them; unkeyed ones anywhere.
+                partition = ((murmur2(placed_by) & 0x7FFFFFFF) % n if placed_by is not None
+                             else random.randrange(n))
+            group = groups.get((m.topic, partition))
+            if group is None:
+                group = groups[(m.topic, partition)] = []
+            group.append(m)
+        futs = []
+        for (topic, partition), group in groups.items():
+            batch = producer.create_batch()
+            for m in group:
+                if batch.append(key=m.key, value=m.value, timestamp=None,
+                                headers=m.headers) is None:  # full: send it, start another
+                    futs.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=m.key, value=m.value, timestamp=None,
+                                    headers=m.headers) is None:
+                        raise TransportError(
+                            f"a message for {topic} is larger than the producer's batch size "
+                            f"({len(m.value)} bytes of value); raise max_batch_size")
+            futs.append(await producer.send_batch(batch, topic, partition=partition))
         if futs:
             await asyncio.gather(*futs)
 
