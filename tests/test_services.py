@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -176,3 +179,26 @@ def test_jaeger_trace_round_trip() -> None:
         s for rs in body["result"]["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
     ]
     assert [s["name"] for s in spans] == ["round-trip"]
+
+
+def test_a_slow_service_that_keeps_logging_is_waited_for(tmp_path: Path) -> None:
+    """Kafka with thousands of partitions logs steadily for a minute: not a hang."""
+    from streamflow.services.base import alive, await_ready, spawn_detached
+
+    log = tmp_path / "svc.log"
+    chatty = ("import time\nfor i in range(12):\n    print('loading', i, flush=True)\n"
+              "    time.sleep(0.25)\nprint('started', flush=True)\ntime.sleep(30)\n")
+    pid = spawn_detached([sys.executable, "-c", chatty], log=log, cwd=tmp_path)
+    try:
+        started = time.monotonic()
+        await_ready("chatty", pid, lambda: "started" in log.read_text(), log, timeout=1.0)
+        assert time.monotonic() - started > 2.5  # longer than the quiet timeout
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+    silent = spawn_detached([sys.executable, "-c", "import time; time.sleep(30)"],
+                            log=tmp_path / "silent.log", cwd=tmp_path)
+    with pytest.raises(ServiceError, match=r"silent: not ready after \d+s \(gives up after 1s "
+                                           r"without a new log line\)"):
+        await_ready("silent", silent, lambda: False, tmp_path / "silent.log", timeout=1.0)
+    assert not alive(silent)  # stopped, not left behind
