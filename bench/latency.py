@@ -24,9 +24,8 @@ from pydantic import BaseModel
 
 from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker, services
 from streamflow._model import Arrival, stable_id
+from streamflow.services.kafka import delete_topics
 from streamflow.testing import IdleSource
-
-from ._common import drop_topics
 
 WARMUP_S = 5.0
 
@@ -111,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.2)
     worker.request_stop()
     await task
-    await drop_topics(services.KAFKA_BOOTSTRAP, ns)
+    await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
     measured = [ms for s, ms in latencies if s >= warm_end_ns]
     achieved = sent / send_elapsed
     p99 = percentile(measured, 0.99)

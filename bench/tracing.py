@@ -30,8 +30,7 @@ from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, Worker, services
 from streamflow._jaeger import get_trace
-
-from ._common import drop_topics
+from streamflow.services.kafka import delete_topics
 
 VARIANTS = ("off", "1pct", "100pct", "raw")
 SAMPLERS = {"1pct": ("parentbased_traceidratio", "0.01"), "100pct": ("always_on", "")}
@@ -146,7 +145,7 @@ async def _engine_run(variant: str, bootstrap: str, n: int, parts: int
     headers: list[bytes] = []
     if variant == "100pct":
         headers = await _traceparents(bootstrap, f"{ns}.priced", 100)
-    await drop_topics(bootstrap, ns)
+    await delete_topics(bootstrap, lambda t: t.startswith(ns + "."))
     return rps, worker.spans_dropped, headers
 
 
@@ -183,7 +182,7 @@ async def _raw_run(bootstrap: str, n: int, parts: int) -> float:
     finally:
         await consumer.stop()
         await producer.stop()
-        await drop_topics(bootstrap, ns)
+        await delete_topics(bootstrap, lambda t: t.startswith(ns + "."))
 
 
 async def _traceparents(bootstrap: str, topic: str, k: int) -> list[bytes]:

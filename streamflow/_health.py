@@ -36,8 +36,9 @@ class Probe:
     def ready(self) -> tuple[bool, str]:
         if self.phase != "running":
             return False, self.phase
-        if self.dead():
-            return False, f"consumer stopped: {', '.join(self.dead())}"
+        dead = self.dead()
+        if dead:
+            return False, f"consumer stopped: {', '.join(dead)}"
         restoring = [c.name for c in self.consumers if c.restoring()]
         if restoring:
             return False, f"restoring state of {', '.join(sorted(set(restoring)))}"

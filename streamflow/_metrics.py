@@ -65,10 +65,6 @@ class Histogram:
         series[0][bisect.bisect_left(self.bounds, value)] += 1
         series[1][0] += value
 
-    def count(self, label: str) -> int:
-        s = self.series.get(label)
-        return sum(s[0]) if s else 0
-
     def lines(self) -> list[str]:
         out = [f"# HELP {self.name} {self.description}", f"# TYPE {self.name} histogram"]
         for label, (counts, total) in sorted(self.series.items()):
@@ -96,7 +92,6 @@ class Snapshot:
 
 class Metrics:
     def __init__(self, pipeline: str) -> None:
-        self.pipeline = pipeline
         self.arrivals_in: dict[Labels, int] = {}   # (asset, consumer)
         self.arrivals_out: dict[Labels, int] = {}  # (asset,)
         self.runs: dict[Labels, int] = {}          # (stage, status)

@@ -177,8 +177,7 @@ class StageRunner(_Consumer):
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
         if not self.retry_lane:
             mt = self.ctx.metrics
-            key = (asset.name if asset is not None else arr.asset, self.name)
-            mt.arrivals_in[key] = mt.arrivals_in.get(key, 0) + 1
+            mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
         if asset is None:
             reason = f"{m.topic}@{m.partition}:{m.offset}: asset {arr.asset!r} is no input of " \
                      f"stage {self.name!r}"

@@ -24,9 +24,6 @@ from ._spans import AttrValue, RecSpan, new_ids, new_span_id
 log = logging.getLogger("streamflow.telemetry")
 
 
-_UNSET = object()
-
-
 class TelemetryError(RuntimeError):
     pass
 
@@ -216,7 +213,7 @@ class Tracing:
 
         ``root`` recreates the record's unsampled root span itself (same trace and span id).
         """
-        ids = ids_of(parent) if self.sink is not None else None
+        ids = ids_of(parent)
         if ids is None or self.sink is None:
             return None
         tid, sid = ids

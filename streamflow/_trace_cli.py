@@ -19,8 +19,9 @@ from ._config import Settings
 from ._engine import make_transport
 from ._jaeger import JSpan, get_trace, tree_lines
 from ._ledger import RunRecord, fold, runs_topic
-from ._model import H_ASSET, H_PARTITION, H_TRACEPARENT
+from ._model import H_ARRIVAL_ID, H_ASSET, H_PARTITION, H_TRACEPARENT
 from ._ops import OpsError
+from ._telemetry import is_sampled
 
 DEFAULT_JAEGER = "http://127.0.0.1:16686"
 
@@ -47,12 +48,12 @@ async def find_record(settings: Settings, asset: str, key: str) -> Found:
             if h.get(H_ASSET, asset.encode()).decode() != asset:
                 continue
             tp = h.get(H_TRACEPARENT, b"").decode()
-            aid = h.get("sf-arrival-id", b"").decode()
+            aid = h.get(H_ARRIVAL_ID, b"").decode()
             ids.add(aid)
             found.arrivals.append({"topic": m.topic, "partition": m.partition,
                                    "offset": m.offset, "arrival_id": aid, "traceparent": tp})
             if len(tp) == 55:
-                found.trace_ids[tp[3:35]] = tp.endswith(("1", "3", "5", "7", "9", "b", "d", "f"))
+                found.trace_ids[tp[3:35]] = is_sampled(tp.encode())
         ledger = fold(await t.read_topic(runs_topic(settings.namespace)))
     finally:
         await t.close()

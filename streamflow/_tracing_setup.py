@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -160,6 +160,3 @@ def _processor(exporter_name: str, resource: Resource) -> SpanProcessor:
     raise TelemetryError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use 'http/json' "
         "(default, port 4318), 'http/protobuf' or 'grpc' (port 4317)")
-
-
-__all__: Sequence[str] = ("TracingSetup", "configure_tracing")

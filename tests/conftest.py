@@ -28,29 +28,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 TEST_TOPIC = re.compile(r"^([tpn][0-9a-f]{8,10}|bench[0-9a-f]{8})\.|^(test|kit|ext)-")
 
 
-async def _delete_test_topics(bootstrap: str) -> int:
-    """Delete test topics, so the broker's start time does not grow with every run."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if TEST_TOPIC.match(t)]
-        for i in range(0, len(doomed), 200):
-            await admin.delete_topics(doomed[i:i + 200], timeout_ms=60_000)
-        return len(doomed)
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     from streamflow import services
+    from streamflow.services.kafka import delete_topics
 
     services.up(["kafka"])  # reuses a running broker; raises (fails the test) if it cannot start
-    asyncio.run(_delete_test_topics(services.KAFKA_BOOTSTRAP))  # leftovers of a killed run
+    asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))  # a killed run's
     yield services.KAFKA_BOOTSTRAP
-    asyncio.run(_delete_test_topics(services.KAFKA_BOOTSTRAP))
+    asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))
 
 
 @pytest.fixture(scope="session")

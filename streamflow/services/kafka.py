@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from .base import (
@@ -235,6 +236,22 @@ def _start() -> ServiceStatus:
 def down() -> None:
     with locked(run_dir(NAME) / ".lock"):
         stop_pid_service(NAME, _pid(), _pid_file())
+
+
+async def delete_topics(bootstrap: str, match: Callable[[str], object]) -> int:
+    """Delete every topic ``match`` accepts; return how many. Tests and benchmarks drop what
+    they created, because a broker starts (and runs) slower as partitions pile up."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if match(t)]
+        for i in range(0, len(doomed), 200):
+            await admin.delete_topics(doomed[i:i + 200], timeout_ms=60_000)
+        return len(doomed)
+    finally:
+        await admin.close()
 
 
 def reset() -> None:
