@@ -1,0 +1,438 @@
+"""Quality gates: pure checks over a stage's input records (no I/O, no clock of its own).
+
+Before a stage runs, the engine checks its inputs: one record for a per-record stage, the batch
+for a window. Each check gives one ``CheckResult`` at its own level; what a failed ``error`` or
+``warn`` result does is the engine's business. ``history`` is the row counts of the stage's
+previous passing runs, oldest first; only ``RowCount`` reads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import statistics
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import KW_ONLY, dataclass
+from dataclasses import field as _field
+from datetime import UTC, date, datetime, time
+from enum import Enum
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel
+
+Level = Literal["error", "warn"]
+MAX_VALUES = 20  # offending values kept per result
+_SHOWN = 3  # distinct reasons (or duplicated values) quoted in a detail line
+_UNHASHABLE = object()  # tags Unique's keys for unhashable values: no user value equals it
+
+# A verdict: None passes, else the reason and the offending values worth keeping.
+_Verdict = tuple[str, tuple[Any, ...]] | None
+
+
+def _jsonable(v: Any) -> Any:
+    """A value orjson writes as-is: dates as ISO strings, Decimals and the unknown as str."""
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, date | time):  # a datetime is a date
+        return v.isoformat()
+    if isinstance(v, Enum):
+        return _jsonable(v.value)
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_jsonable(x) for x in v]
+    return str(v)
+
+
+def _show(v: Any) -> str:
+    """A value as a detail line quotes it: strings quoted, the rest as JSON would write them."""
+    text = repr(v) if isinstance(v, str) else str(_jsonable(v))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check's verdict. Values are made JSON-able and capped here, whoever built it."""
+
+    check: str
+    level: Level
+    passed: bool
+    detail: str
+    failing: tuple[int, ...] = ()
+    values: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "failing", tuple(self.failing))
+        object.__setattr__(self, "values", tuple(_jsonable(v) for v in self.values[:MAX_VALUES]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "level": self.level, "passed": self.passed,
+                "detail": self.detail, "failing": list(self.failing), "values": list(self.values)}
+
+
+class Check(Protocol):
+    """What the engine runs. Read-only members, so frozen dataclasses satisfy it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def level(self) -> Level: ...
+    @property
+    def batch_only(self) -> bool: ...
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult: ...
+
+
+def run_checks(
+    checks: Sequence[Check], records: Sequence[BaseModel], history: Sequence[int]
+) -> list[CheckResult]:
+    """Every check over the records. A check that raises counts as failed (at its own level),
+    detail names the exception -- user code must never crash the worker."""
+    out: list[CheckResult] = []
+    for check in checks:
+        try:
+            out.append(check.evaluate(records, history))
+        except Exception as e:  # a user's bug becomes a failed gate, not a dead worker
+            out.append(CheckResult(check.name, check.level, False,
+                                   f"check raised {type(e).__name__}: {e}"))
+    return out
+
+
+def _settle(check: Any, default: str) -> None:
+    """Shared __post_init__: validate the level, fill in the default name."""
+    if check.level not in ("error", "warn"):
+        raise ValueError(f"{type(check).__name__}: level must be 'error' or 'warn', "
+                         f"got {check.level!r}")
+    if not check.name:
+        object.__setattr__(check, "name", default)
+
+
+def _per_record(
+    check: Check, records: Sequence[BaseModel], probe: Callable[[BaseModel], _Verdict]
+) -> CheckResult:
+    failing: list[int] = []
+    values: list[Any] = []
+    reasons: list[str] = []
+    for i, record in enumerate(records):
+        bad = probe(record)
+        if bad is None:
+            continue
+        failing.append(i)
+        if len(reasons) <= _SHOWN and bad[0] not in reasons:
+            reasons.append(bad[0])
+        for v in bad[1]:
+            if len(values) < MAX_VALUES and v not in values:
+                values.append(v)
+    if not failing:
+        return CheckResult(check.name, check.level, True, "ok")
+    n = len(records)
+    where = "" if n == 1 else " (index " + ", ".join(map(str, failing[:5])) + (
+        ", ...)" if len(failing) > 5 else ")")
+    why = "; ".join(reasons[:_SHOWN]) + ("; ..." if len(reasons) > _SHOWN else "")
+    detail = f"{len(failing)} of {n} record{'' if n == 1 else 's'} failed{where}: {why}"
+    return CheckResult(check.name, check.level, False, detail, tuple(failing), tuple(values))
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldCheck:
+    """A check on one field of each record: its default name is ``snake_kind(field)``; a
+    missing attribute reads as null."""
+
+    field: str
+    _: KW_ONLY
+    level: Level = "error"
+    name: str = ""
+    batch_only: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _settle(self, re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+                + f"({self.field})")
+
+    def _probe(self, v: Any) -> _Verdict:
+        raise NotImplementedError
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        return _per_record(self, records, lambda r: self._probe(getattr(r, self.field, None)))
+
+
+@dataclass(frozen=True, slots=True)
+class NotNull(_FieldCheck):
+    """The field is set on every record."""
+
+    def _probe(self, v: Any) -> _Verdict:
+        return (f"{self.field} is null", ()) if v is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Range(_FieldCheck):
+    """min <= field <= max (inclusive; numbers, Decimals, dates). A null is out of range."""
+
+    min: Any = None
+    max: Any = None
+
+    def __post_init__(self) -> None:
+        if self.min is None and self.max is None:
+            raise ValueError(f"Range({self.field!r}) needs min, max or both")
+        try:
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"Range({self.field!r}): min {self.min} is above max {self.max}")
+        except TypeError:
+            raise ValueError(f"Range({self.field!r}): min {self.min!r} and max {self.max!r} "
+                             "are not comparable") from None
+        _FieldCheck.__post_init__(self)
+
+    def _probe(self, v: Any) -> _Verdict:
+        if v is None:
+            return f"{self.field} is null", ()
+        try:
+            if self.min is not None and v < self.min:
+                return f"{self.field}={_show(v)} is below min {_show(self.min)}", (v,)
+            if self.max is not None and v > self.max:
+                return f"{self.field}={_show(v)} is above max {_show(self.max)}", (v,)
+        except TypeError:  # a str against a number: out of range, not a crash
+            return f"{self.field}={_show(v)} is not comparable with the bounds", (v,)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedValues(_FieldCheck):
+    """The field is one of ``values`` (kept as a frozenset). A null is not allowed."""
+
+    values: Collection[Any]
+
+    def __post_init__(self) -> None:
+        what = f"AllowedValues({self.field!r})"
+        if isinstance(self.values, str | bytes) or not isinstance(self.values, Collection):
+            raise ValueError(f"{what}: values must be a collection, got {self.values!r}")
+        try:
+            object.__setattr__(self, "values", frozenset(self.values))
+        except TypeError:
+            raise ValueError(f"{what}: values must be hashable") from None
+        if not self.values:
+            raise ValueError(f"{what} needs at least one value")
+        _FieldCheck.__post_init__(self)
+
+    def _probe(self, v: Any) -> _Verdict:
+        try:
+            if v in self.values:
+                return None
+        except TypeError:  # an unhashable value is in no frozenset
+            pass
+        shown = sorted(map(_show, self.values))
+        allowed = ", ".join(shown[:10]) + (", ..." if len(shown) > 10 else "")
+        return f"{self.field}={_show(v)} is not one of {{{allowed}}}", (v,)
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern(_FieldCheck):
+    """``re.fullmatch(regex, str(field))``; a null does not match."""
+
+    regex: str
+    _compiled: re.Pattern[str] = _field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "_compiled", re.compile(self.regex))
+        except re.error as e:
+            raise ValueError(f"Pattern({self.field!r}): bad regex {self.regex!r}: {e}") from None
+        _FieldCheck.__post_init__(self)
+
+    def _probe(self, v: Any) -> _Verdict:
+        if v is None:
+            return f"{self.field} is null", ()
+        if self._compiled.fullmatch(str(v)):
+            return None
+        return f"{self.field}={_show(v)} does not match {self.regex!r}", (v,)
+
+
+@dataclass(frozen=True, slots=True)
+class Unique(_FieldCheck):
+    """No two records of the batch share the field's value. Nulls are not duplicates of each
+    other (``NotNull`` catches them)."""
+
+    batch_only: ClassVar[bool] = True
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        seen: dict[Any, tuple[Any, list[int]]] = {}
+        for i, record in enumerate(records):
+            v = getattr(record, self.field, None)
+            if v is None:
+                continue
+            try:
+                hash(v)
+                key: Any = v
+            except TypeError:
+                key = (_UNHASHABLE, repr(v))
+            seen.setdefault(key, (v, []))[1].append(i)
+        dups = [(v, idx) for v, idx in seen.values() if len(idx) > 1]
+        if not dups:
+            return CheckResult(self.name, self.level, True, "ok")
+        failing = sorted(i for _, idx in dups for i in idx)
+        shown = ", ".join(f"{_show(v)} ({len(idx)}x)" for v, idx in dups[:_SHOWN])
+        detail = (f"{len(failing)} of {len(records)} records share a {self.field} value with "
+                  f"another: {shown}{', ...' if len(dups) > _SHOWN else ''}")
+        return CheckResult(self.name, self.level, False, detail, tuple(failing),
+                           tuple(v for v, _ in dups))
+
+
+def _utc(v: Any, what: str) -> datetime:
+    """A datetime, naive taken as UTC; a date is its midnight UTC."""
+    if isinstance(v, datetime):
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if isinstance(v, date):
+        return datetime.combine(v, time(), UTC)
+    raise TypeError(f"{what}={v!r} is not a datetime")
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness(_FieldCheck):
+    """The batch's newest ``field`` (a datetime; naive is UTC) is at most ``max_age_s`` old.
+    ``now`` is injectable for tests; it defaults to the wall clock."""
+
+    max_age_s: float
+    now: Callable[[], datetime] | None = _field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.max_age_s > 0:
+            raise ValueError(f"Freshness({self.field!r}): max_age_s must be > 0, "
+                             f"got {self.max_age_s}")
+        _FieldCheck.__post_init__(self)
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        if not records:
+            return CheckResult(self.name, self.level, False, "no records")
+        stamps = [_utc(v, self.field) for r in records
+                  if (v := getattr(r, self.field, None)) is not None]
+        if not stamps:
+            return CheckResult(self.name, self.level, False,
+                               f"all {len(records)} records have {self.field} null")
+        newest = max(stamps)
+        now = _utc(self.now() if self.now is not None else datetime.now(UTC), "now")
+        age = (now - newest).total_seconds()
+        if age <= self.max_age_s:
+            return CheckResult(self.name, self.level, True, "ok")
+        return CheckResult(self.name, self.level, False,
+                           f"newest {self.field} {newest.isoformat()} is {_num(round(age))}s old, "
+                           f"above max {_num(self.max_age_s)}s", values=(newest,))
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """The batch's size: absolute bounds, and/or relative to the median of the stage's last
+    ``history`` passing runs (``max_spike=3``: above 3 x the median fails; ``max_drop=0.5``:
+    below half the median fails). The relative bounds wait for ``min_history`` prior runs. A
+    median of 0 makes any non-empty batch a spike."""
+
+    min: int | None = None
+    max: int | None = None
+    max_spike: float | None = None
+    max_drop: float | None = None
+    history: int = 7
+    min_history: int = 3
+    _: KW_ONLY
+    level: Level = "error"
+    name: str = ""
+    batch_only: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if (self.min, self.max, self.max_spike, self.max_drop) == (None,) * 4:
+            raise ValueError("RowCount needs min, max, max_spike or max_drop")
+        if (self.min or 0) < 0 or (self.max or 0) < 0:
+            raise ValueError(f"RowCount: min and max must be >= 0, got {self.min}, {self.max}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"RowCount: min {self.min} is above max {self.max}")
+        if self.max_spike is not None and self.max_spike < 1:
+            raise ValueError(f"RowCount: max_spike is a ratio >= 1, got {self.max_spike}")
+        if self.max_drop is not None and not 0 < self.max_drop <= 1:
+            raise ValueError(f"RowCount: max_drop is a ratio in (0, 1], got {self.max_drop}")
+        if not 1 <= self.min_history <= self.history:
+            raise ValueError(f"RowCount: need 1 <= min_history <= history, got "
+                             f"min_history={self.min_history}, history={self.history}")
+        _settle(self, "row_count")
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        count, note = len(records), ""
+        problems: list[str] = []
+        if self.min is not None and count < self.min:
+            problems.append(f"row count {count} is below min {self.min}")
+        if self.max is not None and count > self.max:
+            problems.append(f"row count {count} is above max {self.max}")
+        if self.max_spike is not None or self.max_drop is not None:
+            recent = list(history)[-self.history :]
+            if len(recent) < self.min_history:
+                note = f"not enough history ({len(recent)} of {self.min_history} runs)"
+            else:
+                median = statistics.median(recent)
+                note = f"the median {_num(median)} of the last {len(recent)} runs"
+                if self.max_spike is not None and count > median * self.max_spike:
+                    problems.append(f"row count {count} is above {_num(self.max_spike)} x {note}")
+                if self.max_drop is not None and count < median * self.max_drop:
+                    problems.append(f"row count {count} is below {_num(self.max_drop)} x {note}")
+        if problems:
+            return CheckResult(self.name, self.level, False, "; ".join(problems), values=(count,))
+        return CheckResult(self.name, self.level, True,
+                           f"row count {count} ok" + (f"; {note}" if note else ""))
+
+
+def _verdict(out: Any) -> str | None:
+    """A custom check's answer: True/None pass, a str fails with itself as the reason."""
+    if out is None:
+        return None
+    if isinstance(out, str):
+        return out or "failed"
+    return None if out else f"returned {out!r}"
+
+
+def _check_fn(check: Expect | ExpectBatch) -> None:
+    kind = type(check).__name__
+    if not check.name or not callable(check.fn):
+        raise ValueError(f"{kind} needs a callable fn and a non-empty name")
+    if inspect.iscoroutinefunction(check.fn):  # its coroutine is truthy: it would always pass
+        raise ValueError(f"{kind}({check.name!r}): fn must be a plain function, not async")
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """A custom record-level check: ``fn(record)`` -> True/None pass, False or a reason fails.
+    A record whose ``fn`` raises fails with the exception as its reason; the others still run."""
+
+    fn: Callable[[Any], bool | str | None]
+    name: str
+    _: KW_ONLY
+    level: Level = "error"
+    batch_only: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_fn(self)
+        _settle(self, self.name)
+
+    def _probe(self, record: BaseModel) -> _Verdict:
+        try:
+            reason = _verdict(self.fn(record))
+        except Exception as e:
+            reason = f"raised {type(e).__name__}: {e}"
+        return None if reason is None else (reason, ())
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        return _per_record(self, records, self._probe)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectBatch:
+    """A custom batch-level check: ``fn(records)``, answering as for ``Expect``. It may run on a
+    one-record batch (a per-record stage), so it is not ``batch_only``."""
+
+    fn: Callable[[Sequence[Any]], bool | str | None]
+    name: str
+    _: KW_ONLY
+    level: Level = "error"
+    batch_only: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_fn(self)
+        _settle(self, self.name)
+
+    def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
+        reason = _verdict(self.fn(records))
+        return CheckResult(self.name, self.level, reason is None, reason or "ok")
