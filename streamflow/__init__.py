@@ -1,10 +1,26 @@
 """StreamFlow: event-driven streaming orchestration.
 
-Declare assets with pydantic contracts, sources, stages and sinks on a :class:`Pipeline`, then
-run it with ``streamflow run module:pipeline`` or :func:`run_pipeline`.
+Declare assets with versioned pydantic contracts, sources, stages (with quality-gate checks)
+and sinks on a :class:`Pipeline`, then run it with ``streamflow run module:pipeline`` or
+:func:`run_pipeline`.
 """
 
+from ._alerts import Alert, AlertSink, LogAlerts, WebhookAlerts
+from ._checks import (
+    AllowedValues,
+    Check,
+    CheckResult,
+    Expect,
+    ExpectBatch,
+    Freshness,
+    NotNull,
+    Pattern,
+    Range,
+    RowCount,
+    Unique,
+)
 from ._config import ConfigError, Settings
+from ._contracts import ContractError
 from ._engine import RunSummary, Worker, run_pipeline
 from ._model import Arrival, Asset, stable_id
 from ._pipeline import Pipeline, PipelineError, load_pipeline
@@ -15,19 +31,35 @@ from .connectors import ConnectorError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
+    "AlertSink",
     "AllOf",
+    "AllowedValues",
     "AnyOf",
     "Arrival",
     "Asset",
+    "Check",
+    "CheckResult",
     "ConfigError",
     "ConnectorError",
+    "ContractError",
+    "Expect",
+    "ExpectBatch",
+    "Freshness",
     "Inputs",
+    "LogAlerts",
+    "NotNull",
     "OnEach",
+    "Pattern",
     "Pipeline",
     "PipelineError",
+    "Range",
     "RetryPolicy",
+    "RowCount",
     "RunSummary",
     "Settings",
+    "Unique",
+    "WebhookAlerts",
     "Window",
     "WindowRecords",
     "Worker",

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -30,20 +31,35 @@ if TYPE_CHECKING:
     from ._stage import PlannedRun
 
 log = logging.getLogger("streamflow.barrier")
-alerts = logging.getLogger("streamflow.alerts")
+
+
+def _never(_partition: str) -> bool:
+    return False
 
 
 def state_topic(namespace: str, stage: str) -> str:
     return f"{namespace}.state.{stage}"
 
 
-class StateStore:
-    """Partition states of one stage: a local view of its changelog topic."""
+class Keyed(Protocol):
+    """What a changelog holds: JSON-able state that lives on one input partition number."""
 
-    def __init__(self, ctx: Ctx, stage: str) -> None:
-        self.ctx, self.stage = ctx, stage
-        self.topic = state_topic(ctx.namespace, stage)
-        self.states: dict[str, PartitionState] = {}
+    kafka_partition: int
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=Keyed)
+
+
+class StateStore(Generic[S]):
+    """States of one stage: a local view of a changelog topic (barriers, windows, holds)."""
+
+    def __init__(self, ctx: Ctx, stage: str, decode: Callable[[dict[str, Any]], S],
+                 topic: str | None = None) -> None:
+        self.ctx, self.stage, self.decode = ctx, stage, decode
+        self.topic = topic or state_topic(ctx.namespace, stage)
+        self.states: dict[str, S] = {}
         self._restores: dict[int, asyncio.Future[None]] = {}
 
     async def restore(self, partitions: set[int]) -> None:
@@ -74,7 +90,7 @@ class StateStore:
             if not m.value:
                 self.states.pop(key, None)
                 continue
-            self.states[key] = PartitionState.from_json(orjson.loads(m.value))
+            self.states[key] = self.decode(orjson.loads(m.value))
             n += 1
         log.info("stage %s: restored %d state records of partition %d in %.3fs",
                  self.stage, n, partition, time.perf_counter() - t0)
@@ -86,9 +102,13 @@ class StateStore:
         for p in partitions:
             self._restores.pop(p, None)
 
-    def message(self, key: str, state: PartitionState) -> OutMessage:
+    def message(self, key: str, state: S) -> OutMessage:
         return OutMessage(self.topic, orjson.dumps(state.to_json()), key.encode(), [],
                           partition=state.kafka_partition)
+
+    def tombstone(self, key: str, kafka_partition: int) -> OutMessage:
+        """The key's state is gone (an empty value; folding drops it)."""
+        return OutMessage(self.topic, b"", key.encode(), [], partition=kafka_partition)
 
 
 class Late(Exception):
@@ -100,7 +120,9 @@ class BarrierGate:
         assert isinstance(spec.trigger, AllOf | AnyOf)
         self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
         self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
-        self.store = StateStore(ctx, spec.name)
+        self.store = StateStore(ctx, spec.name, PartitionState.from_json)
+        self.held: Callable[[str], bool] = _never
+        """Whether a gate holds a partition key: then a new version re-fires it."""
 
     @property
     def states(self) -> dict[str, PartitionState]:
@@ -122,8 +144,10 @@ class BarrierGate:
             state = PartitionState(arr.partition, m.partition, int(time.time() * 1000))
             self.states[arr.partition] = state
         before = state.slots.get(asset.name)
-        fire = self.barrier.offer(state, asset.name,
-                                  Slot(arr.arrival_id, arr.version, m.value, list(m.headers)))
+        key = m.key.decode("utf-8", "replace") if m.key is not None else None
+        fire = self.barrier.offer(
+            state, asset.name, Slot(arr.arrival_id, arr.version, m.value, list(m.headers), key),
+            refire=self.held(arr.partition))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
         msgs = [self.store.message(state.partition, state)] if changed else []
@@ -194,7 +218,8 @@ class BarrierGate:
         trigger = self.barrier.trigger
         if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
             return None
-        firsts = [s.first_seen_ms for s in self.states.values() if s.fired is None and s.slots]
+        firsts = [s.first_seen_ms for s in self.states.values() if s.fired is None and s.slots
+                  and all(r in s.slots for r in trigger.required)]
         if not firsts:
             return None
         return (min(firsts) + trigger.deadline_s * 1000 - time.time() * 1000) / 1000
@@ -207,9 +232,7 @@ class BarrierGate:
         return (f"barrier for partition {plan.partition!r} missed its deadline; missing inputs: "
                 f"{', '.join(self.missing(plan))}")
 
-    def alert(self, plan: PlannedRun, what: str) -> None:
-        alerts.warning(
-            "ALERT stage %s: barrier for partition %r %s at its deadline; arrived: %s; "
-            "missing: %s", self.spec.name, plan.partition, what,
-            ", ".join(sorted(i.asset for i in plan.inputs)) or "nothing",
-            ", ".join(self.missing(plan)))
+    def alert_text(self, plan: PlannedRun, what: str) -> str:
+        return (f"barrier for partition {plan.partition!r} {what} at its deadline; arrived: "
+                f"{', '.join(sorted(i.asset for i in plan.inputs)) or 'nothing'}; missing: "
+                f"{', '.join(self.missing(plan))}")

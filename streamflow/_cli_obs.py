@@ -51,6 +51,8 @@ def _status(args: argparse.Namespace) -> int:
         runs = ", ".join(f"{k} {v}" for k, v in sorted(e["runs"].items())) or "-"
         if e.get("dead_lettered"):
             runs += f"; dead-lettered {e['dead_lettered']}"
+        if e.get("held_partitions"):
+            runs += f"; HELD {e['held_partitions']} (`streamflow runs list --status held`)"
         opened = e.get("open_barriers")
         oldest = e.get("oldest_open_barrier_s")
         print(f"{name:<24} {e['kind']:<6} {e['lag']:>7} "

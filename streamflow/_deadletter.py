@@ -27,11 +27,15 @@ def describe_validation(e: ValidationError, contract: str, version: int) -> str:
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
-    return {
+    info: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+    checks = getattr(exc, "checks", None)  # a gate's results: the checks and offending values
+    if isinstance(checks, list):
+        info["checks"] = checks
+    return info
 
 
 def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._alerts import Alerter, alert_sinks_from_env
 from ._barrier import state_topic
 from ._config import ConfigError, Settings
+from ._contracts import check_contracts
+from ._gating import Gatekeeper, hold_topic
 from ._health import Probe
 from ._http import HttpServer
 from ._ledger import FINAL, fold, runs_topic
@@ -88,8 +92,9 @@ class Worker:
         setup = configure_tracing(default_service=f"streamflow-{p.name}")
         system = self.transport.messaging_system
         tracing = setup.tracing(system) if setup is not None else Tracing(None, system)
+        alerter = Alerter([*alert_sinks_from_env(os.environ), *p.alerts])
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
-                  s.namespace, self.metrics, s.commit_interval_s)
+                  s.namespace, self.metrics, s.commit_interval_s, alerter, p.name)
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
@@ -113,9 +118,12 @@ class Worker:
             topics += [replay_topic(s.namespace, n) for n in names]
             compacted = [runs_topic(s.namespace)] + [
                 state_topic(s.namespace, st.name) for st in p.stages
-                if not isinstance(st.trigger, OnEach)]
+                if not isinstance(st.trigger, OnEach)] + [
+                hold_topic(s.namespace, st.name) for st in p.stages if st.checks]
             await self.transport.ensure_topics(topics, compacted=compacted)
             await self._check_copartitioned(ctx)
+            for note in await check_contracts(self.transport, s.namespace, p.assets.values()):
+                log.info("%s", note)
             ledger = fold(await self.transport.read_topic(runs_topic(s.namespace)))
             for sp, src in sources:
                 await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
@@ -125,8 +133,14 @@ class Worker:
             for st in _topological(p):
                 fired = {r.run_id for r in ledger.values()
                          if r.stage == st.name and r.status in FINAL}
-                consumers.append(StageRunner(st, ctx, fired))
-                consumers.append(StageRunner(st, ctx, fired, retry_lane=True))
+                keeper = None
+                if st.checks:  # row-count history: input counts of earlier passing runs
+                    done = sorted((r for r in ledger.values()
+                                   if r.stage == st.name and r.status == "succeeded"),
+                                  key=lambda r: r.ended_ms)
+                    keeper = Gatekeeper(st, ctx, alerter, p.name, [len(r.inputs) for r in done])
+                consumers.append(StageRunner(st, ctx, fired, keeper=keeper))
+                consumers.append(StageRunner(st, ctx, fired, retry_lane=True, keeper=keeper))
             consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
             for cons in consumers:
                 await cons.open()
@@ -156,6 +170,7 @@ class Worker:
             for _, snk in sinks:
                 with contextlib.suppress(Exception):
                     await snk.stop()
+            await alerter.close()
             await self.transport.close()
             if http is not None:
                 await http.close()
@@ -194,9 +209,13 @@ class Worker:
     async def _check_copartitioned(self, ctx: Ctx) -> None:
         """A barrier needs partition n of each input (and of its state) on one worker."""
         for st in self.pipeline.stages:
-            if isinstance(st.trigger, OnEach):
+            if isinstance(st.trigger, OnEach) and not st.checks:
                 continue
-            topics = [ctx.topic(a) for a in st.inputs] + [state_topic(ctx.namespace, st.name)]
+            topics = [ctx.topic(a) for a in st.inputs]
+            if not isinstance(st.trigger, OnEach):
+                topics.append(state_topic(ctx.namespace, st.name))
+            if st.checks:
+                topics.append(hold_topic(ctx.namespace, st.name))
             counts = {t: await self.transport.partition_count(t) for t in topics}
             if len(set(counts.values())) > 1:
                 shown = ", ".join(f"{t}: {n}" for t, n in counts.items())

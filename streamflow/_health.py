@@ -97,6 +97,8 @@ class Probe:
             if c.name in snap.open_barriers:
                 entry["open_barriers"] = snap.open_barriers[c.name]
                 entry["oldest_open_barrier_s"] = round(snap.oldest_open_s[c.name], 3)
+            if mt.held.get(c.name):
+                entry["held_partitions"] = int(mt.held[c.name])
         for (stage, status), n in mt.runs.items():
             stages.setdefault(stage, {"kind": "stage", "lag": 0, "runs": {}})["runs"][status] = n
         for (kind, name), n in mt.dead_letters.items():

@@ -15,8 +15,10 @@ from pydantic import BaseModel
 
 from .transports import Message, OutMessage
 
-RunStatus = Literal["succeeded", "retrying", "dead-lettered", "skipped"]
-FINAL: frozenset[str] = frozenset({"succeeded", "dead-lettered"})
+RunStatus = Literal["succeeded", "retrying", "dead-lettered", "skipped", "held", "parked",
+                    "released"]
+# A held run never runs again as such: its replay (`runs retry`) or a new version does.
+FINAL: frozenset[str] = frozenset({"succeeded", "dead-lettered", "held", "released"})
 
 
 def runs_topic(namespace: str) -> str:
@@ -48,6 +50,8 @@ class RunRecord(BaseModel):
     error: dict[str, Any] | None = None
     trace_id: str | None = None
     """The W3C trace id of the record that fired the run (sampled or not)."""
+    checks: list[dict[str, Any]] | None = None
+    """Quality-gate results on the run's inputs, when the stage has checks."""
 
     def message(self, topic: str) -> OutMessage:
         return OutMessage(topic, orjson.dumps(self.model_dump()), self.run_id.encode(), [])
@@ -56,7 +60,8 @@ class RunRecord(BaseModel):
 def record_message(topic: str, run_id: str, stage: str, partition: str, status: RunStatus,
                    attempt: int, max_attempts: int, started_ms: int, ended_ms: int, mode: str,
                    replay: int, inputs: Iterable[RunInput], outputs: list[str],
-                   error: dict[str, Any] | None, trace_id: str | None) -> OutMessage:
+                   error: dict[str, Any] | None, trace_id: str | None,
+                   checks: list[dict[str, Any]] | None = None) -> OutMessage:
     """A ``RunRecord`` message without building the model: one is written per run, and
     validating and dumping a pydantic model each time cost 5% of a map stage's CPU."""
     body = {
@@ -65,7 +70,7 @@ def record_message(topic: str, run_id: str, stage: str, partition: str, status: 
         "ended_ms": ended_ms, "mode": mode, "replay": replay,
         "inputs": [{"asset": i.asset, "partition": i.partition, "version": i.version,
                     "arrival_id": i.arrival_id} for i in inputs],
-        "outputs": outputs, "error": error, "trace_id": trace_id,
+        "outputs": outputs, "error": error, "trace_id": trace_id, "checks": checks,
     }
     return OutMessage(topic, orjson.dumps(body), run_id.encode(), [])
 

@@ -99,6 +99,8 @@ class Metrics:
         self.dead_letters: dict[Labels, int] = {}  # (kind, name)
         self.sink_writes: dict[Labels, int] = {}   # (sink,)
         self.barrier_deadlines: dict[Labels, int] = {}  # (stage, outcome)
+        self.gate_checks: dict[Labels, int] = {}  # (stage, check, outcome)
+        self.held: dict[str, float] = {}  # stage -> partition keys a gate holds
         self.recent: deque[Failure] = deque(maxlen=50)
         self.snapshot = Snapshot()
         self._reader = InMemoryMetricReader()
@@ -119,6 +121,8 @@ class Metrics:
             "streamflow_sink_records": (self.sink_writes, ("sink",), "records a sink wrote"),
             "streamflow_barrier_deadlines": (self.barrier_deadlines, ("stage", "outcome"),
                                              "barriers whose deadline passed, by policy applied"),
+            "streamflow_gate_checks": (self.gate_checks, ("stage", "check", "outcome"),
+                                       "quality-gate check results: passed, failed, warned"),
         }
         for name, (tally, keys, doc) in counters.items():
             meter.create_observable_counter(name, [_observe(tally, keys)], description=doc)
@@ -133,6 +137,9 @@ class Metrics:
             "streamflow_oldest_open_barrier_age", [_observe_floats(
                 lambda: self.snapshot.oldest_open_s, "stage")],
             unit="s", description="age of the oldest open barrier")
+        meter.create_observable_gauge(
+            "streamflow_held_partitions", [_observe_floats(lambda: self.held, "stage")],
+            description="partition keys a failing quality gate holds")
         self.stage_duration = Histogram(
             "streamflow_stage_duration_seconds", "stage", "stage function duration per run")
         self.fire_latency = Histogram(

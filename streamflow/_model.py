@@ -29,6 +29,7 @@ H_REASON = "sf-reason"
 H_ATTEMPT = "sf-attempt"
 H_RETRY_AT = "sf-retry-at-ms"
 H_REPLAY = "sf-replay"
+H_PLANNED = "sf-planned-run"  # the message value holds a planned run's inputs, not a record
 
 Headers = list[tuple[str, bytes]]
 

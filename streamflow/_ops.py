@@ -42,7 +42,7 @@ class DeadLetterEntry:
 
     @property
     def replayable(self) -> bool:
-        return self.kind in ("stage", "sink") and bool(self.body.get("arrival"))
+        return self.kind in ("stage", "sink", "gate") and bool(self.body.get("arrival"))
 
 
 async def list_runs(settings: Settings) -> list[RunRecord]:
@@ -120,10 +120,11 @@ async def retry_run(settings: Settings, run_id: str) -> list[str]:
         (r for r in runs.values() if r.run_id.startswith(run_id)), None)
     if run is None:
         raise OpsError(f"no run {run_id!r} in the ledger; `streamflow runs list` shows them")
-    if run.status != "dead-lettered":
-        raise OpsError(f"run {run.run_id} is {run.status}; only dead-lettered runs are retried")
+    if run.status not in ("dead-lettered", "held"):
+        raise OpsError(f"run {run.run_id} is {run.status}; only dead-lettered runs and runs a "
+                       "quality gate holds are retried")
     entries = [e for e in await list_dead_letters(settings)
-               if e.body.get("run_id") == run.run_id]
+               if e.body.get("run_id") == run.run_id and e.replayable]
     if not entries:
         raise OpsError(f"run {run.run_id} has no dead letter left to replay")
     return await replay(settings, entries[-1:])

@@ -13,9 +13,11 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel
 
+from ._alerts import AlertSink
+from ._checks import Check
 from ._model import Asset
 from ._retry import NO_RETRY, RetryPolicy
-from ._triggers import OnEach, Trigger
+from ._triggers import AllOf, OnEach, Trigger, Window
 from .connectors import Sink, Source
 
 StageResult: TypeAlias = BaseModel | dict[str, Any] | Iterable[BaseModel | dict[str, Any]] | None
@@ -57,6 +59,8 @@ class StageSpec:
     is_async: bool
     retry: RetryPolicy = NO_RETRY
     trigger: Trigger = field(default_factory=OnEach)
+    checks: tuple[Check, ...] = ()
+    """The quality gate on this stage's inputs (see ``_gating``)."""
 
 
 @dataclass
@@ -65,6 +69,8 @@ class Pipeline:
     sources: list[SourceSpec] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=list)
     sinks: list[SinkSpec] = field(default_factory=list)
+    alerts: list[AlertSink] = field(default_factory=list)
+    """Where gate and deadline alerts go besides the log (and ``STREAMFLOW_ALERT_WEBHOOK``)."""
 
     def _check_name(self, name: str) -> None:
         taken = {s.name for s in self.sources} | {s.name for s in self.stages}
@@ -101,6 +107,7 @@ class Pipeline:
         name: str | None = None,
         retry: RetryPolicy = NO_RETRY,
         trigger: Trigger | None = None,
+        checks: Sequence[Check] = (),
     ) -> Callable[[StageFn], StageFn]:
         """Decorate the stage function. It returns the output record(s): a model, a dict, a
         list of them, or None to drop it.
@@ -108,14 +115,30 @@ class Pipeline:
         With the default trigger (``OnEach``) it is called with each input record. With
         ``AllOf`` (a barrier per partition key) or ``AnyOf`` it is called with an ``Inputs``
         mapping of asset name to the latest record of each input for that partition.
-        ``retry`` says how failures are retried before the input goes to dead letters."""
+        ``retry`` says how failures are retried before the input goes to dead letters.
+        ``checks`` gate its inputs: a failing error-level check holds that partition key
+        (see docs/gates.md)."""
         if not inputs:
             raise PipelineError("a stage needs at least one input asset")
+        trig = trigger or OnEach()
+        names = {a.name for a in inputs}
+        required = {r if isinstance(r, str) else r.name
+                    for r in (trig.required if isinstance(trig, AllOf) else ())}
+        if not required <= names:
+            raise PipelineError(
+                f"AllOf(required=...) names {sorted(required - names)}, which are not "
+                f"inputs of this stage (inputs: {sorted(names)})")
+        batchy = isinstance(trig, Window)
+        for c in checks:
+            if c.batch_only and not batchy:
+                raise PipelineError(
+                    f"check {c.name} needs a batch of records; put it on a stage with a "
+                    "Window trigger (a per-record stage checks one record at a time)")
 
         def deco(fn: StageFn) -> StageFn:
             spec = StageSpec(
                 name or fn.__name__, fn, tuple(inputs), output,
-                inspect.iscoroutinefunction(fn), retry, trigger or OnEach(),
+                inspect.iscoroutinefunction(fn), retry, trig, tuple(checks),
             )
             self._check_name(spec.name)
             self.stages.append(spec)

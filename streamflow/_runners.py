@@ -16,6 +16,7 @@ import orjson
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from ._alerts import Alerter
 from ._deadletter import dead_letter_message, describe_validation, error_info
 from ._metrics import Metrics
 from ._model import H_TRACEPARENT, Arrival, Asset, DeadLetter, stable_id
@@ -58,6 +59,8 @@ class Ctx:
     namespace: str
     metrics: Metrics
     commit_interval_s: float = 0.1
+    alerter: Alerter | None = None
+    pipeline: str = ""
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)
@@ -244,7 +247,8 @@ class _Consumer:
 
     def _dead(self, reason: str, m: Message, arr: Arrival, parent: RecSpan | None,
               spans: list[RecSpan | None], exc: BaseException | None,
-              run_id: str | None = None, attempts: int | None = None) -> OutMessage:
+              run_id: str | None = None, attempts: int | None = None,
+              kind: str | None = None) -> OutMessage:
         tr, topic = self.ctx.tracing, self.ctx.dlq_topic
         if parent is None and tr.enabled:  # unsampled: its failure is exported all the same
             parent = tr.start_failure(
@@ -257,8 +261,9 @@ class _Consumer:
         spans.append(send)
         self.ctx.counters.dead_lettered += 1
         mt = self.ctx.metrics
-        mt.add(mt.dead_letters, (self.kind, self.name))
-        mt.failed(self.kind, self.name, reason, run_id)
+        kind = kind or self.kind
+        mt.add(mt.dead_letters, (kind, self.name))
+        mt.failed(kind, self.name, reason, run_id)
         origin = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
                   "asset": arr.asset, "partition_key": arr.partition,
                   "key": m.key.decode("utf-8", "replace") if m.key is not None else None}
@@ -266,7 +271,7 @@ class _Consumer:
                    if k.startswith("sf-") or k == H_TRACEPARENT}
         dl = DeadLetter(reason, self.name, origin, m.value.decode("utf-8", "replace"),
                         error_info(exc) if exc is not None else {}, arr.arrival_id,
-                        run_id, attempts, arrival, self.kind)
+                        run_id, attempts, arrival, kind)
         return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
 
 

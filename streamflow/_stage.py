@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
+from ._alerts import Alert
 from ._barrier import BarrierGate, Late
 from ._deadletter import describe_validation, error_info
+from ._gate_lane import gate_run
+from ._gating import Gatekeeper
 from ._ledger import RunInput, RunStatus, record_message, runs_topic
-from ._model import H_ATTEMPT, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._model import H_ATTEMPT, H_PLANNED, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
 from ._spans import AttrValue, RecSpan
@@ -35,7 +39,7 @@ from ._triggers import OnEach, PartitionState, Window
 from ._window import WindowGate
 from .transports import Message, OutMessage
 
-H_PLANNED = "sf-planned-run"  # the message value holds a planned run's inputs, not a record
+log = logging.getLogger("streamflow.stage")
 
 
 def run_id_of(stage: str, arr: Arrival) -> str:
@@ -60,13 +64,18 @@ class PlannedRun:
     payload: bytes = b""
     """What a retry or dead letter carries to run it again: the record, or the planned inputs."""
     planned: bool = False
+    kafka_partition: int = -1
+    """The input partition number it came from: where a gate's hold on it is kept."""
+    checks: list[dict[str, Any]] | None = None
 
 
 class StageRunner(_Consumer):
     """Consumes a stage's inputs (``retry_lane=False``) or its retry topic (``True``)."""
 
-    def __init__(self, spec: StageSpec, ctx: Ctx, fired: set[str], retry_lane: bool = False):
+    def __init__(self, spec: StageSpec, ctx: Ctx, fired: set[str], retry_lane: bool = False,
+                 keeper: Gatekeeper | None = None):
         super().__init__(ctx)
+        self.keeper = keeper  # the stage's quality gate, shared by both lanes
         self.spec = spec
         self.name = spec.name
         self.retry_lane = retry_lane
@@ -84,14 +93,24 @@ class StageRunner(_Consumer):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
             self.gate = BarrierGate(spec, ctx, self.by_asset)
+        if self.gate is not None and keeper is not None:
+            self.gate.held = keeper.held
 
     async def open(self) -> None:
-        gate = self.gate if not self.retry_lane else None
+        stores = [] if self.retry_lane else [
+            g.store for g in (self.gate, self.keeper) if g is not None]
+
+        async def assign(partitions: set[int]) -> None:
+            for st in stores:
+                await st.restore(partitions)
+
+        async def revoke(partitions: set[int]) -> None:
+            for st in stores:
+                await st.forget(partitions)
+
         self.sub = await self.ctx.transport.subscribe(
-            self.group, self.topics,
-            on_assign=gate.restore if gate is not None else None,
-            on_revoke=gate.forget if gate is not None else None,
-        )
+            self.group, self.topics, on_assign=assign if stores else None,
+            on_revoke=revoke if stores else None)
 
     def busy(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.any_expired()
@@ -119,16 +138,17 @@ class StageRunner(_Consumer):
         mt = self.ctx.metrics
         for plan, policy, state_msg in self.gate.expired():
             out.append(state_msg)
+            plan.kafka_partition = state_msg.partition if state_msg.partition is not None else -1
             mt.add(mt.barrier_deadlines, (self.name, policy))
             if policy == "fire":
                 await self._execute(plan, 1, None, out, spans, None)
             elif policy == "skip":
-                self.gate.alert(plan, "skipped")
+                self._deadline_alert(plan, "skipped")
                 mt.add(mt.runs, (self.name, "skipped"))
                 out.append(self._ledger(plan, "skipped", 1, time.time(), [], None))
                 self.fired.add(plan.run_id)
             else:
-                self.gate.alert(plan, "failed")
+                self._deadline_alert(plan, "failed")
                 reason = f"stage {self.name!r}: {self.gate.deadline_reason(plan)}"
                 out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
                 mt.add(mt.runs, (self.name, "dead-lettered"))
@@ -137,6 +157,15 @@ class StageRunner(_Consumer):
         if out:
             await self.ctx.transport.publish(out)
             _end(reversed(spans))
+
+    def _deadline_alert(self, plan: PlannedRun, what: str) -> None:
+        assert self.gate is not None
+        text = self.gate.alert_text(plan, what)
+        if self.ctx.alerter is None:
+            log.warning("ALERT stage %s: %s", self.name, text)
+            return
+        self.ctx.alerter.emit(Alert("deadline", self.ctx.pipeline, self.name, plan.partition,
+                                    plan.run_id, text, at_ms=int(time.time() * 1000)))
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         out: list[OutMessage] = []
@@ -194,6 +223,8 @@ class StageRunner(_Consumer):
             return
         if self.gate is not None and not self.retry_lane:
             await self.gate.ensure_restored(m.partition)
+            if self.keeper is not None:  # the trigger asks whether the key is held
+                await self.keeper.store.ensure_restored(m.partition)
             try:
                 plans, state_msgs = self.gate.offer(m, arr, asset)
             except Late as e:
@@ -202,13 +233,18 @@ class StageRunner(_Consumer):
                 return
             out.extend(state_msgs)
         else:
-            inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
-                                               version=arr.version, arrival_id=arr.arrival_id)]
-            plans = [PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
-                                arr.traceparent, mode=arr.mode, replay=arr.replay,
-                                payload=m.value)]
+            plans = [self._plan_each(m, arr, record)]
         for plan in plans:
+            if plan.kafka_partition < 0:
+                plan.kafka_partition = m.partition
             await self._execute(plan, attempt, m, out, spans, proc)
+
+    def _plan_each(self, m: Message, arr: Arrival, record: BaseModel) -> PlannedRun:
+        inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
+                                           version=arr.version, arrival_id=arr.arrival_id)]
+        return PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
+                          arr.traceparent, mode=arr.mode, replay=arr.replay, payload=m.value,
+                          kafka_partition=m.partition)
 
     def _replan(self, m: Message, arr: Arrival) -> PlannedRun | None:
         assert self.gate is not None, "a planned run reached a stage without a trigger"
@@ -220,12 +256,31 @@ class StageRunner(_Consumer):
     async def _execute(self, plan: PlannedRun, attempt: int, m: Message | None,
                        out: list[OutMessage], spans: list[RecSpan | None],
                        proc: RecSpan | None) -> None:
+        """Run ``plan``; then, if it released a gate's hold, the runs parked behind it."""
+        for parked in await self._run(plan, attempt, m, out, spans, proc):
+            arr = Arrival.from_message(parked.key, parked.value, parked.headers)
+            if any(k == H_PLANNED for k, _ in parked.headers):
+                again = self._replan(parked, arr)
+                if again is None:
+                    continue
+                again.kafka_partition = parked.partition
+            else:
+                asset = self.by_asset.get(arr.asset)
+                if asset is None:
+                    continue
+                again = self._plan_each(parked, arr,
+                                        asset.contract.model_validate_json(parked.value))
+            await self._execute(again, 1, parked, out, spans, None)
+
+    async def _run(self, plan: PlannedRun, attempt: int, m: Message | None,
+                   out: list[OutMessage], spans: list[RecSpan | None],
+                   proc: RecSpan | None) -> list[Message]:
         tr, spec = self.ctx.tracing, self.spec
         headers = m.headers if m is not None else []
         if plan.run_id in self.fired:
             self.ctx.counters.deduped += 1
             self.ctx.metrics.add(self.ctx.metrics.runs, (spec.name, "deduped"))
-            return
+            return []
         attrs: dict[str, AttrValue] = {
             "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
             "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
@@ -235,6 +290,11 @@ class StageRunner(_Consumer):
                              attrs, links=plan.links)
         spans.append(run)
         started = time.time()
+        released: list[Message] = []
+        if self.keeper is not None:
+            go, released = await gate_run(self, plan, attempt, m, out, spans, run, started)
+            if not go:
+                return []
         self.ctx.counters.runs += 1
         mt = self.ctx.metrics
         if m is not None and attempt == 1 and m.timestamp_ms > 0:
@@ -277,7 +337,7 @@ class StageRunner(_Consumer):
                 out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
                 mt.add(mt.runs, (spec.name, "dead-lettered"))
                 self.fired.add(plan.run_id)
-            return
+            return released
         mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
         if run is not None:
@@ -288,10 +348,11 @@ class StageRunner(_Consumer):
             mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
         out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
         self.fired.add(plan.run_id)
+        return released
 
     def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
                    parent: RecSpan | None, spans: list[RecSpan | None], exc: BaseException | None,
-                   attempt: int) -> OutMessage:
+                   attempt: int, kind: str | None = None) -> OutMessage:
         """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
         first = plan.inputs[0] if plan.inputs else None
         arr = Arrival(first.arrival_id if first else plan.run_id,
@@ -304,7 +365,7 @@ class StageRunner(_Consumer):
         where = m if m is not None else Message(self.topics[0], -1, -1, None, b"", [], 0)
         dead = Message(where.topic, where.partition, where.offset, where.key, plan.payload,
                        hdrs, where.timestamp_ms)
-        return self._dead(reason, dead, arr, parent, spans, exc, plan.run_id, attempt)
+        return self._dead(reason, dead, arr, parent, spans, exc, plan.run_id, attempt, kind)
 
     async def _call(self, arg: Any) -> Any:
         fn, timeout = self.spec.fn, self.spec.retry.timeout_s
@@ -342,7 +403,7 @@ class StageRunner(_Consumer):
             self.runs_topic, plan.run_id, self.spec.name, plan.partition, status, attempt,
             self.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
             plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
-            plan.parent[3:35].decode() if plan.parent else None)
+            plan.parent[3:35].decode() if plan.parent else None, plan.checks)
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

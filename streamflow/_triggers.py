@@ -37,15 +37,22 @@ class AllOf:
     ``on_deadline`` decides: ``fire`` with what arrived, ``skip`` (and alert), or ``fail`` (the
     arrived inputs go to dead letters). A newer version of an input after the barrier fired
     re-fires it (``on_new_version="refire"``) or is ignored (the default).
+
+    ``required`` names inputs the deadline policy never goes without: past the deadline the
+    barrier keeps waiting for them (an upstream gate may be holding one), and applies the
+    policy as soon as they are in. Optional inputs (a loyalty snapshot) are left to the policy.
     """
 
     deadline_s: float | None = None
     on_deadline: DeadlinePolicy = "fire"
     on_new_version: Literal["refire", "ignore"] = "ignore"
+    required: Sequence[str | Asset[Any]] = ()
 
     def __post_init__(self) -> None:
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise ValueError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
+        object.__setattr__(self, "required", tuple(
+            r if isinstance(r, str) else r.name for r in self.required))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +98,21 @@ class Slot:
     version: int
     value: bytes
     headers: list[tuple[str, bytes]]
+    key: str | None = None
+    """The record key: a corrected record replaces its predecessor in a held window."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"arrival_id": self.arrival_id, "version": self.version,
-                "value": self.value.decode(),
-                "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
+        d: dict[str, Any] = {"arrival_id": self.arrival_id, "version": self.version,
+             "value": self.value.decode(),
+             "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
+        if self.key is not None:
+            d["key"] = self.key
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Slot:
         return cls(d["arrival_id"], int(d["version"]), str(d["value"]).encode(),
-                   [(k, v.encode("latin-1")) for k, v in d["headers"]])
+                   [(k, v.encode("latin-1")) for k, v in d["headers"]], d.get("key"))
 
 
 @dataclass(slots=True)
@@ -144,8 +156,12 @@ class Barrier:
     def run_id(self, partition: str, slots: dict[str, Slot]) -> str:
         return stable_id(self.stage, partition, *sorted(s.arrival_id for s in slots.values()))
 
-    def offer(self, state: PartitionState, asset: str, slot: Slot) -> Fire | None:
-        """Record ``slot`` for ``asset`` in ``state`` (mutated) and say whether to fire."""
+    def offer(self, state: PartitionState, asset: str, slot: Slot,
+              refire: bool = False) -> Fire | None:
+        """Record ``slot`` for ``asset`` in ``state`` (mutated) and say whether to fire.
+
+        ``refire``: a fired partition fires again on a new version whatever ``on_new_version``
+        says (a gate holds it, and the new version may release it)."""
         old = state.slots.get(asset)
         if old is not None and old.arrival_id == slot.arrival_id:
             return None  # a duplicate or redelivery: nothing new
@@ -154,7 +170,8 @@ class Barrier:
             return self._fire(state, asset)
         if len(state.slots) < len(self.inputs):
             return None
-        if state.fired is not None and self.trigger.on_new_version == "ignore":
+        if (state.fired is not None and self.trigger.on_new_version == "ignore"
+                and not refire):
             return None
         return self._fire(state, asset)
 
@@ -168,7 +185,8 @@ class Barrier:
     def expired(self, state: PartitionState, now_ms: int) -> bool:
         t = self.trigger
         return (isinstance(t, AllOf) and t.deadline_s is not None and state.fired is None
-                and now_ms - state.first_seen_ms >= t.deadline_s * 1000)
+                and now_ms - state.first_seen_ms >= t.deadline_s * 1000
+                and all(r in state.slots for r in t.required))
 
     def on_deadline(self, state: PartitionState) -> Fire:
         """The deadline passed: mark the partition done; the engine applies the policy."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._barrier import Late, StateStore
+from ._barrier import Late, StateStore, _never
 from ._ledger import RunInput
 from ._model import H_ASSET, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._triggers import PartitionState, Slot, Window, WindowRecords
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from ._stage import PlannedRun
 
 log = logging.getLogger("streamflow.window")
-alerts = logging.getLogger("streamflow.alerts")
 MAX_LINKS = 32
 
 
@@ -40,8 +40,10 @@ class WindowGate:
         assert isinstance(spec.trigger, Window)
         self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
         self.window: Window = spec.trigger
-        self.store = StateStore(ctx, spec.name)
+        self.store = StateStore(ctx, spec.name, PartitionState.from_json)
         self._watermarks: dict[int, int] = {}
+        self.held: Callable[[str], bool] = _never
+        """Whether a gate holds a partition key: its fired windows then take new versions."""
 
     async def restore(self, partitions: set[int]) -> None:
         await self.store.restore(partitions)
@@ -69,7 +71,11 @@ class WindowGate:
         key = f"{arr.partition}@{start}"
         state = states.get(key)
         wm = self.watermark(m.partition)
-        if (state is not None and state.fired is not None) or wm >= w.closes_at(start):
+        # A window a gate holds takes new versions: a corrected record replaces its
+        # predecessor (same record key) and the window fires again, which may release it.
+        held = state is not None and state.fired is not None and self.held(arr.partition)
+        if not held and ((state is not None and state.fired is not None)
+                         or wm >= w.closes_at(start)):
             raise Late(
                 f"late: event time {_iso(arr.event_time_ms)} of partition {arr.partition!r} "
                 f"falls in window [{_iso(start)}, {_iso(start + int(w.size_s * 1000))}), "
@@ -81,8 +87,17 @@ class WindowGate:
             states[key] = state
         if arr.arrival_id in state.slots:
             return [], []  # a duplicate or redelivery
-        state.slots[arr.arrival_id] = Slot(arr.arrival_id, arr.version, m.value, list(m.headers))
+        rkey = m.key.decode("utf-8", "replace") if m.key is not None else None
+        if held and rkey is not None:
+            for aid in [a for a, s in state.slots.items() if s.key == rkey]:
+                del state.slots[aid]
+        state.slots[arr.arrival_id] = Slot(arr.arrival_id, arr.version, m.value,
+                                           list(m.headers), rkey)
         state.max_event_ms = max(state.max_event_ms, arr.event_time_ms)
+        if held:
+            state.fired = stable_id(self.spec.name, key, *sorted(state.slots))
+            return ([self.plan(state, state.fired, arr.traceparent)],
+                    [self.store.message(key, state)])
         msgs = [self.store.message(key, state)]
         wm = self._watermarks[m.partition] = max(wm, arr.event_time_ms)
         plans = []
@@ -167,6 +182,5 @@ class WindowGate:
         return (f"window [{_iso(plan.arg.start_ms)}, {_iso(plan.arg.end_ms)}) of partition "
                 f"{plan.partition!r} missed its deadline: the watermark never closed it")
 
-    def alert(self, plan: PlannedRun, what: str) -> None:
-        alerts.warning("ALERT stage %s: %s; %s", self.spec.name, self.deadline_reason(plan),
-                       what)
+    def alert_text(self, plan: PlannedRun, what: str) -> str:
+        return f"{self.deadline_reason(plan)}; {what}"

@@ -33,7 +33,8 @@ def values(msgs: list[Message]) -> list[dict[str, object]]:
 class ListSource:
     """An in-memory source for engine tests: each inner list is one batch of raw records.
 
-    Records with the same ``id`` get the same record id, as a re-read would.
+    Records with the same ``id`` get the same record id, as a re-read would; a ``_rid`` field
+    overrides that (a corrected record: same key, new record).
     """
 
     location = "memory"
@@ -50,7 +51,8 @@ class ListSource:
 
         for i, batch in enumerate(self.batches):
             yield SourceBatch(
-                [SourceRecord(dict(r), {"batch": i}, f"rec-{r['id']}") for r in batch],
+                [SourceRecord(dict(r), {"batch": i}, f"rec-{r.get('_rid', r['id'])}")
+                 for r in batch],
                 position=str(i),
             )
 

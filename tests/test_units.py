@@ -38,6 +38,10 @@ def test_public_api_is_curated() -> None:
         "OnEach", "Pipeline", "PipelineError", "RetryPolicy", "RunSummary", "Settings",
         "Window", "WindowRecords", "Worker", "__version__", "load_pipeline", "run_pipeline",
         "stable_id",
+        # quality gates, alerts and contracts
+        "Check", "CheckResult", "NotNull", "Range", "AllowedValues", "Pattern", "Unique",
+        "RowCount", "Freshness", "Expect", "ExpectBatch", "Alert", "AlertSink", "LogAlerts",
+        "WebhookAlerts", "ContractError",
     ])
 
 

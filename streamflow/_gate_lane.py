@@ -1,0 +1,127 @@
+"""A gated stage's side of a run: park behind a hold, check, hold and quarantine, release.
+
+Functions over the ``StageRunner`` (its ledger and dead-letter helpers), kept out of
+``_stage`` so that module stays about running; the hold state itself is ``_gating``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import SpanKind
+
+from ._gating import ANY, MAX_PARKED, GateFailed, Verdict
+from ._ledger import record_message
+from ._model import Arrival
+from ._runners import _fail
+from ._spans import RecSpan
+from .transports import Message, OutMessage
+
+if TYPE_CHECKING:
+    from ._stage import PlannedRun, StageRunner
+
+log = logging.getLogger("streamflow.stage")
+
+
+async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Message | None,
+                   out: list[OutMessage], spans: list[RecSpan | None], run: RecSpan | None,
+                   started: float) -> tuple[bool, list[Message]]:
+    """Check the run's inputs. False: it stops here (held, or parked behind a hold);
+    else the parked inputs its passing released, to run after it."""
+    keeper, mt, name = runner.keeper, runner.ctx.metrics, runner.spec.name
+    assert keeper is not None
+    await keeper.store.ensure_restored(plan.kafka_partition)
+    asset = plan.inputs[0].asset if plan.inputs else ""
+    key = keeper.input_key(plan, m, asset)
+    hold = keeper.hold_of(plan.partition)
+    if hold is not None and key != ANY and key not in hold.held_by.values():
+        parking = keeper.park(hold, plan, m)
+        if parking is None:
+            reason = (f"stage {name!r}: partition {plan.partition!r} is held by its gate and "
+                      f"{MAX_PARKED} runs are parked already; `streamflow dlq replay` this "
+                      "once the partition is released")
+            out.append(runner._dead_plan(reason, plan, m, run, spans, None, attempt, "gate"))
+            out.append(runner._ledger(plan, "dead-lettered", attempt, started, [], None))
+            runner.fired.add(plan.run_id)
+        else:
+            out.append(parking)
+            out.append(runner._ledger(plan, "parked", attempt, started, [], None))
+        mt.add(mt.runs, (name, "parked" if parking is not None else "dead-lettered"))
+        return False, []
+    verdict = keeper.check(plan)
+    plan.checks = verdict.json()
+    if run is not None:
+        for r in verdict.results:
+            run.add_event("check", {"streamflow.check": r.check,
+                                    "streamflow.check.level": r.level,
+                                    "streamflow.check.passed": r.passed,
+                                    "streamflow.check.detail": r.detail})
+    if verdict.failed:
+        _hold_run(runner, plan, key, verdict, attempt, m, out, spans, run, started)
+        return False, []
+    keeper.passed(verdict)
+    if hold is None:
+        return True, []
+    cleared, parked, msgs = keeper.clear(plan, key)
+    out.extend(msgs)
+    for rid in cleared:
+        out.append(record_message(
+            runner.runs_topic, rid, name, plan.partition, "released", 1,
+            runner.spec.retry.attempts, int(started * 1000), int(time.time() * 1000),
+            plan.mode, 0, [], [], {"message": f"released by run {plan.run_id}"}, None))
+    if keeper.hold_of(plan.partition) is None:
+        log.info("stage %s: partition %r released by run %s (%d parked run(s) follow)",
+                 name, plan.partition, plan.run_id, len(parked))
+        keeper.alert("gate-released", plan,
+                     f"partition {plan.partition!r} released by run {plan.run_id}; "
+                     f"{len(parked)} parked run(s) resume", plan.checks)
+    return True, parked
+
+
+
+def _hold_run(runner: StageRunner, plan: PlannedRun, key: str, verdict: Verdict, attempt: int,
+              m: Message | None, out: list[OutMessage], spans: list[RecSpan | None],
+              run: RecSpan | None, started: float) -> None:
+    """Hold the partition: quarantine the failing records, record the run, alert once."""
+    keeper, mt, name = runner.keeper, runner.ctx.metrics, runner.spec.name
+    assert keeper is not None
+    reason = (f"stage {name!r} gate held partition {plan.partition!r} (run "
+              f"{plan.run_id}): {verdict.summary()}")
+    if run is None:  # not sampled: a held run is exported all the same
+        run = runner.ctx.tracing.start_failure(
+            f"run {name}", plan.parent, SpanKind.INTERNAL,
+            {"streamflow.stage": name, "streamflow.run_id": plan.run_id,
+             "streamflow.partition": plan.partition}, start_time=int(started * 1e9))
+        spans.append(run)
+    _fail(run, None, reason)
+    exc = GateFailed(reason, verdict.json())
+    if plan.planned:  # a batch: each failing record on its own, with its checks
+        for i, failed in verdict.failing_records():
+            inp = verdict.inputs[i] if i < len(verdict.inputs) else None
+            checks = [r.to_json() for r in failed]
+            asset = runner.by_asset.get(inp.asset) if inp else None
+            field = asset.key if asset is not None else None
+            which = (f"record {field}={getattr(verdict.records[i], field)!r}" if field
+                     else f"record {i + 1} of {len(verdict.records)}")
+            why = f"{which} failed " + "; ".join(
+                f"check {r.check} ({r.detail})" for r in failed)
+            arr = Arrival(inp.arrival_id if inp else plan.run_id,
+                          inp.asset if inp else "", plan.partition, 1, 0, plan.run_id,
+                          plan.mode, None, b"")
+            where = Message(runner.topics[0], plan.kafka_partition, -1, None,
+                            verdict.records[i].model_dump_json().encode(), [], 0)
+            out.append(runner._dead(f"stage {name!r} gate, partition {plan.partition!r}: "
+                                  f"{why}", where, arr, run, spans,
+                                  GateFailed(why, checks), plan.run_id, attempt,
+                                  kind="gate"))
+    # The run itself, replayable by `streamflow runs retry` once the cause is fixed.
+    out.append(runner._dead_plan(reason, plan, m, run, spans, exc, attempt, kind="gate"))
+    new, msg = keeper.hold(plan, key, verdict)
+    out.append(msg)
+    out.append(runner._ledger(plan, "held", attempt, started, [], exc))
+    mt.add(mt.runs, (name, "held"))
+    runner.fired.add(plan.run_id)
+    if new:
+        keeper.alert("gate-held", plan, reason, plan.checks or [])

@@ -1,0 +1,354 @@
+"""Quality gates on both transports: hold only the failing partition, alert once, release."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from streamflow import (
+    Alert,
+    AllowedValues,
+    Check,
+    Expect,
+    ExpectBatch,
+    Freshness,
+    NotNull,
+    Pattern,
+    Pipeline,
+    Range,
+    RowCount,
+    Settings,
+    Unique,
+    Window,
+    WindowRecords,
+    Worker,
+    run_pipeline,
+)
+from streamflow._ledger import RunRecord
+from streamflow._model import Asset
+from streamflow._ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
+
+from .helpers import ListSource
+
+
+class Order(BaseModel):
+    id: int
+    day: str
+    amount: float | None
+    sku: str
+    at: datetime = datetime(2026, 11, 1, 10, tzinfo=UTC)
+
+
+class DayTotal(BaseModel):
+    day: str
+    orders: list[int]
+
+
+orders = Asset("orders", Order, key="id", partition_by="day", event_time="at")
+clean = Asset("clean", Order, key="id", partition_by="day", event_time="at")
+totals = Asset("totals", DayTotal, key="day", partition_by="day")
+
+
+class Collect:
+    """An alert sink that keeps what it got."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.got: list[Alert] = []
+
+    async def send(self, alert: Alert) -> None:
+        self.got.append(alert)
+
+    async def close(self) -> None:
+        return None
+
+
+def order(i: int, day: str, amount: float | None = 10.0, sku: str = "SKU-1",
+          **extra: object) -> dict[str, object]:
+    return {"id": i, "day": day, "amount": amount, "sku": sku, **extra}
+
+
+def record_gate(batches: list[list[dict[str, object]]], out: Path, alerts: Collect,
+                checks: Sequence[Check]) -> Pipeline:
+    p = Pipeline("gates", alerts=[alerts])
+    p.source(ListSource(batches), asset=orders, name="orders-src")
+    p.stage(inputs=[orders], output=clean, name="clean", checks=checks)(lambda o: o)
+    p.sink("files", asset=clean, path=out)
+    return p
+
+
+def window_gate(batches: list[list[dict[str, object]]], out: Path, alerts: Collect,
+                checks: Sequence[Check]) -> Pipeline:
+    """Orders per day in a window (closed by its deadline), gated as a batch."""
+    p = Pipeline("wgates", alerts=[alerts])
+    p.source(ListSource(batches), asset=orders, name="orders-src")
+
+    def total(w: WindowRecords) -> DayTotal:
+        return DayTotal(day=w.partition, orders=sorted(o.id for o in w["orders"]))  # type: ignore[attr-defined]
+
+    p.stage(inputs=[orders], output=totals, name="daily", checks=checks,
+            trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire"))(total)
+    p.sink("files", asset=totals, path=out)
+    return p
+
+
+def rows(out: Path) -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = {}
+    for f in sorted(out.glob("*.jsonl")):
+        for line in f.read_bytes().splitlines():
+            r = orjson.loads(line)
+            found.setdefault(str(r["day"]), []).append(r)
+    return found
+
+
+def by_status(runs: list[RunRecord], stage: str) -> dict[str, list[RunRecord]]:
+    found: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        if r.stage == stage:
+            found.setdefault(r.status, []).append(r)
+    return found
+
+
+def gate_letters(entries: list[DeadLetterEntry]) -> list[DeadLetterEntry]:
+    return [e for e in entries if e.kind == "gate"]
+
+
+RECORD_CHECKS: list[Check] = [
+    NotNull("amount"), Range("amount", min=0, max=1000), Pattern("sku", r"SKU-\d+"),
+    AllowedValues("day", {"d1", "d2", "d3"}), Expect(lambda o: o.id != 13, "not unlucky"),
+]
+
+
+async def test_failing_record_holds_only_its_partition_alerts_once_and_a_fix_releases(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    first = [[order(1, "d1"), order(2, "d1", amount=-5), order(3, "d1"),
+              order(4, "d2"), order(5, "d2", sku="sku_x"), order(6, "d3")],
+             [order(7, "d1"), order(8, "d3")]]
+
+    worker = Worker(record_gate(first, out, alerts, RECORD_CHECKS), settings)
+    s = await worker.run()
+
+    # d1 and d2 are held from their first failing record on; d3 flows.
+    got = rows(out)
+    assert {d: [r["id"] for r in rs] for d, rs in got.items()} == {
+        "d1": [1], "d2": [4], "d3": [6, 8]}
+    assert s.records_out == 4
+    assert worker.metrics.held == {"clean": 2.0}
+    prom = worker.metrics.prometheus()
+    assert 'streamflow_held_partitions{stage="clean"} 2' in prom
+    assert ('streamflow_gate_checks_total{check="range(amount)",outcome="failed",'
+            'stage="clean"} 1') in prom
+    held = [a for a in alerts.got if a.kind == "gate-held"]
+    assert sorted(a.partition for a in held) == ["d1", "d2"]  # once per partition
+    d1 = next(a for a in held if a.partition == "d1")
+    assert d1.stage == "clean" and d1.checks and "range(amount)" in d1.summary
+    runs = by_status(await list_runs(settings), "clean")
+    assert sorted(r.partition for r in runs["held"]) == ["d1", "d2"]
+    assert sorted(r.partition for r in runs["parked"]) == ["d1", "d1"]  # 3 and 7
+    failed = next(r for r in runs["held"] if r.partition == "d1")
+    assert failed.checks is not None
+    assert {c["check"]: c["passed"] for c in failed.checks}["range(amount)"] is False
+    letters = gate_letters(await list_dead_letters(settings))
+    assert len(letters) == 2
+    neg = next(e for e in letters if e.body["origin"]["partition_key"] == "d1")
+    assert "range(amount)" in str(neg.body["reason"]) and "-5" in str(neg.body["reason"])
+    (chk,) = [c for c in neg.body["error"]["checks"] if not c["passed"]]
+    assert chk["values"] == [-5.0] and chk["level"] == "error"
+    assert orjson.loads(str(neg.body["payload"]))["id"] == 2
+    assert neg.replayable
+
+    # A corrected version of order 2 (same key) releases d1: the parked orders follow.
+    fixed = [[order(2, "d1", amount=5, _rid="2-fixed")]]
+    await run_pipeline(record_gate(fixed, out, alerts, RECORD_CHECKS), settings)
+
+    got = rows(out)
+    assert sorted(int(str(r["id"])) for r in got["d1"]) == [1, 2, 3, 7]
+    assert [r["id"] for r in got["d2"]] == [4]  # still held
+    assert [a.partition for a in alerts.got if a.kind == "gate-released"] == ["d1"]
+    assert len([a for a in alerts.got if a.kind == "gate-held"]) == 2  # no second alert
+    runs = by_status(await list_runs(settings), "clean")
+    assert [r.partition for r in runs["held"]] == ["d2"]
+    assert [r.partition for r in runs["released"]] == ["d1"]
+    assert "parked" not in runs
+
+
+async def test_held_run_is_released_by_runs_retry_after_a_fix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    known = {"SKU-1"}
+    checks = [Expect(lambda o: o.sku in known, "known sku")]
+    batches = [[order(1, "d1", sku="SKU-9"), order(2, "d1"), order(3, "d2")]]
+
+    await run_pipeline(record_gate(batches, out, alerts, checks), settings)
+    assert {d: len(rs) for d, rs in rows(out).items()} == {"d2": 1}
+    (held,) = by_status(await list_runs(settings), "clean")["held"]
+
+    known.add("SKU-9")  # the fix: the product catalogue learnt SKU-9
+    await retry_run(settings, held.run_id[:12])
+    await run_pipeline(record_gate([], out, alerts, checks), settings)
+
+    assert sorted(int(str(r["id"])) for r in rows(out)["d1"]) == [1, 2]
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+    runs = by_status(await list_runs(settings), "clean")
+    assert "held" not in runs and [r.run_id for r in runs["released"]] == [held.run_id]
+
+
+async def test_warn_level_checks_annotate_without_holding(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    checks = [Range("amount", max=100, level="warn")]
+    await run_pipeline(record_gate([[order(1, "d1", amount=500), order(2, "d1")]], out,
+                                   alerts, checks), settings)
+
+    assert sorted(int(str(r["id"])) for r in rows(out)["d1"]) == [1, 2]
+    assert alerts.got == [] and not gate_letters(await list_dead_letters(settings))
+    runs = by_status(await list_runs(settings), "clean")
+    assert len(runs["succeeded"]) == 2
+    (warned,) = [r for r in runs["succeeded"]
+                 if r.checks and not r.checks[0]["passed"]]
+    assert warned.checks is not None and warned.checks[0]["level"] == "warn"
+    assert warned.checks[0]["values"] == [500.0]
+
+
+async def test_batch_gate_row_count_and_unique_hold_their_day_and_a_new_version_releases(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    checks: list[Check] = [Unique("id"), RowCount(max_spike=2.0, min_history=3)]
+
+    def day(d: str, ids: range) -> list[dict[str, object]]:
+        return [order(i, d) for i in ids]
+
+    # Three normal days build the history (four orders each).
+    history = [day("d1", range(1, 5)) + day("d2", range(5, 9)) + day("d3", range(9, 13))]
+    await run_pipeline(window_gate(history, out, alerts, checks), settings)
+    assert set(rows(out)) == {"d1", "d2", "d3"}
+
+    # d4 spikes to twelve orders; d5 repeats order 30; d6 is normal.
+    second = [[*day("d4", range(100, 112)), *day("d5", range(30, 33)),
+               order(30, "d5", _rid="30-again"), *day("d6", range(40, 44))]]
+    await run_pipeline(window_gate(second, out, alerts, checks), settings)
+
+    assert set(rows(out)) == {"d1", "d2", "d3", "d6"}
+    assert sorted(a.partition for a in alerts.got if a.kind == "gate-held") == ["d4", "d5"]
+    runs = by_status(await list_runs(settings), "daily")
+    held = {r.partition: r for r in runs["held"]}
+    assert set(held) == {"d4", "d5"}
+    spike = next(c for c in held["d4"].checks or [] if c["check"].startswith("row_count"))
+    assert spike["passed"] is False and spike["values"] == [12]
+    letters = gate_letters(await list_dead_letters(settings))
+    dupes = [e for e in letters if "unique(id)" in str(e.body["reason"])
+             and not e.replayable]
+    assert sorted(orjson.loads(str(e.body["payload"]))["id"] for e in dupes) == [30, 30]
+    assert all(e.body["run_id"] == held["d5"].run_id for e in dupes)
+    assert sum(1 for e in letters if e.replayable) == 2  # one per held run, for `runs retry`
+
+    # A corrected order 30 for d5 replaces both duplicates: the window fires again, passes.
+    await run_pipeline(window_gate([[order(30, "d5", _rid="30-fixed")]], out, alerts, checks),
+                       settings)
+    d5 = rows(out)["d5"]
+    assert [r["orders"] for r in d5] == [[30, 31, 32]]
+    assert [a.partition for a in alerts.got if a.kind == "gate-released"] == ["d5"]
+
+
+OLD = "2020-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("check, bad", [
+    (NotNull("amount"), order(2, "bad", amount=None)),
+    (Range("amount", min=0), order(2, "bad", amount=-1)),
+    (AllowedValues("sku", {"SKU-1", "SKU-2"}), order(2, "bad", sku="SKU-3")),
+    (Pattern("sku", r"SKU-\d"), order(2, "bad", sku="SKU-X")),
+    (Unique("sku"), order(2, "bad", sku="SKU-1")),
+    (RowCount(max=2), order(2, "bad", sku="SKU-1")),
+    (Freshness("at", max_age_s=3600), order(2, "bad", at=OLD)),
+    (Expect(lambda o: o.id != 2, "not two"), order(2, "bad")),
+    (ExpectBatch(lambda rs: len({r.sku for r in rs}) > 1 or "one sku only", "sku mix"),
+     order(2, "bad", sku="SKU-1")),
+], ids=lambda v: getattr(v, "name", ""))
+async def test_each_check_kind_passes_and_fails(
+    settings: Settings, tmp_path: Path, check: Check, bad: dict[str, object]
+) -> None:
+    """Partition 'good' passes the check; partition 'bad' fails it."""
+    out, alerts = tmp_path / "out", Collect()
+    now = datetime.now(UTC).isoformat()
+    good = [order(10, "good", sku="SKU-1", at=now), order(11, "good", sku="SKU-2", at=now)]
+    first_bad = order(1, "bad", sku="SKU-1", at=OLD if isinstance(check, Freshness) else now)
+    extra = [order(3, "bad", sku="SKU-2", at=now)] if isinstance(check, RowCount) else []
+    bad = {"at": now, **bad}  # one window per partition
+
+    # (Old records first: after the new ones they would be late for their window.)
+    await run_pipeline(window_gate([[first_bad, bad, *extra, *good]], out, alerts, [check]),
+                       settings)
+
+    assert set(rows(out)) == {"good"}, check.name
+    (alert,) = [a for a in alerts.got if a.kind == "gate-held"]
+    assert alert.partition == "bad" and check.name in alert.summary
+    (held,) = by_status(await list_runs(settings), "daily")["held"]
+    (result,) = held.checks or []
+    assert result["check"] == check.name and result["passed"] is False
+
+
+class SkuWindow(BaseModel):
+    sku: str
+    start: str
+    orders: list[int]
+
+
+by_sku = Asset("by_sku", Order, key="id", partition_by="sku", event_time="at")
+sku_windows = Asset("sku_windows", SkuWindow, key="start", partition_by="sku")
+
+
+def sku_window_gate(batches: list[list[dict[str, object]]], out: Path,
+                    alerts: Collect) -> Pipeline:
+    """Daily windows per SKU: one partition key, many windows."""
+    p = Pipeline("skugates", alerts=[alerts])
+    p.source(ListSource(batches), asset=by_sku, name="orders-src")
+
+    def per_day(w: WindowRecords) -> SkuWindow:
+        return SkuWindow(sku=w.partition, start=datetime.fromtimestamp(w.start_ms / 1000, UTC)
+                         .date().isoformat(), orders=sorted(o.id for o in w["by_sku"]))  # type: ignore[attr-defined]
+
+    p.stage(inputs=[by_sku], output=sku_windows, name="per_day", checks=[Range("amount", min=0)],
+            trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire"))(per_day)
+    p.sink("files", asset=sku_windows, path=out)
+    return p
+
+
+async def test_later_windows_of_a_held_key_are_parked_and_run_on_release(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    day1, day2 = datetime(2026, 11, 1, 9, tzinfo=UTC), datetime(2026, 11, 2, 9, tzinfo=UTC)
+    batch = [order(1, "x", amount=-1, at=day1), order(2, "x", at=day1),
+             order(4, "x", sku="SKU-2", at=day1), order(3, "x", at=day2)]
+
+    await run_pipeline(sku_window_gate([batch], out, alerts), settings)
+
+    def windows() -> list[tuple[str, str, list[int]]]:
+        return sorted((str(r["sku"]), str(r["start"]), list(r["orders"]))  # type: ignore[call-overload]
+                      for f in out.glob("*.jsonl") for r in map(orjson.loads,
+                                                                  f.read_bytes().splitlines()))
+
+    # SKU-1's first day fails; its second day passes but waits behind the hold. SKU-2 flows.
+    assert windows() == [("SKU-2", "2026-11-01", [4])]
+    runs = by_status(await list_runs(settings), "per_day")
+    assert [r.partition for r in runs["held"]] == ["SKU-1"]
+    assert [r.partition for r in runs["parked"]] == ["SKU-1"]
+
+    fixed = [[order(1, "x", amount=1, at=day1, _rid="1-fixed")]]
+    await run_pipeline(sku_window_gate(fixed, out, alerts), settings)
+
+    assert windows() == [("SKU-1", "2026-11-01", [1, 2]), ("SKU-1", "2026-11-02", [3]),
+                         ("SKU-2", "2026-11-01", [4])]
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
