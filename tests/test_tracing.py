@@ -32,9 +32,9 @@ async def test_record_path_is_one_trace_in_jaeger(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     workdir = tmp_path / "retail"
     seed_landing(repo_root, workdir)
-    assert run_cli(settings, workdir, repo_root)["records_out"] == 11
+    assert run_cli(settings, workdir, repo_root)["records_out"] == 20
 
-    out = await read_topic(settings, f"{ns}.usd_sales")
+    out = await read_topic(settings, f"{ns}.pos_usd")
     msg = next(m for m in out if m.key == b"S1-0001")
     traceparent = dict(msg.headers)["traceparent"].decode()
     version, trace_id, _parent, flags = traceparent.split("-")
@@ -42,34 +42,34 @@ async def test_record_path_is_one_trace_in_jaeger(
 
     spans = fetch_trace(jaeger["query"], trace_id, min_spans=8)
     names = sorted(s.name for s in spans)
-    assert names == sorted([  # usd_sales is processed twice: by the sink and by daily_report
+    assert names == sorted([  # pos_usd is processed twice: by the sink and by pos_daily
         "read files-pos_sales", f"send {ns}.pos_sales", f"process {ns}.pos_sales",
-        "run to_usd", f"send {ns}.usd_sales", f"process {ns}.usd_sales",
-        f"process {ns}.usd_sales", "write files-usd_sales",
+        "run to_usd", f"send {ns}.pos_usd", f"process {ns}.pos_usd",
+        f"process {ns}.pos_usd", "write files-pos_usd",
     ])
-    leaf = next(s for s in spans if s.name == "write files-usd_sales")
+    leaf = next(s for s in spans if s.name == "write files-pos_usd")
     path = chain(spans, leaf)
     assert [(s.name, s.kind) for s in path] == [
         ("read files-pos_sales", "INTERNAL"),
         (f"send {ns}.pos_sales", "PRODUCER"),
         (f"process {ns}.pos_sales", "CONSUMER"),
         ("run to_usd", "INTERNAL"),
-        (f"send {ns}.usd_sales", "PRODUCER"),
-        (f"process {ns}.usd_sales", "CONSUMER"),
-        ("write files-usd_sales", "INTERNAL"),
+        (f"send {ns}.pos_usd", "PRODUCER"),
+        (f"process {ns}.pos_usd", "CONSUMER"),
+        ("write files-pos_usd", "INTERNAL"),
     ]
     read, send1, proc1, run, send2, proc2, write = path
     assert read.attributes["streamflow.origin.file"] == "pos-2026-11-01.csv"
     assert read.attributes["streamflow.origin.line"] == "2"
-    for send, topic in ((send1, f"{ns}.pos_sales"), (send2, f"{ns}.usd_sales")):
+    for send, topic in ((send1, f"{ns}.pos_sales"), (send2, f"{ns}.pos_usd")):
         assert send.attributes["messaging.system"] == "kafka"
         assert send.attributes["messaging.operation.name"] == "send"
         assert send.attributes["messaging.destination.name"] == topic
         assert send.attributes["messaging.kafka.message.key"] == "S1-0001"
     assert proc1.attributes["messaging.consumer.group.name"] == f"{ns}.stage.to_usd"
-    assert proc2.attributes["messaging.consumer.group.name"] == f"{ns}.sink.files-usd_sales"
+    assert proc2.attributes["messaging.consumer.group.name"] == f"{ns}.sink.files-pos_usd"
     # The sink's process span points at exactly the Kafka record we read back.
-    assert proc2.attributes["messaging.destination.name"] == f"{ns}.usd_sales"
+    assert proc2.attributes["messaging.destination.name"] == f"{ns}.pos_usd"
     assert proc2.attributes["messaging.destination.partition.id"] == str(msg.partition)
     assert proc2.attributes["messaging.kafka.offset"] == msg.offset
     assert proc2.attributes["messaging.operation.name"] == "process"
@@ -90,9 +90,9 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert drun.status_code == 2  # ERROR
     assert os.environ["OTEL_SERVICE_NAME"] == f"sf-test-{ns}"
 
-    # `streamflow trace` follows S1-0001 from the landing folder through the daily report's
+    # `streamflow trace` follows S1-0001 from the landing folder through the POS day's
     # fan-in: its runs, each trace's span tree with links, and the Jaeger URLs.
-    report_run = next(r for r in await list_runs(settings) if r.stage == "daily_report"
+    report_run = next(r for r in await list_runs(settings) if r.stage == "pos_daily"
                       and r.partition == "2026-11-01")
     assert report_run.trace_id is not None
     fetch_trace(jaeger["query"], report_run.trace_id, min_spans=3)
@@ -102,15 +102,17 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert await asyncio.to_thread(main, args) == 0
     out = capsys.readouterr().out
     assert re.search(r"run \w+ stage to_usd \[succeeded, attempt 1\] <- pos_sales:", out), out
-    assert re.search(r"run \w+ stage daily_report \[succeeded, attempt 1\] <- "
-                     r"usd_sales:2026-11-01 \(x6\)", out), out
+    assert re.search(r"run \w+ stage pos_daily \[succeeded, attempt 1\] <- "
+                     r"pos_usd:2026-11-01 \(x6\)", out), out
     assert f"trace {trace_id} (the record's own trace)  {jaeger['query']}/trace/{trace_id}" in out
     assert f"{jaeger['query']}/trace/{report_run.trace_id}" in out
-    assert "write files-usd_sales [internal]" in out and "run daily_report [internal]" in out
+    assert "write files-pos_usd [internal]" in out and "run pos_daily [internal]" in out
     assert f"↳ link to span {traceparent.split('-')[2]} of trace {trace_id}" in out
     assert await asyncio.to_thread(main, [*args, "--json"]) == 0
     as_json = orjson.loads(capsys.readouterr().out)
-    assert {r["stage"] for r in as_json["runs"]} == {"to_usd", "daily_report"}
+    # Downstream of the POS day: the daily report and the inventory reconciliation.
+    assert {r["stage"] for r in as_json["runs"]} == {
+        "to_usd", "pos_daily", "daily_report", "reconcile_inventory"}
     assert trace_id in as_json["traces"] and report_run.trace_id in as_json["traces"]
 
 
