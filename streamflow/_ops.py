@@ -16,7 +16,7 @@ import orjson
 from ._config import Settings
 from ._engine import make_transport
 from ._ledger import RunRecord, fold, runs_topic
-from ._model import H_ATTEMPT, H_REPLAY, H_RETRY_AT
+from ._model import H_ATTEMPT, H_PARTITION, H_REPLAY, H_RETRY_AT
 from ._runners import replay_topic
 from .transports import OutMessage
 
@@ -101,9 +101,11 @@ async def replay(settings: Settings, entries: Sequence[DeadLetterEntry]) -> list
         generation = int(arrival.get(H_REPLAY, "0")) + 1
         headers += [(H_REPLAY, str(generation).encode()), (H_ATTEMPT, b"1"), (H_RETRY_AT, now_ms)]
         key = e.body.get("origin", {}).get("key")
+        pkey = arrival.get(H_PARTITION)  # its partition number, where its barrier or hold lives
         out.append(OutMessage(replay_topic(settings.namespace, e.consumer),
                               str(e.body.get("payload", "")).encode(),
-                              key.encode() if isinstance(key, str) else None, headers))
+                              key.encode() if isinstance(key, str) else None, headers,
+                              partition_key=pkey.encode() if pkey is not None else None))
     t = make_transport(settings)
     await t.start()
     try:

@@ -12,11 +12,13 @@ from pydantic import BaseModel
 
 from streamflow import (
     Alert,
+    AllOf,
     AllowedValues,
     Check,
     Expect,
     ExpectBatch,
     Freshness,
+    Inputs,
     NotNull,
     Pattern,
     Pipeline,
@@ -352,3 +354,66 @@ async def test_later_windows_of_a_held_key_are_parked_and_run_on_release(
     assert windows() == [("SKU-1", "2026-11-01", [1, 2]), ("SKU-1", "2026-11-02", [3]),
                          ("SKU-2", "2026-11-01", [4])]
     assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+
+
+class Stock(BaseModel):
+    day: str
+    units: int
+
+
+class Matched(BaseModel):
+    day: str
+    orders: int
+    units: int
+
+
+day_orders = Asset("day_orders", Order, key="day", partition_by="day")
+stock = Asset("stock", Stock, key="day", partition_by="day")
+matched = Asset("matched", Matched, key="day", partition_by="day")
+
+
+def barrier_gate(order_batches: list[list[dict[str, object]]],
+                 stock_batches: list[list[dict[str, object]]], out: Path,
+                 alerts: Collect) -> Pipeline:
+    """A day's order total against the warehouse's units; a mismatch holds the day."""
+    p = Pipeline("bgates", alerts=[alerts])
+    p.source(ListSource(order_batches), asset=day_orders, name="orders-src")
+    p.source(ListSource(stock_batches), asset=stock, name="stock-src")
+
+    def agree(records: Sequence[BaseModel]) -> bool | str:
+        o = next(r for r in records if isinstance(r, Order))
+        s = next(r for r in records if isinstance(r, Stock))
+        return o.id == s.units or f"{o.id} ordered, {s.units} shipped"
+
+    def match(x: Inputs) -> Matched:
+        o, s = x[day_orders], x[stock]
+        return Matched(day=x.partition, orders=o.id, units=s.units)  # type: ignore[attr-defined]
+
+    p.stage(inputs=[day_orders, stock], output=matched, name="match", trigger=AllOf(),
+            checks=[ExpectBatch(agree, "units agree")])(match)
+    p.sink("files", asset=matched, path=out)
+    return p
+
+
+async def test_held_barrier_is_released_by_a_new_version_of_an_input(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    orders_in = [[order(5, "d1", _rid="o-d1"), order(7, "d2", _rid="o-d2")]]
+    stock_in = [[{"id": "s-d1", "day": "d1", "units": 5}, {"id": "s-d2", "day": "d2", "units": 9}]]
+
+    await run_pipeline(barrier_gate(orders_in, stock_in, out, alerts), settings)
+
+    assert set(rows(out)) == {"d1"}
+    (held,) = by_status(await list_runs(settings), "match")["held"]
+    assert held.partition == "d2" and "7 ordered, 9 shipped" in str(held.error)
+
+    # The warehouse corrects its figure for d2 (AllOf ignores new versions, unless held).
+    fix = [[{"id": "s-d2-fixed", "day": "d2", "units": 7}]]
+    await run_pipeline(barrier_gate([], fix, out, alerts), settings)
+
+    (d2,) = rows(out)["d2"]
+    assert (d2["orders"], d2["units"]) == (7, 7)
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+    runs = by_status(await list_runs(settings), "match")
+    assert [r.run_id for r in runs["released"]] == [held.run_id]
