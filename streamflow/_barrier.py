@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamflow.barrier")
 
 
-def _never(_partition: str) -> bool:
+def _never(_partition: str, _key: str) -> bool:
     return False
 
 
@@ -121,8 +121,9 @@ class BarrierGate:
         self.spec, self.ctx, self.by_asset = spec, ctx, by_asset
         self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
         self.store = StateStore(ctx, spec.name, PartitionState.from_json)
-        self.held: Callable[[str], bool] = _never
-        """Whether a gate holds a partition key: then a new version re-fires it."""
+        self.held: Callable[[str, str], bool] = _never
+        """Whether a gate holds this barrier's run for a partition key: then a new version
+        re-fires it, whatever ``on_new_version`` says."""
 
     @property
     def states(self) -> dict[str, PartitionState]:
@@ -147,7 +148,7 @@ class BarrierGate:
         key = m.key.decode("utf-8", "replace") if m.key is not None else None
         fire = self.barrier.offer(
             state, asset.name, Slot(arr.arrival_id, arr.version, m.value, list(m.headers), key),
-            refire=self.held(arr.partition))
+            refire=self.held(arr.partition, "*"))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
         msgs = [self.store.message(state.partition, state)] if changed else []

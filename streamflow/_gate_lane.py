@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import SpanKind
 
-from ._gating import ANY, MAX_PARKED, GateFailed, Verdict
+from ._gating import ANY, MAX_PARKED_BYTES, GateFailed, Verdict
 from ._ledger import record_message
 from ._model import Arrival
 from ._runners import _fail
@@ -40,8 +40,8 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
         parking = keeper.park(hold, plan, m)
         if parking is None:
             reason = (f"stage {name!r}: partition {plan.partition!r} is held by its gate and "
-                      f"{MAX_PARKED} runs are parked already; `streamflow dlq replay` this "
-                      "once the partition is released")
+                      f"its parking is full ({MAX_PARKED_BYTES} bytes); `streamflow dlq "
+                      "replay` this once the partition is released")
             out.append(runner._dead_plan(reason, plan, m, run, spans, None, attempt, "gate"))
             out.append(runner._ledger(plan, "dead-lettered", attempt, started, [], None))
             runner.fired.add(plan.run_id)
@@ -67,10 +67,7 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
     cleared, parked, msgs = keeper.clear(plan, key)
     out.extend(msgs)
     for rid in cleared:
-        out.append(record_message(
-            runner.runs_topic, rid, name, plan.partition, "released", 1,
-            runner.spec.retry.attempts, int(started * 1000), int(time.time() * 1000),
-            plan.mode, 0, [], [], {"message": f"released by run {plan.run_id}"}, None))
+        out.append(_released(runner, rid, plan, started, f"released by run {plan.run_id}"))
     if keeper.hold_of(plan.partition) is None:
         log.info("stage %s: partition %r released by run %s (%d parked run(s) follow)",
                  name, plan.partition, plan.run_id, len(parked))
@@ -118,10 +115,22 @@ def _hold_run(runner: StageRunner, plan: PlannedRun, key: str, verdict: Verdict,
                                   kind="gate"))
     # The run itself, replayable by `streamflow runs retry` once the cause is fixed.
     out.append(runner._dead_plan(reason, plan, m, run, spans, exc, attempt, kind="gate"))
-    new, msg = keeper.hold(plan, key, verdict)
+    new, replaced, msg = keeper.hold(plan, key, verdict)
     out.append(msg)
+    for rid in replaced:  # the same input failed again: the newer run is the one held
+        out.append(_released(runner, rid, plan, started,
+                             f"superseded by run {plan.run_id}, which is held in its place"))
     out.append(runner._ledger(plan, "held", attempt, started, [], exc))
     mt.add(mt.runs, (name, "held"))
     runner.fired.add(plan.run_id)
     if new:
         keeper.alert("gate-held", plan, reason, plan.checks or [])
+
+
+def _released(runner: StageRunner, run_id: str, by: PlannedRun, started: float,
+              why: str) -> OutMessage:
+    """The ledger record of a held run that no longer holds its key."""
+    return record_message(
+        runner.runs_topic, run_id, runner.spec.name, by.partition, "released", 1,
+        runner.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), by.mode, 0,
+        [], [], {"message": why}, None)

@@ -14,6 +14,7 @@ held, and does not alert again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -38,9 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamflow.gates")
 ANY = "*"  # a barrier's or window's input key: any new firing is a new version of its inputs
-MAX_PARKED = 500
-"""Runs parked per held key: the hold is one changelog record, and Kafka caps a record at 1 MB.
-Beyond this, inputs go to dead letters (replayable) instead of the hold."""
+MAX_PARKED_BYTES = 512 * 1024
+"""Parked runs per held key, in bytes: the hold is one changelog record, and Kafka caps a
+record at 1 MB. Beyond this, inputs go to dead letters (replayable) instead of the hold."""
 
 
 def hold_topic(namespace: str, stage: str) -> str:
@@ -67,17 +68,18 @@ class Hold:
     checks: list[dict[str, Any]] = field(default_factory=list)
     parked: list[dict[str, Any]] = field(default_factory=list)
     """Runs that came in while held: their input messages, run again on release."""
+    parked_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"partition": self.partition, "kafka_partition": self.kafka_partition,
                 "since_ms": self.since_ms, "held_by": self.held_by, "checks": self.checks,
-                "parked": self.parked}
+                "parked": self.parked, "parked_bytes": self.parked_bytes}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Hold:
         return cls(str(d["partition"]), int(d["kafka_partition"]), int(d["since_ms"]),
                    dict(d.get("held_by", {})), list(d.get("checks", [])),
-                   list(d.get("parked", [])))
+                   list(d.get("parked", [])), int(d.get("parked_bytes", 0)))
 
 
 @dataclass(slots=True)
@@ -120,9 +122,15 @@ class Gatekeeper:
             ctx, spec.name, Hold.from_json, hold_topic(ctx.namespace, spec.name))
         self.history: deque[int] = deque(history, maxlen=64)
         """Input counts of earlier passing runs, oldest first (row-count checks)."""
+        self.lock = asyncio.Lock()
+        """Both lanes of the stage decide and publish under it, so neither publishes a hold
+        (or a ledger record) the other has already moved past."""
 
-    def held(self, partition: str) -> bool:
-        return partition in self.store.states
+    def held(self, partition: str, key: str) -> bool:
+        """Whether a run with input ``key`` is held for ``partition`` (its new version may
+        release it)."""
+        hold = self.store.states.get(partition)
+        return hold is not None and key in hold.held_by.values()
 
     def hold_of(self, partition: str) -> Hold | None:
         return self.store.states.get(partition)
@@ -154,20 +162,23 @@ class Gatekeeper:
     def passed(self, verdict: Verdict) -> None:
         self.history.append(len(verdict.records))
 
-    def hold(self, plan: PlannedRun, key: str, verdict: Verdict) -> tuple[bool, OutMessage]:
-        """Hold the run's partition key; True when it was not held before (alert then)."""
+    def hold(self, plan: PlannedRun, key: str, verdict: Verdict
+             ) -> tuple[bool, list[str], OutMessage]:
+        """Hold the run's partition key: whether it was not held before (alert then), the
+        held runs this one replaces (the same input failing again), the changelog update."""
         hold = self.store.states.get(plan.partition)
         new = hold is None
         if hold is None:
             hold = Hold(plan.partition, plan.kafka_partition, int(time.time() * 1000))
             self.store.states[plan.partition] = hold
         # A run that fails again for the same input replaces its predecessor.
-        for rid in [r for r, k in hold.held_by.items() if k == key and key != ANY]:
+        replaced = [r for r, k in hold.held_by.items() if k == key and r != plan.run_id]
+        for rid in replaced:
             del hold.held_by[rid]
         hold.held_by[plan.run_id] = key
         hold.checks = verdict.json()
         self._gauge()
-        return new, self.store.message(plan.partition, hold)
+        return new, replaced, self.store.message(plan.partition, hold)
 
     def park(self, hold: Hold, plan: PlannedRun, m: Message | None) -> OutMessage | None:
         """Park a run in the hold: its input message, or a planned run's payload. None when
@@ -179,9 +190,11 @@ class Gatekeeper:
                  "value": m.value.decode("latin-1"),
                  "headers": [[k, v.decode("latin-1")] for k, v in m.headers]}
         if entry not in hold.parked:  # a redelivered input is parked once
-            if len(hold.parked) >= MAX_PARKED:
+            size = len(m.value) + sum(len(k) + len(v) for k, v in m.headers)
+            if hold.parked_bytes + size > MAX_PARKED_BYTES:
                 return None
             hold.parked.append(entry)
+            hold.parked_bytes += size
         return self.store.message(hold.partition, hold)
 
     def clear(self, plan: PlannedRun, key: str

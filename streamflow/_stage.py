@@ -131,8 +131,13 @@ class StageRunner(_Consumer):
 
     async def idle(self) -> None:
         """Between polls: a barrier whose deadline passed gets its policy applied."""
-        if self.gate is None or self.retry_lane:
+        if self.gate is None or self.retry_lane or not self.gate.any_expired():
             return
+        async with self._locked():
+            await self._expire()
+
+    async def _expire(self) -> None:
+        assert self.gate is not None
         out: list[OutMessage] = []
         spans: list[RecSpan | None] = []
         mt = self.ctx.metrics
@@ -167,17 +172,40 @@ class StageRunner(_Consumer):
         self.ctx.alerter.emit(Alert("deadline", self.ctx.pipeline, self.name, plan.partition,
                                     plan.run_id, text, at_ms=int(time.time() * 1000)))
 
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A gated stage's two lanes decide and publish one at a time (they share its holds)."""
+        return self.keeper.lock if self.keeper is not None else contextlib.nullcontext()
+
     async def handle(self, msgs: list[Message]) -> list[Message]:
+        if self.retry_lane and self.keeper is not None:
+            return await self._handle_each(msgs)
         out: list[OutMessage] = []
         spans: list[RecSpan | None] = []
         done: list[Message] = []
-        for m in msgs:
-            if self.retry_lane and not await self._wait_until_due(m):
-                break  # stopping: the rest stays uncommitted and comes back next run
-            await self._process(m, out, spans)
-            done.append(m)
-        await self.ctx.transport.publish(out)
+        async with self._locked():
+            for m in msgs:
+                if self.retry_lane and not await self._wait_until_due(m):
+                    break  # stopping: the rest stays uncommitted and comes back next run
+                await self._process(m, out, spans)
+                done.append(m)
+            await self.ctx.transport.publish(out)
         _end(reversed(spans))
+        return done
+
+    async def _handle_each(self, msgs: list[Message]) -> list[Message]:
+        """The retry lane of a gated stage: the lock is taken per message, after its due
+        time, so waiting never holds up the input lane."""
+        done: list[Message] = []
+        for m in msgs:
+            if not await self._wait_until_due(m):
+                break
+            out: list[OutMessage] = []
+            spans: list[RecSpan | None] = []
+            async with self._locked():
+                await self._process(m, out, spans)
+                await self.ctx.transport.publish(out)
+            _end(reversed(spans))
+            done.append(m)
         return done
 
     async def _wait_until_due(self, m: Message) -> bool:
@@ -201,6 +229,7 @@ class StageRunner(_Consumer):
         if any(k == H_PLANNED for k, _ in m.headers):
             plan = self._replan(m, arr)
             if plan is not None:
+                plan.kafka_partition = m.partition  # by its partition key, as the input's
                 await self._execute(plan, attempt, m, out, spans, proc)
             return
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
@@ -259,24 +288,32 @@ class StageRunner(_Consumer):
         """Run ``plan``; then, if it released a gate's hold, the runs parked behind it."""
         for parked in await self._run(plan, attempt, m, out, spans, proc):
             arr = Arrival.from_message(parked.key, parked.value, parked.headers)
-            if any(k == H_PLANNED for k, _ in parked.headers):
-                again = self._replan(parked, arr)
-                if again is None:
-                    continue
-                again.kafka_partition = parked.partition
-            else:
-                asset = self.by_asset.get(arr.asset)
-                if asset is None:
-                    continue
-                again = self._plan_each(parked, arr,
-                                        asset.contract.model_validate_json(parked.value))
+            try:
+                again = self._unpark(parked, arr)
+            except (ValueError, LookupError) as e:  # a contract grew stricter meanwhile
+                reason = (f"stage {self.name!r}: a run parked behind the hold on partition "
+                          f"{plan.partition!r} cannot run: {type(e).__name__}: {e}")
+                out.append(self._dead(reason, parked, arr, None, spans, e))
+                continue
             await self._execute(again, 1, parked, out, spans, None)
+
+    def _unpark(self, parked: Message, arr: Arrival) -> PlannedRun:
+        if any(k == H_PLANNED for k, _ in parked.headers):
+            assert self.gate is not None, "a planned run parked at a stage without a trigger"
+            again = self.gate.replan(parked.value, arr)
+            if again is None:
+                raise ValueError("its planned inputs are unreadable")
+            again.kafka_partition = parked.partition
+            return again
+        asset = self.by_asset.get(arr.asset)
+        if asset is None:
+            raise LookupError(f"asset {arr.asset!r} is no input of this stage")
+        return self._plan_each(parked, arr, asset.contract.model_validate_json(parked.value))
 
     async def _run(self, plan: PlannedRun, attempt: int, m: Message | None,
                    out: list[OutMessage], spans: list[RecSpan | None],
                    proc: RecSpan | None) -> list[Message]:
         tr, spec = self.ctx.tracing, self.spec
-        headers = m.headers if m is not None else []
         if plan.run_id in self.fired:
             self.ctx.counters.deduped += 1
             self.ctx.metrics.add(self.ctx.metrics.runs, (spec.name, "deduped"))
@@ -321,7 +358,7 @@ class StageRunner(_Consumer):
                 mt.add(mt.retries, (spec.name,))
                 mt.add(mt.runs, (spec.name, "retrying"))
                 due = int((time.time() + policy.delay_s(attempt)) * 1000)
-                keep = [(k, v) for k, v in headers
+                keep = [(k, v) for k, v in self._run_headers(plan, m)
                         if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED, H_TRACEPARENT)]
                 keep += [(H_ATTEMPT, str(attempt + 1).encode()), (H_RETRY_AT, str(due).encode())]
                 if plan.planned:
@@ -329,7 +366,8 @@ class StageRunner(_Consumer):
                 tp = traceparent_of(run, plan.parent)
                 if tp is not None:
                     keep.append((H_TRACEPARENT, tp))
-                out.append(OutMessage(self.retry_topic, plan.payload, None, keep,
+                key = m.key if m is not None and not plan.planned else None
+                out.append(OutMessage(self.retry_topic, plan.payload, key, keep,
                                       partition_key=plan.partition.encode()))
                 out.append(self._ledger(plan, "retrying", attempt, started, [], e))
             else:
@@ -354,18 +392,32 @@ class StageRunner(_Consumer):
                    parent: RecSpan | None, spans: list[RecSpan | None], exc: BaseException | None,
                    attempt: int, kind: str | None = None) -> OutMessage:
         """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
-        first = plan.inputs[0] if plan.inputs else None
-        arr = Arrival(first.arrival_id if first else plan.run_id,
-                      first.asset if first else "", plan.partition, 1, 0, plan.run_id,
-                      plan.mode, None, plan.payload, plan.parent, plan.replay)
-        hdrs = [(k, v) for k, v in (m.headers if m is not None else arr.headers())
+        arr = self._plan_arrival(plan)
+        hdrs = [(k, v) for k, v in self._run_headers(plan, m)
                 if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED)]
         if plan.planned:
             hdrs.append((H_PLANNED, b"1"))
-        where = m if m is not None else Message(self.topics[0], -1, -1, None, b"", [], 0)
+        # A planned run's message is whichever arrival fired it, maybe of another key: its
+        # own partition number and key travel instead.
+        where = m if m is not None and not plan.planned else Message(
+            self.topics[0], plan.kafka_partition, -1, None, b"", [], 0)
         dead = Message(where.topic, where.partition, where.offset, where.key, plan.payload,
                        hdrs, where.timestamp_ms)
         return self._dead(reason, dead, arr, parent, spans, exc, plan.run_id, attempt, kind)
+
+    @staticmethod
+    def _plan_arrival(plan: PlannedRun) -> Arrival:
+        first = plan.inputs[0] if plan.inputs else None
+        return Arrival(first.arrival_id if first else plan.run_id,
+                       first.asset if first else "", plan.partition, 1, 0, plan.run_id,
+                       plan.mode, None, plan.payload, plan.parent, plan.replay)
+
+    def _run_headers(self, plan: PlannedRun, m: Message | None) -> list[tuple[str, bytes]]:
+        """What a retry or dead letter of the run carries: its input's headers, or for a
+        planned run (whose message may be another key's) headers built from the run."""
+        if m is not None and not plan.planned:
+            return m.headers
+        return self._plan_arrival(plan).headers()
 
     async def _call(self, arg: Any) -> Any:
         fn, timeout = self.spec.fn, self.spec.retry.timeout_s

@@ -166,7 +166,7 @@ class Barrier:
         if old is not None and old.arrival_id == slot.arrival_id:
             return None  # a duplicate or redelivery: nothing new
         state.slots[asset] = slot  # a new arrival for this input and partition: a new version
-        if isinstance(self.trigger, AnyOf):
+        if isinstance(self.trigger, AnyOf) or (refire and state.fired is not None):
             return self._fire(state, asset)
         if len(state.slots) < len(self.inputs):
             return None

@@ -42,8 +42,9 @@ class WindowGate:
         self.window: Window = spec.trigger
         self.store = StateStore(ctx, spec.name, PartitionState.from_json)
         self._watermarks: dict[int, int] = {}
-        self.held: Callable[[str], bool] = _never
-        """Whether a gate holds a partition key: its fired windows then take new versions."""
+        self.held: Callable[[str, str], bool] = _never
+        """Whether a gate holds a window (partition key, ``window:<start ms>``): that window
+        then takes new versions; every other fired window stays closed."""
 
     async def restore(self, partitions: set[int]) -> None:
         await self.store.restore(partitions)
@@ -73,7 +74,8 @@ class WindowGate:
         wm = self.watermark(m.partition)
         # A window a gate holds takes new versions: a corrected record replaces its
         # predecessor (same record key) and the window fires again, which may release it.
-        held = state is not None and state.fired is not None and self.held(arr.partition)
+        held = (state is not None and state.fired is not None
+                and self.held(arr.partition, f"window:{start}"))
         if not held and ((state is not None and state.fired is not None)
                          or wm >= w.closes_at(start)):
             raise Late(

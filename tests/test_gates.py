@@ -35,7 +35,7 @@ from streamflow._ledger import RunRecord
 from streamflow._model import Asset
 from streamflow._ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
 
-from .helpers import ListSource
+from .helpers import ListSource, read_topic
 
 
 class Order(BaseModel):
@@ -348,12 +348,15 @@ async def test_later_windows_of_a_held_key_are_parked_and_run_on_release(
     assert [r.partition for r in runs["held"]] == ["SKU-1"]
     assert [r.partition for r in runs["parked"]] == ["SKU-1"]
 
-    fixed = [[order(1, "x", amount=1, at=day1, _rid="1-fixed")]]
+    # A new record for the parked (not held) window is late as ever; the fix releases.
+    fixed = [[order(1, "x", amount=1, at=day1, _rid="1-fixed"), order(9, "x", at=day2)]]
     await run_pipeline(sku_window_gate(fixed, out, alerts), settings)
 
     assert windows() == [("SKU-1", "2026-11-01", [1, 2]), ("SKU-1", "2026-11-02", [3]),
                          ("SKU-2", "2026-11-01", [4])]
     assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+    (late,) = [e for e in await list_dead_letters(settings) if "late" in str(e.body["reason"])]
+    assert orjson.loads(str(late.body["payload"]))["id"] == 9
 
 
 class Stock(BaseModel):
@@ -374,7 +377,7 @@ matched = Asset("matched", Matched, key="day", partition_by="day")
 
 def barrier_gate(order_batches: list[list[dict[str, object]]],
                  stock_batches: list[list[dict[str, object]]], out: Path,
-                 alerts: Collect) -> Pipeline:
+                 alerts: Collect, trigger: AllOf | None = None) -> Pipeline:
     """A day's order total against the warehouse's units; a mismatch holds the day."""
     p = Pipeline("bgates", alerts=[alerts])
     p.source(ListSource(order_batches), asset=day_orders, name="orders-src")
@@ -382,14 +385,16 @@ def barrier_gate(order_batches: list[list[dict[str, object]]],
 
     def agree(records: Sequence[BaseModel]) -> bool | str:
         o = next(r for r in records if isinstance(r, Order))
-        s = next(r for r in records if isinstance(r, Stock))
+        s = next((r for r in records if isinstance(r, Stock)), None)
+        if s is None:
+            return "no stock figure"
         return o.id == s.units or f"{o.id} ordered, {s.units} shipped"
 
     def match(x: Inputs) -> Matched:
         o, s = x[day_orders], x[stock]
         return Matched(day=x.partition, orders=o.id, units=s.units)  # type: ignore[attr-defined]
 
-    p.stage(inputs=[day_orders, stock], output=matched, name="match", trigger=AllOf(),
+    p.stage(inputs=[day_orders, stock], output=matched, name="match", trigger=trigger or AllOf(),
             checks=[ExpectBatch(agree, "units agree")])(match)
     p.sink("files", asset=matched, path=out)
     return p
@@ -417,3 +422,62 @@ async def test_held_barrier_is_released_by_a_new_version_of_an_input(
     assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
     runs = by_status(await list_runs(settings), "match")
     assert [r.run_id for r in runs["released"]] == [held.run_id]
+
+
+async def test_held_window_is_released_by_runs_retry_after_a_fix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    known = {"SKU-1"}
+    checks = [Expect(lambda o: o.sku in known, "known sku")]
+    batch = [order(1, "d1"), order(2, "d1", sku="SKU-7"), order(3, "d2")]
+
+    await run_pipeline(window_gate([batch], out, alerts, checks), settings)
+    assert set(rows(out)) == {"d2"}
+    (held,) = by_status(await list_runs(settings), "daily")["held"]
+    (replayable,) = [e for e in gate_letters(await list_dead_letters(settings)) if e.replayable]
+    assert replayable.body["arrival"]["sf-partition"] == "d1"  # its own key, not d2's
+
+    known.add("SKU-7")
+    await retry_run(settings, held.run_id)
+    await run_pipeline(window_gate([], out, alerts, checks), settings)
+
+    assert [r["orders"] for r in rows(out)["d1"]] == [[1, 2]]
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+    holds = await read_topic(settings, f"{settings.namespace}.holds.daily")
+    assert [(m.key, m.value == b"") for m in holds] == [(b"d1", False), (b"d1", True)]
+    assert all(m.partition >= 0 for m in holds)
+
+
+async def test_barrier_fired_at_its_deadline_and_held_refires_when_the_input_comes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    trigger = AllOf(deadline_s=0.3, on_deadline="fire", required=[day_orders])
+    await run_pipeline(barrier_gate([[order(4, "d3", _rid="o-d3")]], [], out, alerts,
+                                    trigger), settings)
+    assert not rows(out) and [a.kind for a in alerts.got] == ["gate-held"]
+
+    stock_in = [[{"id": "s-d3", "day": "d3", "units": 4}]]
+    await run_pipeline(barrier_gate([], stock_in, out, alerts, trigger), settings)
+
+    (d3,) = rows(out)["d3"]
+    assert (d3["orders"], d3["units"]) == (4, 4)
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+
+
+async def test_a_run_failing_again_for_the_same_input_replaces_the_held_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    out, alerts = tmp_path / "out", Collect()
+    runs: list[list[dict[str, object]]] = [
+        [order(2, "d1", amount=-5)], [order(2, "d1", amount=-3, _rid="2b")],
+        [order(2, "d1", amount=3, _rid="2c")]]
+    statuses = []
+    for batch in runs:
+        await run_pipeline(record_gate([batch], out, alerts, RECORD_CHECKS), settings)
+        statuses.append(sorted(r.status for r in await list_runs(settings)))
+
+    assert statuses == [["held"], ["held", "released"], ["released", "released", "succeeded"]]
+    assert [a.kind for a in alerts.got] == ["gate-held", "gate-released"]
+    assert [r["amount"] for r in rows(out)["d1"]] == [3.0]
