@@ -79,6 +79,11 @@ class StateStore(Generic[S]):
             self._restores[partition] = task
         await task
 
+    def loaded(self, partition: int) -> bool:
+        """Restored already: the hot path skips awaiting ``ensure_restored``."""
+        task = self._restores.get(partition)
+        return task is not None and task.done()
+
     def restoring(self) -> bool:
         return any(not t.done() for t in self._restores.values())
 

@@ -32,10 +32,13 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
     else the parked inputs its passing released, to run after it."""
     keeper, mt, name = runner.keeper, runner.ctx.metrics, runner.spec.name
     assert keeper is not None
-    await keeper.store.ensure_restored(plan.kafka_partition)
-    asset = plan.inputs[0].asset if plan.inputs else ""
-    key = keeper.input_key(plan, m, asset)
+    if not keeper.store.loaded(plan.kafka_partition):
+        await keeper.store.ensure_restored(plan.kafka_partition)
     hold = keeper.hold_of(plan.partition)
+    if hold is None:
+        key = ""  # only needed to hold, park or release: worked out then
+    else:
+        key = keeper.input_key(plan, m, plan.inputs[0].asset if plan.inputs else "")
     if hold is not None and key != ANY and key not in hold.held_by.values():
         parking = keeper.park(hold, plan, m)
         if parking is None:
@@ -58,7 +61,8 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
                                     "streamflow.check.level": r.level,
                                     "streamflow.check.passed": r.passed,
                                     "streamflow.check.detail": r.detail})
-    if verdict.failed:
+    if not verdict.clean and verdict.failed:
+        key = key or keeper.input_key(plan, m, plan.inputs[0].asset if plan.inputs else "")
         _hold_run(runner, plan, key, verdict, attempt, m, out, spans, run, started)
         return False, []
     keeper.passed(verdict)
