@@ -16,10 +16,13 @@ def describe_validation(e: ValidationError, contract: str, version: int) -> str:
     """One line naming each bad field, its value and the contract version."""
     parts = []
     for err in e.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        loc = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict) else "<missing>"
-        if err["type"] == "missing":
+        if not loc:  # the record as a whole: not JSON, or not an object
+            shown = repr(value[:80]) if isinstance(value, str | bytes) else shown
+            parts.append(f"the record is not a valid {contract}: {err['msg']} (got {shown})")
+        elif err["type"] == "missing":
             parts.append(f"field {loc!r} is missing")
         else:
             parts.append(f"field {loc!r}: {err['msg']} (got {shown})")
