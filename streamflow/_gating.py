@@ -132,6 +132,7 @@ class Gatekeeper:
         self._ok_json = [r.to_json() for r in self._ok]
         self._ok_labels = [(spec.name, c.name, "passed") for c in self.checks]
         self.lock = asyncio.Lock()
+        self._pending: list[Alert] = []
         """Both lanes of the stage decide and publish under it, so neither publishes a hold
         (or a ledger record) the other has already moved past."""
 
@@ -233,10 +234,18 @@ class Gatekeeper:
 
     def alert(self, kind: str, plan: PlannedRun, summary: str,
               checks: list[dict[str, Any]]) -> None:
+        """Queue an alert; it goes out once the hold it reports is published (``sent``), so a
+        crash in between re-decides it after restart instead of alerting twice."""
         trace_id = plan.parent[3:35].decode() if plan.parent else None
-        self.alerter.emit(Alert(kind, self.pipeline, self.spec.name, plan.partition,
-                                plan.run_id, summary, checks, int(time.time() * 1000),
-                                trace_id))
+        self._pending.append(Alert(kind, self.pipeline, self.spec.name, plan.partition,
+                                   plan.run_id, summary, checks, int(time.time() * 1000),
+                                   trace_id))
+
+    def published(self) -> None:
+        """The lane's outputs, holds included, are durable: send what they alert about."""
+        for a in self._pending:
+            self.alerter.emit(a)
+        self._pending.clear()
 
     def _gauge(self) -> None:
         self.ctx.metrics.held[self.spec.name] = float(len(self.store.states))

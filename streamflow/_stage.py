@@ -161,7 +161,12 @@ class StageRunner(_Consumer):
                 self.fired.add(plan.run_id)
         if out:
             await self.ctx.transport.publish(out)
+            self._published()
             _end(reversed(spans))
+
+    def _published(self) -> None:
+        if self.keeper is not None:
+            self.keeper.published()
 
     def _deadline_alert(self, plan: PlannedRun, what: str) -> None:
         assert self.gate is not None
@@ -189,6 +194,7 @@ class StageRunner(_Consumer):
                 await self._process(m, out, spans)
                 done.append(m)
             await self.ctx.transport.publish(out)
+            self._published()
         _end(reversed(spans))
         return done
 
@@ -204,6 +210,7 @@ class StageRunner(_Consumer):
             async with self._locked():
                 await self._process(m, out, spans)
                 await self.ctx.transport.publish(out)
+                self._published()
             _end(reversed(spans))
             done.append(m)
         return done
