@@ -138,7 +138,10 @@ class Worker:
                     done = sorted((r for r in ledger.values()
                                    if r.stage == st.name and r.status == "succeeded"),
                                   key=lambda r: r.ended_ms)
-                    keeper = Gatekeeper(st, ctx, alerter, p.name, [len(r.inputs) for r in done])
+                    held = [r for r in ledger.values()
+                            if r.stage == st.name and r.status == "held"]
+                    keeper = Gatekeeper(st, ctx, alerter, p.name, [len(r.inputs) for r in done],
+                                        held)
                 consumers.append(StageRunner(st, ctx, fired, keeper=keeper))
                 consumers.append(StageRunner(st, ctx, fired, retry_lane=True, keeper=keeper))
             consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]

@@ -133,8 +133,11 @@ def _hold_run(runner: StageRunner, plan: PlannedRun, key: str, verdict: Verdict,
 
 def _released(runner: StageRunner, run_id: str, by: PlannedRun, started: float,
               why: str) -> OutMessage:
-    """The ledger record of a held run that no longer holds its key."""
+    """The ledger record of a held run that no longer holds its key: what it was held with
+    stays readable."""
+    assert runner.keeper is not None
+    inputs, checks = runner.keeper.held_runs.pop(run_id, ([], None))
     return record_message(
         runner.runs_topic, run_id, runner.spec.name, by.partition, "released", 1,
         runner.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), by.mode, 0,
-        [], [], {"message": why}, None)
+        inputs, [], {"message": why}, None, checks)

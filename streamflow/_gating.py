@@ -32,7 +32,7 @@ from ._triggers import Inputs, WindowRecords
 from .transports import Message, OutMessage
 
 if TYPE_CHECKING:
-    from ._ledger import RunInput
+    from ._ledger import RunInput, RunRecord
     from ._pipeline import StageSpec
     from ._runners import Ctx
     from ._stage import PlannedRun
@@ -120,8 +120,12 @@ class Gatekeeper:
     """The checks and holds of one stage, shared by its input lane and its retry lane."""
 
     def __init__(self, spec: StageSpec, ctx: Ctx, alerter: Alerter, pipeline: str,
-                 history: Sequence[int] = ()) -> None:
+                 history: Sequence[int] = (), held: Sequence[RunRecord] = ()) -> None:
         self.spec, self.ctx, self.alerter, self.pipeline = spec, ctx, alerter, pipeline
+        self.held_runs: dict[str, tuple[list[RunInput], list[dict[str, Any]] | None]] = {
+            r.run_id: (r.inputs, r.checks) for r in held}
+        """Held runs' inputs and results, so their ``released`` ledger record keeps them (the
+        ledger is compacted by run id)."""
         self.checks: tuple[Check, ...] = tuple(spec.checks)
         self.store: StateStore[Hold] = StateStore(
             ctx, spec.name, Hold.from_json, hold_topic(ctx.namespace, spec.name))
@@ -191,6 +195,7 @@ class Gatekeeper:
             del hold.held_by[rid]
         hold.held_by[plan.run_id] = key
         hold.checks = verdict.json()
+        self.held_runs[plan.run_id] = (list(plan.inputs), hold.checks)
         self._gauge()
         return new, replaced, self.store.message(plan.partition, hold)
 
