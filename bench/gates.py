@@ -20,9 +20,6 @@ import time
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
 from streamflow import (
     AllowedValues,
     Asset,
@@ -41,7 +38,7 @@ from streamflow._model import Arrival, stable_id
 from streamflow.services.kafka import delete_topics
 from streamflow.testing import IdleSource
 
-from .tracing import Priced, Sale, _watch, price
+from .tracing import Filling, Priced, Sale, _watch, fill_topic, price
 
 VARIANTS = ("plain", "gated")
 
@@ -58,34 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4)
 
 
-async def _fill_arrivals(bootstrap: str, topic: str, n: int, parts: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, parts, 1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
-                                max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futures = []
-        for i in range(n):
-            sale = Sale(id=f"S{i:08d}", store=f"store-{i % 40}", sku=f"sku-{i % 5000}",
-                        quantity=1 + i % 5, amount=round(1 + (i * 7919) % 500, 2),
-                        currency="EUR", sold_at="2026-11-25T10:00:00Z")
-            arr = Arrival(stable_id("sales", i), "sales", sale.id, 1, 0, "bench", "live",
-                          sale.id.encode(), sale.model_dump_json().encode())
-            futures.append(await producer.send(topic, arr.value, key=arr.key,
-                                               headers=arr.headers(), partition=i % parts))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+def _arrivals(n: int) -> Filling:
+    """Arrivals of the ``sales`` asset, as a source would have published them."""
+    for i in range(n):
+        sale = Sale(id=f"S{i:08d}", store=f"store-{i % 40}", sku=f"sku-{i % 5000}",
+                    quantity=1 + i % 5, amount=round(1 + (i * 7919) % 500, 2),
+                    currency="EUR", sold_at="2026-11-25T10:00:00Z")
+        arr = Arrival(stable_id("sales", i), "sales", sale.id, 1, 0, "bench", "live",
+                      sale.id.encode(), sale.model_dump_json().encode())
+        yield arr.value, sale.id.encode(), arr.headers()
 
 
 async def _run(variant: str, bootstrap: str, n: int, parts: int) -> float:
     ns = "bench" + uuid.uuid4().hex[:8]
-    await _fill_arrivals(bootstrap, f"{ns}.sales", n, parts)
+    await fill_topic(bootstrap, f"{ns}.sales", parts, _arrivals(n))
     sales = Asset("sales", Sale, key="id")
     priced = Asset("priced", Priced, key="id")
     p = Pipeline("gates-bench")

@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -67,7 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4)
 
 
-async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+Filling = Iterable[tuple[bytes, bytes, list[tuple[str, bytes]] | None]]
+"""(value, key, headers) of each record; record i goes to partition i mod partitions."""
+
+
+async def fill_topic(bootstrap: str, topic: str, partitions: int, records: Filling) -> None:
+    """Create ``topic`` and produce ``records`` into it, round-robin over its partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -78,19 +84,26 @@ async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
                                 max_batch_size=256 * 1024)
     await producer.start()
     try:
-        rnd = random.Random(7)
-        futures = []
-        for i in range(n):
-            sale = {"id": f"S{i:08d}", "store": f"store-{i % 40}",
-                    "sku": f"sku-{rnd.randrange(5000)}", "quantity": 1 + i % 5,
-                    "amount": round(rnd.uniform(1, 500), 2), "currency": "EUR",
-                    "sold_at": "2026-11-25T10:00:00Z"}
-            futures.append(await producer.send(topic, orjson.dumps(sale),
-                                               key=str(sale["id"]).encode(),
-                                               partition=i % partitions))
+        futures = [await producer.send(topic, value, key=key, headers=headers,
+                                       partition=i % partitions)
+                   for i, (value, key, headers) in enumerate(records)]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def _sales(n: int) -> Filling:
+    rnd = random.Random(7)
+    for i in range(n):
+        sale = {"id": f"S{i:08d}", "store": f"store-{i % 40}",
+                "sku": f"sku-{rnd.randrange(5000)}", "quantity": 1 + i % 5,
+                "amount": round(rnd.uniform(1, 500), 2), "currency": "EUR",
+                "sold_at": "2026-11-25T10:00:00Z"}
+        yield orjson.dumps(sale), str(sale["id"]).encode(), None
+
+
+async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+    await fill_topic(bootstrap, topic, partitions, _sales(n))
 
 
 async def _watch(bootstrap: str, topic: str, n: int, parts: int, done: asyncio.Event) -> float:

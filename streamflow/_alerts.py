@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+from .connectors.webhook import Retries, post_with_retries, redact
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
@@ -84,7 +85,7 @@ class WebhookAlerts:
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
                  timeout_s: float = 5.0, max_retries: int = 5, retry_backoff_s: float = 0.5,
                  max_backoff_s: float = 30.0) -> None:
-        location = re.sub(r"//[^/@]*@", "//***@", url)  # never show credentials
+        location = redact(url)
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"alert webhook {location!r} must be an http:// or https:// URL")
         if timeout_s <= 0 or max_retries < 0 or retry_backoff_s < 0 or max_backoff_s < 0:
@@ -93,8 +94,8 @@ class WebhookAlerts:
         _aiohttp()  # fail at startup, not on the first alert, when aiohttp is missing
         self.url, self.location, self.name = url, location, f"webhook {location}"
         self.headers = dict(headers or {})
-        self.timeout_s, self.max_retries = timeout_s, max_retries
-        self.retry_backoff_s, self.max_backoff_s = retry_backoff_s, max_backoff_s
+        self.timeout_s = timeout_s
+        self.retries = Retries(max_retries, retry_backoff_s, max_backoff_s)
         self._session: ClientSession | None = None
 
     async def send(self, alert: Alert) -> None:
@@ -102,45 +103,17 @@ class WebhookAlerts:
         if self._session is None or self._session.closed:  # created in the running loop
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers=self.headers)
-        session = self._session
         key = alert.dedupe_key
-        body = orjson.dumps(alert.to_json())
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        what = f"POST {self.location} (alert {alert.kind} {alert.stage}, Idempotency-Key {key})"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                async with session.post(self.url, data=body, headers=headers,
-                                        allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        return
-                    text = (await resp.text(errors="replace"))[:300]
-                    last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + f": {text}"
-                    if not (resp.status >= 500 or resp.status in (408, 429)):
-                        raise AlertDeliveryError(
-                            f"{what} was refused with {last} (not retried: a "
-                            f"{resp.status} means the request itself is wrong)")
-                    retry_after = _seconds(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < self.max_retries:
-                # INFO, not WARNING: a WARNING on this logger means "an alert" (LogAlerts).
-                log.info("%s failed (attempt %d): %s; retrying", what, attempt + 1, last)
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        raise AlertDeliveryError(
-            f"{what} failed after {self.max_retries + 1} attempts; last error: {last}")
+        # Retries at INFO: a WARNING on the alerts logger means "an alert" (LogAlerts).
+        await post_with_retries(
+            self._session, self.url, orjson.dumps(alert.to_json()), key,
+            f"POST {self.location} (alert {alert.kind} {alert.stage}, Idempotency-Key {key})",
+            self.retries, AlertDeliveryError, log, logging.INFO)
 
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff_s)
-        delay = min(self.retry_backoff_s * 2.0**attempt, self.max_backoff_s)
-        return delay * random.uniform(0.5, 1.0)  # jitter: clients that failed together spread
 
 
 class Alerter:
@@ -226,9 +199,3 @@ def _aiohttp() -> Any:
             "webhook alerts need aiohttp: pip install 'streamflow[webhook]'") from e
     return aiohttp
 
-
-def _seconds(raw: str | None) -> float | None:
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff

@@ -465,4 +465,5 @@ class ExpectBatch:
 
     def evaluate(self, records: Sequence[BaseModel], history: Sequence[int]) -> CheckResult:
         reason = _verdict(self.fn(records))
-        return CheckResult(self.name, self.level, reason is None, reason or "ok")
+        return passed(self) if reason is None else CheckResult(self.name, self.level, False,
+                                                                reason)

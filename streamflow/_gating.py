@@ -95,10 +95,6 @@ class Verdict:
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if not r.passed and r.level == "error"]
 
-    @property
-    def warned(self) -> list[CheckResult]:
-        return [r for r in self.results if not r.passed and r.level == "warn"]
-
     def json(self) -> list[dict[str, Any]]:
         if self.as_json is None:
             self.as_json = [r.to_json() for r in self.results]

@@ -259,8 +259,9 @@ class StageRunner(_Consumer):
             return
         if self.gate is not None and not self.retry_lane:
             await self.gate.ensure_restored(m.partition)
-            if self.keeper is not None:  # the trigger asks whether the key is held
-                await self.keeper.store.ensure_restored(m.partition)
+            keeper = self.keeper  # the trigger asks whether the key is held
+            if keeper is not None and not keeper.store.loaded(m.partition):
+                await keeper.store.ensure_restored(m.partition)
             try:
                 plans, state_msgs = self.gate.offer(m, arr, asset)
             except Late as e:

@@ -21,6 +21,7 @@ import random
 import re
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -310,7 +311,7 @@ class WebhookSink:
 
     def __init__(self, config: WebhookSinkConfig) -> None:
         self.cfg = config
-        self.location = re.sub(r"//[^/@]*@", "//***@", config.url)  # never show credentials
+        self.location = redact(config.url)
         self._session: ClientSession | None = None
         self._buf: list[SinkRecord] = []
 
@@ -345,43 +346,68 @@ class WebhookSink:
             raise
 
     async def _post(self, chunk: list[SinkRecord]) -> None:
-        import aiohttp  # already imported by setup()
         if self._session is None:
             raise RuntimeError("webhook sink: setup() was not called")
         key = idempotency_key(chunk)
         values = [{"key": r.key, "arrival_id": r.arrival_id, "partition": r.partition,
                    "value": r.value} if self.cfg.envelope else r.value for r in chunk]
-        body = orjson.dumps(values)
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        what = f"POST {self.location} ({len(chunk)} records, Idempotency-Key {key})"
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                async with self._session.post(self.cfg.url, data=body, headers=headers,
-                                              allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        return
-                    text = (await resp.text(errors="replace"))[:300]
-                    last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + f": {text}"
-                    if not (resp.status >= 500 or resp.status in (408, 429)):
-                        raise WebhookDeliveryError(
-                            f"{what} was refused with {last} (not retried: a "
-                            f"{resp.status} means the request itself is wrong)")
-                    retry_after = _seconds(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < self.cfg.max_retries:
-                log.warning("%s failed (attempt %d): %s; retrying", what, attempt + 1, last)
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        raise WebhookDeliveryError(
-            f"{what} failed after {self.cfg.max_retries + 1} attempts; last error: {last}")
+        cfg = self.cfg
+        await post_with_retries(
+            self._session, cfg.url, orjson.dumps(values), key,
+            f"POST {self.location} ({len(chunk)} records, Idempotency-Key {key})",
+            Retries(cfg.max_retries, cfg.retry_backoff_s, cfg.max_backoff_s),
+            WebhookDeliveryError)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.cfg.max_backoff_s)
-        delay = min(self.cfg.retry_backoff_s * 2.0**attempt, self.cfg.max_backoff_s)
+            return min(retry_after, self.max_backoff_s)
+        delay = min(self.backoff_s * 2.0**attempt, self.max_backoff_s)
         return delay * random.uniform(0.5, 1.0)  # jitter: clients that failed together spread
+
+
+async def post_with_retries(session: ClientSession, url: str, body: bytes, key: str, what: str,
+                            retries: Retries, error: type[Exception],
+                            logger: logging.Logger = log, retry_level: int = logging.WARNING,
+                            ) -> None:
+    """POST JSON with an ``Idempotency-Key``; retry 5xx, 408, 429, connection errors and
+    timeouts with backoff (honouring ``Retry-After``); raise ``error`` when refused or out of
+    attempts. Shared by the webhook sink and webhook alerts."""
+    import aiohttp  # imported by whoever built the session
+
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    last = ""
+    for attempt in range(retries.max_retries + 1):
+        retry_after: float | None = None
+        try:
+            async with session.post(url, data=body, headers=headers,
+                                    allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return
+                text = (await resp.text(errors="replace"))[:300]
+                last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + f": {text}"
+                if not (resp.status >= 500 or resp.status in (408, 429)):
+                    raise error(f"{what} was refused with {last} (not retried: a "
+                                f"{resp.status} means the request itself is wrong)")
+                retry_after = _seconds(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            last = f"{type(e).__name__}: {e}"
+        if attempt < retries.max_retries:
+            logger.log(retry_level, "%s failed (attempt %d): %s; retrying", what, attempt + 1,
+                       last)
+            await asyncio.sleep(retries.delay(attempt, retry_after))
+    raise error(f"{what} failed after {retries.max_retries + 1} attempts; last error: {last}")
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and errors: credentials never shown."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 def _seconds(raw: str | None) -> float | None:
