@@ -50,6 +50,19 @@ class Settings(BaseModel):
         description="worker HTTP port for /healthz, /readyz, /metrics, /status "
                     "(0: any free port; unset with STREAMFLOW_HTTP_PORT=off)")
     http_host: str = "127.0.0.1"
+    exactly_once: bool = Field(
+        False, description="consume, run and produce in one transaction per input partition "
+                           "(Kafka transactions; one SQLite transaction on the embedded log)")
+    worker_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="a stable name per worker process (Kafka static membership): a restarted "
+                    "worker takes its partitions back without waiting for the session timeout")
+    session_timeout_s: float = Field(
+        6.0, ge=6, le=300, description="how long Kafka waits for a silent worker before moving "
+                                       "its partitions (6 s is the broker's minimum)")
+    max_record_bytes: int = Field(
+        256 * 1024, ge=1024, le=900 * 1024,
+        description="arrivals larger than this are dead-lettered instead of processed")
 
     @field_validator("http_port", mode="before")
     @classmethod

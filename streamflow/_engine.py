@@ -57,8 +57,12 @@ class RunSummary:
 
 def make_transport(settings: Settings) -> Transport:
     if settings.kafka_bootstrap:
-        return KafkaTransport(settings.kafka_bootstrap, partitions=settings.partitions)
-    return EmbeddedTransport(Path(settings.state_dir) / "embedded.db")
+        return KafkaTransport(settings.kafka_bootstrap, partitions=settings.partitions,
+                              exactly_once=settings.exactly_once,
+                              session_timeout_s=settings.session_timeout_s,
+                              instance_id=settings.worker_id)
+    return EmbeddedTransport(Path(settings.state_dir) / "embedded.db",
+                             exactly_once=settings.exactly_once)
 
 
 class Worker:
@@ -69,8 +73,12 @@ class Worker:
         pipeline: Pipeline,
         settings: Settings | None = None,
         transport: Transport | None = None,
+        serve: bool = False,
     ) -> None:
+        """``serve``: keep consuming after the sources ran dry, until ``request_stop`` (the
+        ``streamflow worker`` mode, one of several processes sharing the partitions)."""
         pipeline.validate()
+        self.serve = serve
         self.pipeline = pipeline
         self.settings = settings or Settings.load()
         self.transport = transport or make_transport(self.settings)
@@ -94,7 +102,8 @@ class Worker:
         tracing = setup.tracing(system) if setup is not None else Tracing(None, system)
         alerter = Alerter([*alert_sinks_from_env(os.environ), *p.alerts])
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
-                  s.namespace, self.metrics, s.commit_interval_s, alerter, p.name)
+                  s.namespace, self.metrics, s.commit_interval_s, alerter, p.name,
+                  s.max_record_bytes)
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
@@ -154,13 +163,18 @@ class Worker:
             ]
             self.probe.phase = "running"
             await self._wait_sources(src_tasks, tasks)
+            if self.serve:
+                await self._wait_stop(tasks)
             self.probe.phase = "draining"
             for _, src in sources:
                 await src.stop()
-            # Sources ran dry (not a stop request): deadlines due within the drain timeout are
-            # waited for, so a batch run applies them instead of leaving them to the next run.
-            drained = await self._drain(consumers, tasks,
-                                        wait_deadlines=not self._stop.is_set())
+            if self.serve:  # live input never drains: finish in-flight work, commit, leave
+                drained = await self._finish(consumers, tasks)
+            else:
+                # Sources ran dry (not a stop request): deadlines due within the drain timeout
+                # are waited for, so a batch run applies them instead of leaving them.
+                drained = await self._drain(consumers, tasks,
+                                            wait_deadlines=not self._stop.is_set())
         finally:
             self.probe.phase = "stopped"
             for cons in consumers:
@@ -251,6 +265,33 @@ class Worker:
                     return
         finally:
             stop.cancel()
+
+    async def _wait_stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop:
+                    t.result()
+                    raise RuntimeError(f"{t.get_name()} stopped unexpectedly")
+        finally:
+            stop.cancel()
+
+    async def _finish(self, consumers: list[StageRunner | SinkRunner],
+                      tasks: list[asyncio.Task[None]]) -> bool:
+        """Each consumer completes the batch in hand and commits; bounded by the drain
+        timeout, after which the rest is cancelled (uncommitted: the next owner redoes it)."""
+        for cons in consumers:
+            cons.stop()
+        if not tasks:
+            return True
+        _, late = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+        for t in late:
+            t.cancel()
+        if late:
+            log.warning("%d consumers did not finish within %.0fs; their uncommitted work is "
+                        "redone by the next owner", len(late), self.settings.drain_timeout_s)
+        return not late
 
     async def _drain(
         self, consumers: list[StageRunner | SinkRunner], tasks: list[asyncio.Task[None]],

@@ -47,7 +47,7 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
                       "replay` this once the partition is released")
             out.append(runner._dead_plan(reason, plan, m, run, spans, None, attempt, "gate"))
             out.append(runner._ledger(plan, "dead-lettered", attempt, started, [], None))
-            runner.fired.add(plan.run_id)
+            runner.fire(plan.run_id)
         else:
             out.append(parking)
             out.append(runner._ledger(plan, "parked", attempt, started, [], None))
@@ -126,7 +126,7 @@ def _hold_run(runner: StageRunner, plan: PlannedRun, key: str, verdict: Verdict,
                              f"superseded by run {plan.run_id}, which is held in its place"))
     out.append(runner._ledger(plan, "held", attempt, started, [], exc))
     mt.add(mt.runs, (name, "held"))
-    runner.fired.add(plan.run_id)
+    runner.fire(plan.run_id)
     if new:
         keeper.alert("gate-held", plan, reason, plan.checks or [])
 
@@ -140,4 +140,5 @@ def _released(runner: StageRunner, run_id: str, by: PlannedRun, started: float,
     return record_message(
         runner.runs_topic, run_id, runner.spec.name, by.partition, "released", 1,
         runner.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), by.mode, 0,
-        inputs, [], {"message": why}, None, checks)
+        inputs, [], {"message": why}, None, checks,
+        by.kafka_partition if by.kafka_partition >= 0 else None)

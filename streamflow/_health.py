@@ -111,4 +111,9 @@ class Probe:
             "lag": [{"group": g, "topic": t, "partition": p, "lag": n}
                     for (g, t, p), n in sorted(snap.lag.items())],
             "recent_failures": [f.to_json() for f in reversed(mt.recent)][:20],
+            # Which input partitions this process owns now, per consumer group.
+            "assignments": {c.group: sorted(c.sub.assigned) for c in self.consumers
+                            if c.sub is not None},
+            "exactly_once": any(c.sub.exactly_once for c in self.consumers
+                                if c.sub is not None),
         }

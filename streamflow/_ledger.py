@@ -61,9 +61,12 @@ def record_message(topic: str, run_id: str, stage: str, partition: str, status: 
                    attempt: int, max_attempts: int, started_ms: int, ended_ms: int, mode: str,
                    replay: int, inputs: Iterable[RunInput], outputs: list[str],
                    error: dict[str, Any] | None, trace_id: str | None,
-                   checks: list[dict[str, Any]] | None = None) -> OutMessage:
+                   checks: list[dict[str, Any]] | None = None,
+                   kafka_partition: int | None = None) -> OutMessage:
     """A ``RunRecord`` message without building the model: one is written per run, and
-    validating and dumping a pydantic model each time cost 5% of a map stage's CPU."""
+    validating and dumping a pydantic model each time cost 5% of a map stage's CPU. On the
+    run's input partition number when known (a worker taking over the partition reads only
+    that ledger partition)."""
     body = {
         "run_id": run_id, "stage": stage, "partition": partition, "status": status,
         "attempt": attempt, "max_attempts": max_attempts, "started_ms": started_ms,
@@ -72,7 +75,8 @@ def record_message(topic: str, run_id: str, stage: str, partition: str, status: 
                     "arrival_id": i.arrival_id} for i in inputs],
         "outputs": outputs, "error": error, "trace_id": trace_id, "checks": checks,
     }
-    return OutMessage(topic, orjson.dumps(body), run_id.encode(), [])
+    # On its input's partition number: a worker taking that partition over reads only it.
+    return OutMessage(topic, orjson.dumps(body), run_id.encode(), [], partition=kafka_partition)
 
 
 def fold(messages: Iterable[Message]) -> dict[str, RunRecord]:

@@ -137,7 +137,7 @@ class Arrival:
         d = {k: v for k, v in headers}
         return cls(
             arrival_id=d.get(H_ARRIVAL_ID, b"").decode("utf-8", "replace")
-            or stable_id("foreign", value.hex() if len(value) < 64 else hash(value)),
+            or stable_id("foreign", hashlib.blake2b(value, digest_size=16).hexdigest()),
             asset=d.get(H_ASSET, b"").decode("utf-8", "replace"),
             partition=d.get(H_PARTITION, b"default").decode("utf-8", "replace"),
             version=_int(d.get(H_VERSION), 1),

@@ -7,10 +7,12 @@ letters), and only then commit its input, so a crash redelivers rather than lose
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from opentelemetry.trace import SpanKind
@@ -25,7 +27,16 @@ from ._spans import AttrValue, RecSpan
 from ._telemetry import Tracing, parse_traceparent, traceparent_of
 from ._triggers import PartitionState
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
-from .transports import Message, OutMessage, Subscription, Transport
+from .transports import (
+    Message,
+    OutMessage,
+    Subscription,
+    TransactionalSubscription,
+    TransactionFailed,
+    Transport,
+)
+
+log = logging.getLogger("streamflow.engine")
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Ctx:
     commit_interval_s: float = 0.1
     alerter: Alerter | None = None
     pipeline: str = ""
+    max_record_bytes: int = 256 * 1024
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)
@@ -198,6 +210,9 @@ class _Consumer:
         a commit is a broker round trip, and redelivery after a crash is deduped by run id."""
         sub = self.sub
         assert sub is not None, "open() first"
+        if sub.exactly_once:
+            await self._run_transactional()
+            return
         loop = asyncio.get_running_loop()
         pending: list[Message] = []
         last_commit = loop.time()
@@ -218,6 +233,80 @@ class _Consumer:
         if pending:
             await sub.commit(pending)
         await sub.close()
+
+    async def _run_transactional(self) -> None:
+        """Each polled partition is handled inside its transaction; open transactions commit
+        with their input offsets when the consumer catches up or ``commit_interval_s`` passed.
+        A lost transaction rewinds this consumer to its last commit."""
+        loop = asyncio.get_running_loop()
+        last_commit = loop.time()
+        while not self._stop.is_set():
+            sub = self.sub
+            assert sub is not None and _transactional(sub)
+            try:
+                msgs = await sub.poll(self.ctx.poll_batch, timeout=0.2)
+                by_partition: dict[int, list[Message]] = {}
+                for m in msgs:
+                    by_partition.setdefault(m.partition, []).append(m)
+                for n, group in by_partition.items():
+                    async with sub.partition(n) as owned:
+                        if owned:
+                            done = await self.handle(group)
+                            sub.mark_done(done, partial=len(done) < len(group))
+                await self.idle()
+                caught_up = len(msgs) < self.ctx.poll_batch
+                if sub.pending() and (caught_up or
+                                      loop.time() - last_commit >= self.ctx.commit_interval_s):
+                    await sub.flush()
+                    self.committed()
+                    last_commit = loop.time()
+            except TransactionFailed as e:
+                await self._rewind(e)
+        if self.sub is not None:
+            if _transactional(self.sub):
+                with contextlib.suppress(TransactionFailed):  # the next owner redoes it
+                    await self.sub.flush()
+            await self.sub.close()
+
+    async def _rewind(self, e: TransactionFailed) -> None:
+        """Drop everything since the last commit and read on from there, as a new owner
+        would: the transaction's outputs were discarded, so in-memory state must be too."""
+        log.warning("%s: %s; rewinding to the last commit", self.group, e)
+        mt = self.ctx.metrics
+        mt.failed(self.kind, self.name, f"transaction lost: {e}")
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.close()
+            self.sub = None
+        await self.rewound()
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self.open()
+                return
+            except Exception as err:  # the broker may still be down: keep trying
+                log.warning("%s: cannot rejoin yet (%s: %s); retrying in %.1fs", self.group,
+                            type(err).__name__, err, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    async def rewound(self) -> None:
+        """Hook: forget state derived from uncommitted work."""
+
+    def committed(self) -> None:
+        """Hook: the open transactions committed."""
+
+    @contextlib.asynccontextmanager
+    async def scope(self, partition: int) -> AsyncIterator[bool]:
+        """Work on input partition n outside ``handle`` (deadlines): inside n's transaction
+        when exactly once; yields False if n is no longer ours."""
+        sub = self.sub
+        if sub is not None and _transactional(sub):
+            async with sub.partition(partition) as owned:
+                yield owned
+        else:
+            yield True
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         """Process ``msgs``; return those now done (a prefix, if stopping cut it short)."""
@@ -337,6 +426,10 @@ class SinkRunner(_Consumer):
         mt.add(mt.arrivals_in, (self.spec.asset.name, self.name), len(msgs))
         mt.add(mt.sink_writes, (self.name,), len(records))
         return msgs
+
+
+def _transactional(sub: Subscription) -> TypeGuard[TransactionalSubscription]:
+    return sub.exactly_once
 
 
 def replay_topic(namespace: str, consumer: str) -> str:

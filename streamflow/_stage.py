@@ -29,7 +29,7 @@ from ._barrier import BarrierGate, Late
 from ._deadletter import describe_validation, error_info
 from ._gate_lane import gate_run
 from ._gating import Gatekeeper
-from ._ledger import RunInput, RunStatus, record_message, runs_topic
+from ._ledger import FINAL, RunInput, RunStatus, fold, record_message, runs_topic
 from ._model import H_ATTEMPT, H_PLANNED, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
@@ -89,6 +89,8 @@ class StageRunner(_Consumer):
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
+        self._uncommitted: list[str] = []  # fired in a transaction not committed yet
+        self._fresh: set[int] | None = None  # partitions whose fired runs are known
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
@@ -96,21 +98,55 @@ class StageRunner(_Consumer):
         if self.gate is not None and keeper is not None:
             self.gate.held = keeper.held
 
-    async def open(self) -> None:
-        stores = [] if self.retry_lane else [
+    def _stores(self) -> list[Any]:
+        return [] if self.retry_lane else [
             g.store for g in (self.gate, self.keeper) if g is not None]
+
+    async def open(self) -> None:
+        stores = self._stores()
 
         async def assign(partitions: set[int]) -> None:
             for st in stores:
                 await st.restore(partitions)
+            if self._fresh is None:  # the first assignment: the worker read the whole ledger
+                self._fresh = set(partitions)
+            elif partitions - self._fresh:  # moved here: what its previous owner already ran
+                await self._load_fired(partitions - self._fresh)
+                self._fresh |= partitions
 
         async def revoke(partitions: set[int]) -> None:
             for st in stores:
                 await st.forget(partitions)
+            if self._fresh is not None:
+                self._fresh -= partitions
 
         self.sub = await self.ctx.transport.subscribe(
-            self.group, self.topics, on_assign=assign if stores else None,
-            on_revoke=revoke if stores else None)
+            self.group, self.topics, on_assign=assign, on_revoke=revoke)
+
+    def fire(self, run_id: str) -> None:
+        """The run reached a final status: a redelivered or duplicated input skips it."""
+        self.fired.add(run_id)
+        if self.sub is not None and self.sub.exactly_once:
+            self._uncommitted.append(run_id)
+
+    def committed(self) -> None:
+        self._uncommitted.clear()
+
+    async def rewound(self) -> None:
+        """The open transaction was discarded: so are its states and its fired runs."""
+        for st in self._stores():
+            await st.forget(set(st._restores))
+        self.fired.difference_update(self._uncommitted)
+        self._uncommitted.clear()
+        self._fresh = set()
+
+    async def _load_fired(self, partitions: set[int]) -> None:
+        """Runs that reached a final status on these partitions, from the ledger: a partition
+        that moved here brings what its previous owner already ran."""
+        msgs = await self.ctx.transport.read_topic(self.runs_topic, partitions)
+        for rid, rec in fold(msgs).items():
+            if rec.stage == self.name and rec.status in FINAL:
+                self.fired.add(rid)
 
     def busy(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.any_expired()
@@ -138,10 +174,21 @@ class StageRunner(_Consumer):
 
     async def _expire(self) -> None:
         assert self.gate is not None
+        by_partition: dict[int, list[tuple[PlannedRun, str, OutMessage]]] = {}
+        for plan, policy, state_msg in self.gate.expired():
+            n = state_msg.partition if state_msg.partition is not None else -1
+            by_partition.setdefault(n, []).append((plan, policy, state_msg))
+        for n, due in by_partition.items():
+            async with self.scope(n) as owned:
+                if owned:
+                    await self._expire_partition(due)
+
+    async def _expire_partition(self, due: list[tuple[PlannedRun, str, OutMessage]]) -> None:
+        assert self.gate is not None
         out: list[OutMessage] = []
         spans: list[RecSpan | None] = []
         mt = self.ctx.metrics
-        for plan, policy, state_msg in self.gate.expired():
+        for plan, policy, state_msg in due:
             out.append(state_msg)
             plan.kafka_partition = state_msg.partition if state_msg.partition is not None else -1
             mt.add(mt.barrier_deadlines, (self.name, policy))
@@ -151,14 +198,14 @@ class StageRunner(_Consumer):
                 self._deadline_alert(plan, "skipped")
                 mt.add(mt.runs, (self.name, "skipped"))
                 out.append(self._ledger(plan, "skipped", 1, time.time(), [], None))
-                self.fired.add(plan.run_id)
+                self.fire(plan.run_id)
             else:
                 self._deadline_alert(plan, "failed")
                 reason = f"stage {self.name!r}: {self.gate.deadline_reason(plan)}"
                 out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
                 mt.add(mt.runs, (self.name, "dead-lettered"))
                 out.append(self._ledger(plan, "dead-lettered", 1, time.time(), [], None))
-                self.fired.add(plan.run_id)
+                self.fire(plan.run_id)
         if out:
             await self.ctx.transport.publish(out)
             self._published()
@@ -240,6 +287,13 @@ class StageRunner(_Consumer):
                 await self._execute(plan, attempt, m, out, spans, proc)
             return
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
+        if len(m.value) > self.ctx.max_record_bytes:
+            reason = (f"{m.topic}@{m.partition}:{m.offset}: record of {len(m.value)} bytes "
+                      f"exceeds max_record_bytes ({self.ctx.max_record_bytes}); raise "
+                      "STREAMFLOW_MAX_RECORD_BYTES if such records are expected")
+            _fail(proc, None, reason)
+            out.append(self._dead(reason, m, arr, proc, spans, None))
+            return
         if not self.retry_lane:
             mt = self.ctx.metrics
             mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
@@ -382,7 +436,7 @@ class StageRunner(_Consumer):
                 out.append(self._dead_plan(reason, plan, m, run, spans, e, attempt))
                 out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
                 mt.add(mt.runs, (spec.name, "dead-lettered"))
-                self.fired.add(plan.run_id)
+                self.fire(plan.run_id)
             return released
         mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
@@ -393,7 +447,7 @@ class StageRunner(_Consumer):
         if produced and spec.output is not None:
             mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
         out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
-        self.fired.add(plan.run_id)
+        self.fire(plan.run_id)
         return released
 
     def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
@@ -463,7 +517,8 @@ class StageRunner(_Consumer):
             self.runs_topic, plan.run_id, self.spec.name, plan.partition, status, attempt,
             self.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
             plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
-            plan.parent[3:35].decode() if plan.parent else None, plan.checks)
+            plan.parent[3:35].decode() if plan.parent else None, plan.checks,
+            plan.kafka_partition if plan.kafka_partition >= 0 else None)
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

@@ -24,16 +24,20 @@ from .transports import TransportError
 
 
 def _run(args: argparse.Namespace) -> int:
+    serve = args.command == "worker"
     settings = Settings.load(
         kafka_bootstrap=args.kafka, state_dir=args.state_dir, partitions=args.partitions,
-        http_port=args.http_port,
+        http_port=args.http_port, exactly_once=True if args.exactly_once else None,
+        worker_id=getattr(args, "worker_id", None),
     )
     pipeline = load_pipeline(args.target)
-    worker = Worker(pipeline, settings)
+    worker = Worker(pipeline, settings, serve=serve)
     where = (f"Kafka at {settings.kafka_bootstrap}" if settings.kafka_bootstrap
              else f"the embedded log in {settings.state_dir}")
-    print(f"streamflow: running pipeline {pipeline.name!r} on {where} (Ctrl-C drains and stops)",
-          file=sys.stderr)
+    mode = "exactly once" if settings.exactly_once else "at least once"
+    what = "serving" if serve else "running"
+    print(f"streamflow: {what} pipeline {pipeline.name!r} on {where}, {mode} "
+          f"(Ctrl-C or SIGTERM drains and stops)", file=sys.stderr)
 
     async def main() -> RunSummary:
         loop = asyncio.get_running_loop()
@@ -101,16 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
         "drain in-flight work and exit 0. Uses the embedded transport unless Kafka is "
         "configured (--kafka or STREAMFLOW_KAFKA_BOOTSTRAP).",
     )
-    run.add_argument("target", help="module:pipeline or path/to/file.py:pipeline")
-    run.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers")
-    run.add_argument("--state-dir", help="where the embedded log and local state live "
-                     "(default .streamflow)")
-    run.add_argument("--partitions", type=int, help="partitions for new Kafka topics")
-    run.add_argument("--http-port", metavar="PORT",
-                     help="serve /healthz, /readyz, /metrics and /status here (default 9464; "
-                          "0: any free port; off: no HTTP)")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
-    run.set_defaults(func=_run)
+    worker = sub.add_parser(
+        "worker", help="serve a pipeline as one of several worker processes, until SIGTERM",
+        description="Join the pipeline's consumer groups and process the partitions this "
+        "process is assigned, until SIGTERM or Ctrl-C: then stop the sources, finish the "
+        "runs in flight, flush the sinks, commit and exit 0 (within --drain-timeout). Start "
+        "more workers with the same namespace to scale out; partitions, their state and "
+        "their fired runs move between them. /healthz and /readyz answer on --http-port.",
+    )
+    for p in (run, worker):
+        p.add_argument("target", help="module:pipeline or path/to/file.py:pipeline")
+        p.add_argument("--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers")
+        p.add_argument("--state-dir", help="where the embedded log and local state live "
+                       "(default .streamflow)")
+        p.add_argument("--partitions", type=int, help="partitions for new Kafka topics")
+        p.add_argument("--http-port", metavar="PORT",
+                       help="serve /healthz, /readyz, /metrics and /status here (default "
+                            "9464; 0: any free port; off: no HTTP)")
+        p.add_argument("--exactly-once", action="store_true",
+                       help="outputs, dead letters and input offsets commit in one "
+                            "transaction per input partition (STREAMFLOW_EXACTLY_ONCE=1)")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.set_defaults(func=_run)
+    worker.add_argument("--worker-id", metavar="ID",
+                        help="a stable name for this process (STREAMFLOW_WORKER_ID), e.g. a "
+                             "pod name: a restarted worker takes its partitions back at once")
 
     conn = sub.add_parser("connectors", help="installed connectors")
     conn_sub = conn.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")

@@ -2,7 +2,8 @@
 
 from ._embedded import EmbeddedTransport
 from ._kafka import KafkaTransport, TransportError
-from ._protocol import Message, OutMessage, Subscription, Transport
+from ._protocol import Message, OutMessage, Subscription, TransactionalSubscription, Transport
+from ._txn import TransactionFailed
 
 __all__ = [
     "EmbeddedTransport",
@@ -10,6 +11,8 @@ __all__ = [
     "Message",
     "OutMessage",
     "Subscription",
+    "TransactionFailed",
+    "TransactionalSubscription",
     "Transport",
     "TransportError",
 ]

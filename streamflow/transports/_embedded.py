@@ -7,14 +7,17 @@ an event-loop hop, not a polling interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import orjson
 
 from ._protocol import AssignCallback, Message, OutMessage
+from ._txn import CURRENT, crash_hook, last_offsets
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
@@ -37,8 +40,9 @@ class EmbeddedTransport:
     name = "embedded"
     messaging_system = "streamflow-embedded"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, exactly_once: bool = False) -> None:
         self.path = path
+        self.exactly_once = exactly_once
         self._db: aiosqlite.Connection | None = None
         self._next: dict[str, int] = {}
         self._changed = asyncio.Condition()
@@ -73,6 +77,14 @@ class EmbeddedTransport:
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         if not messages:
             return
+        txn = CURRENT.get()
+        if txn is not None and await txn.add(self, messages):
+            return
+        await self._write(messages, None, [])
+
+    async def _write(self, messages: Sequence[OutMessage], group: str | None,
+                     offsets: list[tuple[str, int]]) -> None:
+        """Append ``messages`` and commit ``group``'s ``offsets`` in one SQLite transaction."""
         now = int(time.time() * 1000)
         async with self._lock:
             nxt = dict(self._next)
@@ -81,12 +93,24 @@ class EmbeddedTransport:
                 off = nxt.get(m.topic, 0)
                 nxt[m.topic] = off + 1
                 rows.append((m.topic, off, m.key, m.value, _enc_headers(m.headers), now))
-            await self.db.executemany("INSERT INTO log VALUES (?,?,?,?,?,?)", rows)
-            await self.db.commit()
+            try:
+                await self.db.executemany("INSERT INTO log VALUES (?,?,?,?,?,?)", rows)
+                if group is not None and offsets:
+                    await self.db.executemany(
+                        "INSERT INTO group_offsets VALUES (?,?,?) ON CONFLICT(grp, topic) "
+                        "DO UPDATE SET off=MAX(off, excluded.off)",
+                        [(group, t, off) for t, off in offsets])
+                if group is not None:
+                    crash_hook.before_commit(len(rows))
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
             # Offsets become visible only once the rows are durable.
             self._next = nxt
-        async with self._changed:
-            self._changed.notify_all()
+        if rows:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def subscribe(
         self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
@@ -102,7 +126,7 @@ class EmbeddedTransport:
                 positions[topic] = int(off)
         if on_assign is not None:
             await on_assign({0})  # one process owns the only partition
-        return EmbeddedSubscription(self, group, positions)
+        return EmbeddedSubscription(self, group, positions, self.exactly_once)
 
     async def partition_count(self, topic: str) -> int:
         return 1
@@ -121,12 +145,55 @@ class EmbeddedTransport:
         return self._next.get(topic, 0)
 
 
+class _Buffer:
+    """The open transaction of an exactly-once embedded subscription: held in memory until
+    ``flush`` writes it with the offsets in one SQLite transaction."""
+
+    def __init__(self, sub: EmbeddedSubscription) -> None:
+        self.sub = sub
+
+    async def add(self, transport: Any, messages: Sequence[OutMessage]) -> bool:
+        if transport is not self.sub.t:
+            return False
+        self.sub._out.extend(messages)
+        return True
+
+
 class EmbeddedSubscription:
-    def __init__(self, transport: EmbeddedTransport, group: str, positions: dict[str, int]) -> None:
+    assigned = frozenset({0})
+
+    def __init__(self, transport: EmbeddedTransport, group: str, positions: dict[str, int],
+                 exactly_once: bool = False) -> None:
         self.t = transport
         self.group = group
+        self.exactly_once = exactly_once
         self._pos = positions  # next offset to read, per topic
         self._closed = False
+        self._out: list[OutMessage] = []
+        self._done: dict[str, int] = {}
+        self.lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def partition(self, n: int) -> AsyncIterator[bool]:
+        async with self.lock:
+            token = CURRENT.set(_Buffer(self))
+            try:
+                yield True
+            finally:
+                CURRENT.reset(token)
+
+    def mark_done(self, messages: Sequence[Message], partial: bool = False) -> None:
+        for (topic, _), off in last_offsets(messages).items():
+            self._done[topic] = max(self._done.get(topic, 0), off)
+
+    def pending(self) -> bool:
+        return bool(self._out or self._done)
+
+    async def flush(self) -> None:
+        async with self.lock:
+            out, done = self._out, self._done
+            self._out, self._done = [], {}
+            await self.t._write(out, self.group, list(done.items()))
 
     def _pending(self) -> bool:
         return any(self.t._next.get(t, 0) > p for t, p in self._pos.items())
@@ -154,6 +221,10 @@ class EmbeddedSubscription:
         return out
 
     async def commit(self, messages: Sequence[Message]) -> None:
+        if self.exactly_once:
+            self.mark_done(messages)
+            await self.flush()
+            return
         last: dict[str, int] = {}
         for m in messages:
             last[m.topic] = max(last.get(m.topic, -1), m.offset)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -15,7 +16,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from ._kafka_eos import KafkaEosSubscription
 from ._protocol import AssignCallback, Message, OutMessage
+from ._txn import CURRENT
 
 
 class TransportError(RuntimeError):
@@ -26,23 +29,42 @@ class KafkaTransport:
     name = "kafka"
     messaging_system = "kafka"
 
-    def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0) -> None:
+    def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0,
+                 exactly_once: bool = False, session_timeout_s: float = 6.0,
+                 instance_id: str | None = None) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
         self.linger_ms = linger_ms
+        self.exactly_once = exactly_once
+        self.session_timeout_ms = int(session_timeout_s * 1000)
+        self.instance_id = instance_id
         self._producer: AIOKafkaProducer | None = None
-        self._subs: list[KafkaSubscription] = []
+        self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
+
+    def _producer_config(self, **extra: Any) -> dict[str, Any]:
+        # Set deliberately: aiokafka defaults to acks=1 and no idempotence. A batch holds up to
+        # 1 MiB (Kafka's default message size limit), so a dead letter of an oversized record
+        # still fits.
+        return {"bootstrap_servers": self.bootstrap, "acks": "all", "enable_idempotence": True,
+                "linger_ms": self.linger_ms, "max_batch_size": 1024 * 1024,
+                "request_timeout_ms": 30000, **extra}
+
+    def _consumer_config(self, group: str) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap, "group_id": group,
+            "enable_auto_commit": False, "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed",
+            # Range keeps partition n of every input topic on the same member: co-partitioning.
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": max(500, self.session_timeout_ms // 6),
+            # Static membership: a restarted worker with the same id takes its partitions back
+            # at once instead of waiting for the session timeout and a rebalance.
+            "group_instance_id": f"{self.instance_id}" if self.instance_id else None,
+        }
 
     async def start(self) -> None:
-        # Set deliberately: aiokafka defaults to acks=1 and no idempotence.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=30000,
-        )
+        self._producer = AIOKafkaProducer(**self._producer_config())
         try:
             await self._producer.start()
         except KafkaConnectionError as e:
@@ -116,14 +138,23 @@ class KafkaTransport:
             await probe.stop()
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
+        """Inside ``Subscription.partition(n)`` of an exactly-once subscription the messages
+        join that partition's transaction; otherwise they are sent and acknowledged now."""
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        if not messages:
+            return
+        txn = CURRENT.get()
+        if txn is not None and await txn.add(self, messages):
+            return
+        await self._send(self._producer, messages)
+
+    async def _send(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> None:
         """Place every message on its partition, then send one batch per partition.
 
         ``producer.send`` costs about 11 µs per keyed record (a future, a partitioner call, a
         metadata check); appending to a batch builder costs well under 1 µs.
         """
-        if self._producer is None:
-            raise RuntimeError("kafka transport used before start()")
-        producer = self._producer
         counts: dict[str, int] = {}
         groups: dict[tuple[str, int], list[OutMessage]] = {}
         for m in messages:
@@ -198,21 +229,38 @@ class KafkaTransport:
     async def subscribe(
         self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
         on_revoke: AssignCallback | None = None,
-    ) -> KafkaSubscription:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            # Range keeps partition n of every input topic on the same member: co-partitioning.
-            partition_assignment_strategy=(RangePartitionAssignor,),
-        )
+    ) -> KafkaSubscription | KafkaEosSubscription:
+        if self.exactly_once:
+            eos = KafkaEosSubscription(self, group, list(topics), on_assign, on_revoke)
+            await eos.start()
+            self._subs.append(eos)
+            return eos
+        consumer = AIOKafkaConsumer(**self._consumer_config(group))
         await consumer.start()
         consumer.subscribe(topics, listener=_Listener(topics[0], on_assign, on_revoke))
         sub = KafkaSubscription(self, consumer, group, list(topics))
         self._subs.append(sub)
         return sub
+
+    async def _poll(self, consumer: AIOKafkaConsumer, max_records: int,
+                    timeout: float) -> list[Message]:
+        batches = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers),
+                        r.timestamp)
+                for records in batches.values() for r in records]
+
+    async def _lags(self, consumer: AIOKafkaConsumer,
+                    topics: Sequence[str]) -> dict[tuple[str, int], int]:
+        tps = [TopicPartition(t, p) for t in topics
+               for p in (consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            return {}
+        ends = await consumer.end_offsets(tps)
+        out: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            out[(tp.topic, tp.partition)] = max(0, ends[tp] - (committed or 0))
+        return out
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -232,6 +280,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSubscription:
+    """At least once: offsets are committed after the outputs are acknowledged."""
+
+    exactly_once = False
+
     def __init__(
         self, t: KafkaTransport, consumer: AIOKafkaConsumer, group: str, topics: list[str]
     ) -> None:
@@ -241,18 +293,12 @@ class KafkaSubscription:
         self.topics = topics
         self._closed = False
 
+    @property
+    def assigned(self) -> set[int]:
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics[0]}
+
     async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]:
-        batches = await self.consumer.getmany(
-            timeout_ms=int(timeout * 1000), max_records=max_records
-        )
-        out: list[Message] = []
-        for records in batches.values():
-            for r in records:
-                out.append(
-                    Message(r.topic, r.partition, r.offset, r.key, r.value,
-                            list(r.headers), r.timestamp)
-                )
-        return out
+        return await self.t._poll(self.consumer, max_records, timeout)
 
     async def commit(self, messages: Sequence[Message]) -> None:
         last: dict[TopicPartition, int] = {}
@@ -267,19 +313,7 @@ class KafkaSubscription:
         return sum(lags.values()) if lags else 1 << 30  # no metadata yet: not drained
 
     async def lags(self) -> dict[tuple[str, int], int]:
-        tps = [
-            TopicPartition(t, p)
-            for t in self.topics
-            for p in (self.consumer.partitions_for_topic(t) or ())
-        ]
-        if not tps:
-            return {}
-        ends = await self.consumer.end_offsets(tps)
-        out: dict[tuple[str, int], int] = {}
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            out[(tp.topic, tp.partition)] = max(0, ends[tp] - (committed or 0))
-        return out
+        return await self.t._lags(self.consumer, self.topics)
 
     async def close(self) -> None:
         if not self._closed:

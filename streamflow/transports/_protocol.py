@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +41,13 @@ class Subscription(Protocol):
     """A consumer-group member: poll, handle, commit; redelivery after a crash is at-least-once."""
 
     group: str
+    exactly_once: bool
+    """True: this is a ``TransactionalSubscription``."""
+
+    @property
+    def assigned(self) -> Collection[int]:
+        """The partition numbers this member owns now."""
+        ...
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]: ...
 
@@ -56,6 +64,30 @@ class Subscription(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class TransactionalSubscription(Subscription, Protocol):
+    """Exactly once: what is published while handling partition n, and n's input offsets,
+    become visible together at ``flush``, or not at all."""
+
+    def partition(self, n: int) -> AbstractAsyncContextManager[bool]:
+        """Handle partition n's records inside: publishes join its transaction. Yields False
+        if n was revoked meanwhile (skip its records: the new owner reads them)."""
+        ...
+
+    def mark_done(self, messages: Sequence[Message], partial: bool = False) -> None:
+        """Inside ``partition(n)``: these inputs are consumed by n's transaction. ``partial``:
+        the handler stopped before the end of what was polled."""
+        ...
+
+    def pending(self) -> bool:
+        """Something is waiting in an open transaction."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit every open transaction; raises ``TransactionFailed`` when one is lost (the
+        caller rewinds to the last commit)."""
+        ...
 
 
 class Transport(Protocol):

@@ -1,0 +1,27 @@
+"""The child process of the peers benchmark: ``python -m bench._peers_child SPEC_JSON``.
+
+Runs one system on one workload until SIGTERM, alone in its process, so its CPU time and
+memory are its own. The environment of the spec is applied before anything is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from ._peers_common import Spec
+
+MODULES = {"streamflow": "_peers_sf", "aiokafka-raw": "_peers_raw", "faust": "_peers_faust",
+           "quix": "_peers_quix"}
+
+
+def main() -> None:
+    spec = Spec.from_json(sys.argv[1])
+    os.environ.update(spec.env)
+    mod = importlib.import_module(f"bench.{MODULES[spec.system]}")
+    mod.main(spec)
+
+
+if __name__ == "__main__":
+    main()

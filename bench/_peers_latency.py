@@ -1,0 +1,181 @@
+"""The latency workload: the map work under an open-loop arrival rate.
+
+The benchmark process is the load generator and the reader; the system runs in its own child
+process. Once the child answers a probe record (so group joins are over), records are sent at
+a fixed rate on a 1 ms tick, whatever the system does (open loop), each stamped with
+``time.time_ns()`` just before it is handed to the producer (the stamp travels in the record,
+and the map carries it to its output). A read_committed consumer of the output takes the
+latency as its clock minus the stamp when the output is returned to it. The first
+``WARMUP_S`` are discarded. A system *sustains* the rate when the generator held it within
+2%, every output arrived, and the records sent in the last 2 s came out with p99 <= 1 s (a
+system that falls behind piles up a backlog there); otherwise its latencies are null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ._peers_common import (
+    Spec,
+    arrival_headers,
+    create_topics,
+    partition_of,
+    sale_json,
+    traceparent,
+)
+from ._peers_measure import spawn
+
+WARMUP_S = 3.0
+DRAIN_S = 15.0
+READY_TIMEOUT_S = 120.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Reader:
+    """Reads the output topic, keeping each record's latency by its key."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.latency_ms: dict[bytes, float] = {}
+        self.recv_ns: list[int] = []
+        self.duplicates = 0
+        self.probes = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.spec.bootstrap,
+                                    isolation_level="read_committed", fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.spec.topic(self.spec.output), p)
+                   for p in range(self.spec.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while not self._stop.is_set():
+                got = await consumer.getmany(timeout_ms=100, max_records=5000)
+                now = time.time_ns()
+                for msgs in got.values():
+                    for m in msgs:
+                        if m.key.startswith(b"P"):
+                            self.probes += 1
+                            continue
+                        if m.key in self.latency_ms:
+                            self.duplicates += 1
+                            continue
+                        self.latency_ms[m.key] = (now - orjson.loads(m.value)["sent_ns"]) / 1e6
+                        self.recv_ns.append(now)
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def latency_run(spec: Spec, rate: float, seconds: float, logdir: Path) -> dict[str, Any]:
+    topic = spec.topic(spec.inputs[0])
+    await create_topics(spec.bootstrap, [topic, spec.topic(spec.output)])
+    child = spawn(spec, logdir)
+    reader = Reader(spec)
+    reading = asyncio.create_task(reader.run())
+    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=0)
+    await producer.start()
+    rnd = random.Random(11)
+    total = int(rate * seconds)
+    sent_at: list[float] = []
+    result: dict[str, Any] = {"records_per_s": None, "p50_ms": None, "p99_ms": None,
+                              "p999_ms": None, "sustained": False, "rss_mb": None,
+                              "cpu_s_per_million": None}
+    try:
+        async def send(key: str, stamp: int, i: int) -> None:
+            k = key.encode()
+            tp = traceparent(rnd, spec.trace_ratio) if spec.trace_ratio else None
+            await producer.send(topic, sale_json(i, stamp, rnd, key[0]), key=k,
+                                headers=arrival_headers("in", key, tp), partition=partition_of(k))
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        j = 0
+        while reader.probes == 0 and child.alive() and time.monotonic() < deadline:
+            await send(f"P{j:09d}", time.time_ns(), j)
+            j += 1
+            await asyncio.sleep(0.25)
+        if reader.probes == 0:
+            child.notes.append("never answered a probe record")
+            return result
+        cpu0 = child.cpu_s()
+        start = time.perf_counter()
+        i = 0
+        while i < total:
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
+            while i < due:
+                stamp = time.time_ns()
+                sent_at.append(time.perf_counter() - start)
+                await send(f"S{i:09d}", stamp, i)
+                i += 1
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - start
+        await producer.flush()
+        for _ in range(int(DRAIN_S / 0.05)):  # until every output is in, or DRAIN_S
+            if len(reader.latency_ms) >= total:
+                break
+            await asyncio.sleep(0.05)
+        cpu1 = child.cpu_s()
+        result.update(_figures(reader, sent_at, total, rate, elapsed, seconds))
+        result["cpu_s_per_million"] = (cpu1 - cpu0) / total * 1e6
+        result["rss_mb"] = child.peak_rss_mb()
+        return result
+    finally:
+        await producer.stop()
+        reader.stop()
+        await reading
+        await child.stop()
+        notes = [*child.notes, *([result["note"]] if result.get("note") else [])]
+        result["note"] = "; ".join(notes) or None
+
+
+def _figures(reader: Reader, sent_at: list[float], total: int, rate: float, elapsed: float,
+             seconds: float) -> dict[str, Any]:
+    keys = [f"S{i:09d}".encode() for i in range(total)]
+    got = [reader.latency_ms.get(k) for k in keys]
+    measured = [ms for ms, t in zip(got, sent_at, strict=True)
+                if ms is not None and t >= WARMUP_S]
+    tail = [ms for ms, t in zip(got, sent_at, strict=True)
+            if ms is not None and t >= seconds - 2.0]
+    lost = sum(1 for ms in got if ms is None)
+    achieved = total / elapsed
+    tail_p99 = percentile(tail, 0.99)
+    held = achieved >= 0.98 * rate
+    sustained = held and lost == 0 and tail_p99 is not None and tail_p99 <= 1000
+    recv = sorted(reader.recv_ns)
+    out_rate = (len(recv) - 1) / ((recv[-1] - recv[0]) / 1e9) if len(recv) > 1 else None
+    notes = []
+    if not held:
+        notes.append(f"the generator reached only {achieved:,.0f}/s")
+    if lost:
+        notes.append(f"LOST {lost} of {total} outputs within {DRAIN_S:.0f} s")
+    if reader.duplicates:
+        notes.append(f"{reader.duplicates} duplicate outputs")
+    if tail_p99 is not None and tail_p99 > 1000:
+        notes.append(f"fell behind: p99 of the last 2 s {tail_p99:,.0f} ms")
+
+    def r(v: float | None) -> float | None:
+        return None if v is None or not sustained else round(v, 2)
+
+    return {"records_per_s": out_rate, "achieved_rate": round(achieved, 1),
+            "p50_ms": r(percentile(measured, 0.5)), "p99_ms": r(percentile(measured, 0.99)),
+            "p999_ms": r(percentile(measured, 0.999)), "sustained": sustained,
+            "outputs": len(reader.latency_ms), "expected": total,
+            "note": "; ".join(notes) or None}

@@ -1,0 +1,194 @@
+"""Parent side of one peers run: spawn the system, watch its output, stop it, verify.
+
+Throughput: the inputs are seeded before the system starts; the output topic is created with
+``message.timestamp.type=LogAppendTime``, so every output carries the broker's append time
+whatever the system's client stamps. Records per second are taken from those stamps, from the
+output at 2% of the run to the last one (start-up and group joins excluded), and count input
+records (two per output for the join). CPU is the child's user+system time over the same
+stretch (sampled from /proc as the output offsets pass 2% and stop moving), per million input
+records; memory is its peak RSS (VmHWM). Every output is read back under read_committed and
+counted, with distinct keys, so lost or duplicated records show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ._peers_common import Spec, create_topics, seed
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST_OUTPUT_TIMEOUT_S = 120.0
+STALL_S = 30.0
+
+
+@dataclass
+class Child:
+    spec: Spec
+    proc: subprocess.Popen[bytes]
+    ps: psutil.Process
+    log: Path
+    profiler: subprocess.Popen[bytes] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def cpu_s(self) -> float:
+        try:
+            t = self.ps.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return math.nan
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            return None
+        return None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def profile(self, out: Path) -> None:
+        """Sample the child with py-spy (collapsed stacks) until ``stop``."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.profiler = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "200", "--format",
+             "raw", "--nonblocking", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(_wait, self.profiler, 30)
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            if not await asyncio.to_thread(_wait, self.proc, 45):
+                self.notes.append("did not stop within 45 s of SIGTERM; killed")
+                self.proc.kill()
+                await asyncio.to_thread(_wait, self.proc, 10)
+        elif self.proc.returncode:
+            self.notes.append(f"exited early with status {self.proc.returncode} "
+                              f"(log: {self.log})")
+
+
+def _wait(p: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        p.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def spawn(spec: Spec, logdir: Path) -> Child:
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{spec.ns}-{spec.system}-{spec.settings}-{spec.workload}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STREAMFLOW_"))}
+    env.update(spec.env)
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "bench._peers_child", spec.to_json()],
+                                cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    return Child(spec, proc, psutil.Process(proc.pid), log)
+
+
+async def _end_total(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
+    return int(sum((await consumer.end_offsets(tps)).values()))
+
+
+async def read_back(bootstrap: str, topic: str, partitions: int) -> tuple[int, int, list[int]]:
+    """(records, distinct keys, sorted append times in ms) of ``topic``, read_committed."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
+                                fetch_max_bytes=32 << 20)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        count, keys, stamps = 0, set(), []
+        idle = 0
+        while idle < 4 and any([await consumer.position(tp) < end[tp] for tp in tps]):
+            got = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            idle = 0 if got else idle + 1
+            for msgs in got.values():
+                count += len(msgs)
+                keys.update(m.key for m in msgs)
+                stamps += [m.timestamp for m in msgs]
+        stamps.sort()
+        return count, len(keys), stamps
+    finally:
+        await consumer.stop()
+
+
+def rate_from_stamps(stamps: list[int], per_output: int) -> float | None:
+    if len(stamps) < 100:
+        return None
+    low = math.ceil(0.02 * len(stamps))
+    span_s = (stamps[-1] - stamps[low]) / 1000
+    return (len(stamps) - 1 - low) * per_output / span_s if span_s > 0 else None
+
+
+async def throughput_run(spec: Spec, n: int, logdir: Path,
+                         profile_to: Path | None = None) -> dict[str, Any]:
+    """Seed ``n`` input records, run the system over them, and measure it."""
+    await create_topics(spec.bootstrap, [spec.topic(t) for t in spec.inputs])
+    await create_topics(spec.bootstrap, [spec.topic(spec.output)], log_append_time=True)
+    await seed(spec, n)
+    child = spawn(spec, logdir)
+    consumer = AIOKafkaConsumer(bootstrap_servers=spec.bootstrap,
+                                isolation_level="read_committed")
+    await consumer.start()
+    tps = [TopicPartition(spec.topic(spec.output), p) for p in range(spec.partitions)]
+    t0 = time.monotonic()
+    low: tuple[int, float] | None = None
+    last: tuple[int, float, float] = (0, t0, math.nan)  # total, when it last moved, cpu then
+    try:
+        while child.alive():
+            total, now = await _end_total(consumer, tps), time.monotonic()
+            if total != last[0]:
+                last = (total, now, child.cpu_s())
+            if low is None and total >= 0.02 * spec.expect:
+                low = (total, child.cpu_s())
+                if profile_to is not None:
+                    child.profile(profile_to)
+            if total >= spec.expect and now - last[1] >= 1.0:
+                break  # all there (transaction markers count too: wait until it settles)
+            if total == 0 and now - t0 > FIRST_OUTPUT_TIMEOUT_S:
+                child.notes.append(f"no output within {FIRST_OUTPUT_TIMEOUT_S:.0f} s")
+                break
+            if total and now - last[1] > STALL_S:
+                child.notes.append(f"output stalled at {total} of {spec.expect} for "
+                                   f"{STALL_S:.0f} s")
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+        rss = child.peak_rss_mb()
+        await child.stop()
+    count, distinct, stamps = await read_back(spec.bootstrap, tps[0].topic, spec.partitions)
+    per_output = 2 if spec.workload == "join" else 1
+    cpu = None
+    if low is not None and last[0] > low[0]:
+        cpu = (last[2] - low[1]) / ((last[0] - low[0]) * per_output) * 1e6
+    notes = list(child.notes)
+    if distinct < spec.expect:
+        notes.append(f"LOST {spec.expect - distinct} of {spec.expect} outputs")
+    if count > distinct:
+        notes.append(f"{count - distinct} duplicate outputs")
+    return {"records_per_s": rate_from_stamps(stamps, per_output), "rss_mb": rss,
+            "cpu_s_per_million": cpu, "outputs": count, "distinct": distinct,
+            "expected": spec.expect, "note": "; ".join(notes) or None}
+

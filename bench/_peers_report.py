@@ -1,0 +1,190 @@
+"""Reports of the peers benchmark: results.json, results.md (ratios vs aiokafka-raw), chart.png,
+and a top-functions summary of py-spy's collapsed stacks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import time
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import streamflow
+
+GOALS = (("aiokafka-raw", 0.7), ("faust", 2.0), ("quix", 1.0))
+
+
+def _pkg(name: str) -> str:
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:
+        return f"{name} (not installed)"
+
+
+def versions() -> dict[str, str]:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        rev = ""
+    return {"streamflow": f"streamflow {streamflow.__version__} ({rev} + working tree), "
+                          f"{_pkg('aiokafka')}",
+            "aiokafka-raw": _pkg("aiokafka"), "faust": _pkg("faust-streaming"),
+            "quix": f"{_pkg('quixstreams')}, {_pkg('confluent-kafka')}"}
+
+
+def baseline(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The aiokafka-raw row a row is compared with: same workload and rate, same guarantee."""
+    want = "exactly-once" if row["settings"] == "exactly-once" else "at-least-once"
+    return next((r for r in rows if r["system"] == "aiokafka-raw" and r["settings"] == want
+                 and r["workload"] == row["workload"] and r["rate"] == row["rate"]), None)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def rps(system: str, settings: str) -> float | None:
+        r = next((r for r in rows if r["workload"] == "map" and r["system"] == system
+                  and r["settings"] == settings), None)
+        return None if r is None else r["records_per_s"]
+
+    sf = rps("streamflow", "defaults")
+    out: dict[str, Any] = {}
+    met = True
+    for peer, goal in GOALS:
+        x = ratio(sf, rps(peer, "at-least-once"))
+        out[f"map_vs_{peer.split('-')[0]}"] = x
+        met = met and x is not None and x >= goal
+    out["target"] = ("on map, StreamFlow at shipped defaults >= 0.7 x aiokafka-raw, >= 2 x "
+                     "faust, >= 1 x quix")
+    out["met"] = met
+    return out
+
+
+def _n(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| workload | system | settings | records/s | x aiokafka-raw | p50 ms | p99 ms "
+             "| p99.9 ms | sustained | RSS MB | CPU s / M records | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|:-:|---:|---:|---|"]
+    for r in rows:
+        base = baseline(rows, r)
+        x = ratio(r["records_per_s"], base["records_per_s"]) if base else None
+        wl = r["workload"] if r["rate"] is None else f"latency @ {r['rate']:,.0f}/s"
+        sus = "" if r["sustained"] is None else ("yes" if r["sustained"] else "**no**")
+        lines.append(
+            f"| {wl} | {r['system']} | {r['settings']} | {_n(r['records_per_s'])} "
+            f"| {_n(x, 2)} | {_n(r['p50_ms'], 1)} | {_n(r['p99_ms'], 1)} "
+            f"| {_n(r['p999_ms'], 1)} | {sus} | {_n(r['rss_mb'])} "
+            f"| {_n(r['cpu_s_per_million'], 1)} | {r['note'] or ''} |")
+    return lines
+
+
+def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    wl = {"passthrough": 0, "map": 1, "join": 2, "latency": 3}
+    sy = {"streamflow": 0, "aiokafka-raw": 1, "faust": 2, "quix": 3}
+    return sorted(rows, key=lambda r: (wl[r["workload"]], r["rate"] or 0, sy[r["system"]],
+                                       r["settings"]))
+
+
+def write_reports(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
+                  elapsed_s: float) -> dict[str, Any]:
+    rows = _order(rows)
+    out: Path = args.out
+    (out / "results.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    g = goals(rows)
+    md = [f"# Peers benchmark ({'--quick' if args.quick else 'full'} run)", "",
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores; "
+          f"Python {platform.python_version()}; {args.repeats} repeat(s) of "
+          f"{args.records:,} input records per throughput run; {seconds:.0f} s per latency "
+          f"rate; {elapsed_s / 60:.1f} min in all.", "",
+          "records/s: input records per second, medians over repeats (the join counts both "
+          "inputs). x aiokafka-raw: against the raw row of the same workload and guarantee.",
+          "", *_table(rows), "",
+          f"Goal ({g['target']}): {'met' if g['met'] else 'NOT met'}; "
+          f"map ratios: vs aiokafka-raw {g['map_vs_aiokafka']}, vs faust {g['map_vs_faust']}, "
+          f"vs quix {g['map_vs_quix']}.", ""]
+    (out / "results.md").write_text("\n".join(md))
+    chart(rows, out / "chart.png")
+    return {**g, "elapsed_s": round(elapsed_s)}
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({(r["system"], r["settings"]) for r in rows},
+                    key=lambda c: ({"streamflow": 0, "aiokafka-raw": 1, "faust": 2,
+                                    "quix": 3}[c[0]], c[1]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for ax, groups, value, ylabel in (
+        (ax1, [("passthrough", None), ("map", None), ("join", None)], "records_per_s",
+         "input records/s (median)"),
+        (ax2, [("latency", 1000.0), ("latency", 10000.0)], "p99_ms",
+         "p99 latency, ms (missing: not sustained)"),
+    ):
+        width = 0.8 / max(1, len(labels))
+        for i, (system, settings) in enumerate(labels):
+            ys = []
+            for wl, rate in groups:
+                r = next((r for r in rows if (r["system"], r["settings"]) == (system, settings)
+                          and r["workload"] == wl and r["rate"] == rate), None)
+                ys.append((r or {}).get(value) or 0)
+            xs = [g + i * width for g in range(len(groups))]
+            ax.bar(xs, ys, width, label=f"{system} ({settings})")
+        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+        ax.set_xticklabels([wl if rate is None else f"{rate:,.0f}/s" for wl, rate in groups])
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    ax1.set_title("Throughput, 4 partitions, one process per system")
+    ax2.set_title("Map latency, open loop, read_committed")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_FRAME = re.compile(r"^(?P<fn>.+?) \((?P<file>[^:]+)(?::\d+)?\)$")
+
+
+def top_functions(folded: Path, k: int = 25) -> str:
+    """Self and inclusive % of samples per function, from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, n_s = line.rpartition(" ")
+        if not stack or not n_s.isdigit():
+            continue
+        n = int(n_s)
+        total += n
+        names = []
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame.strip())
+            fn = (f"{m['fn']} ({Path(m['file']).parent.name}/{Path(m['file']).name})"
+                  if m else frame.strip())
+            names.append(fn)
+        if names:
+            own[names[-1]] += n
+        for fn in set(names):
+            incl[fn] += n
+    out = [f"{total} samples", "", "self %  function"]
+    out += [f"{100 * c / total:5.1f}  {fn}" for fn, c in own.most_common(k)]
+    out += ["", "inclusive %  function"]
+    out += [f"{100 * c / total:5.1f}  {fn}" for fn, c in incl.most_common(k)]
+    return "\n".join(out)

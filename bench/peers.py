@@ -1,0 +1,173 @@
+"""StreamFlow side by side with raw aiokafka, faust-streaming and Quix Streams, on one broker.
+
+Workloads: ``passthrough`` (consume and produce ~200-byte JSON records), ``map`` (decode,
+validate with pydantic, transform, encode, produce), ``join`` (two co-partitioned input
+topics, one output per key once both sides are in) and ``latency`` (the map work at fixed
+open-loop rates, stamp before send to output readable under read_committed). Every system runs
+alone in a child process on the same seeded input (4 partitions), and systems are interleaved
+within each repeat, in rotating order; figures are medians over repeats. Throughput method:
+bench/_peers_measure.py; latency method: bench/_peers_latency.py.
+
+Writes DIR/results.json, DIR/results.md and DIR/chart.png (and the child logs under DIR/logs).
+``--quick``: one repeat of 200,000 records per throughput workload and 15 s per latency rate,
+over StreamFlow at shipped defaults, raw aiokafka, Faust and Quix (at-least-once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streamflow import Settings, services
+from streamflow.services.kafka import delete_topics
+
+from ._peers_common import THROUGHPUT_WORKLOADS, Spec
+from ._peers_latency import latency_run
+from ._peers_measure import throughput_run
+from ._peers_report import top_functions, versions, write_reports
+
+# (system, settings): at-least-once unless named otherwise
+QUICK = [("streamflow", "defaults"), ("aiokafka-raw", "at-least-once"),
+         ("faust", "at-least-once"), ("quix", "at-least-once")]
+FULL = [*QUICK, ("streamflow", "exactly-once"), ("streamflow", "tracing-1pct"),
+        ("aiokafka-raw", "exactly-once"), ("quix", "exactly-once")]
+RATES = (1000.0, 10000.0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="1 repeat, 200k records, 15 s per rate, at-least-once rows only")
+    parser.add_argument("--out", type=Path, default=Path("bench-peers"), help="output folder")
+    parser.add_argument("--records", type=int, default=200_000,
+                        help="input records per throughput run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds per latency rate (default 30; 15 with --quick)")
+    parser.add_argument("--workloads", default="passthrough,map,join,latency")
+    parser.add_argument("--systems", default="",
+                        help="comma-separated system[:settings] to keep (default: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the StreamFlow default rows (DIR/profiles/*.txt)")
+
+
+def _configs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    configs = QUICK if args.quick else FULL
+    if args.systems:
+        keep = [s.strip() for s in args.systems.split(",") if s.strip()]
+        configs = [c for c in configs if c[0] in keep or f"{c[0]}:{c[1]}" in keep]
+    return configs
+
+
+def _spec(system: str, settings: str, workload: str, n: int) -> Spec:
+    ns = "bench" + uuid.uuid4().hex[:10]
+    env: dict[str, str] = {}
+    ratio = 0.0
+    if settings == "tracing-1pct":
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": services.OTLP_HTTP_ENDPOINT,
+               "OTEL_SERVICE_NAME": "bench-peers", "OTEL_TRACES_SAMPLER":
+               "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        ratio = 0.01
+    inputs = ["sales", "payments"] if workload == "join" else ["in"]
+    return Spec(system, settings, workload, ns, services.KAFKA_BOOTSTRAP, inputs, "out",
+                n // 2 if workload == "join" else n, env=env, trace_ratio=ratio)
+
+
+def _rotate(configs: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:
+    k %= len(configs)
+    return configs[k:] + configs[:k]
+
+
+async def _one(args: argparse.Namespace, system: str, settings: str, workload: str,
+               rate: float | None, seconds: float) -> dict[str, Any]:
+    if settings == "exactly-once" and system == "streamflow" \
+            and "exactly_once" not in Settings.model_fields:
+        return {"note": "this StreamFlow has no exactly_once setting yet"}
+    spec = _spec(system, settings, "map" if rate else workload, args.records)
+    logdir = args.out / "logs"
+    try:
+        if rate:
+            return await latency_run(spec, rate, seconds, logdir)
+        profile = (args.out / "profiles" / f"{workload}-{spec.ns}.txt"
+                   if args.profile and (system, settings) == ("streamflow", "defaults")
+                   else None)
+        return await throughput_run(spec, args.records, logdir, profile)
+    finally:
+        await delete_topics(spec.bootstrap, lambda t: spec.ns in t)
+        shutil.rmtree(f"/tmp/{spec.ns}", ignore_errors=True)
+
+
+def _say(msg: str) -> None:
+    print(f"peers: {msg}", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.repeats, args.records = 1, 200_000
+    seconds = args.seconds or (15.0 if args.quick else 30.0)
+    configs = _configs(args)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    services.up(["kafka", "jaeger"] if any(c[1] == "tracing-1pct" for c in configs)
+                else ["kafka"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    runs: dict[tuple[str, str, str, float | None], list[dict[str, Any]]] = {}
+    plan: list[tuple[str, float | None]] = [(w, None) for w in THROUGHPUT_WORKLOADS
+                                            if w in workloads]
+    if "latency" in workloads:
+        plan += [("latency", r) for r in RATES]
+    for rep in range(args.repeats):
+        for k, (workload, rate) in enumerate(plan):
+            for system, settings in _rotate(configs, rep + k):
+                res = await _one(args, system, settings, workload, rate, seconds)
+                runs.setdefault((workload, system, settings, rate), []).append(res)
+                what = f"{workload}{f' {rate:.0f}/s' if rate else ''}"
+                rps = res.get("records_per_s")
+                _say(f"repeat {rep + 1}/{args.repeats} {what:<14} {system}:{settings:<14} "
+                     f"{f'{rps:,.0f} records/s' if rps else '-':>18}  "
+                     f"p99={res.get('p99_ms')} cpu/M={_f(res.get('cpu_s_per_million'))} "
+                     f"rss={res.get('rss_mb')} {res.get('note') or ''}")
+    rows = [_row(key, rs) for key, rs in runs.items()]
+    vers = versions()
+    for row in rows:
+        row["version"] = vers[row["system"]]
+    summary = write_reports(rows, args, seconds, time.monotonic() - t_start)
+    for folded in sorted((args.out / "profiles").glob("*.txt")):
+        if not folded.name.endswith(".top.txt") and folded.stat().st_size:
+            folded.with_suffix(".top.txt").write_text(top_functions(folded))
+    return {"out": str(args.out), "rows": len(rows), **summary}
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _med(xs: list[Any]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def _row(key: tuple[str, str, str, float | None], rs: list[dict[str, Any]]) -> dict[str, Any]:
+    workload, system, settings, rate = key
+    latency = rate is not None
+    sustained = all(r.get("sustained") for r in rs) if latency else None
+    notes = sorted({r["note"] for r in rs if r.get("note")})
+    return {
+        "workload": workload, "rate": rate, "system": system, "settings": settings,
+        "version": "", "records_per_s": _med([r.get("records_per_s") for r in rs]),
+        "p50_ms": _med([r.get("p50_ms") for r in rs]) if sustained else None,
+        "p99_ms": _med([r.get("p99_ms") for r in rs]) if sustained else None,
+        "p999_ms": _med([r.get("p999_ms") for r in rs]) if sustained else None,
+        "rss_mb": max((r["rss_mb"] for r in rs if r.get("rss_mb")), default=None),
+        "cpu_s_per_million": _med([r.get("cpu_s_per_million") for r in rs]),
+        "sustained": sustained, "repeats": len(rs),
+        "runs_records_per_s": [None if r.get("records_per_s") is None
+                               else round(r["records_per_s"]) for r in rs],
+        "outputs": [r.get("outputs") for r in rs], "expected": rs[0].get("expected"),
+        "note": "; ".join(notes) or None,
+    }
