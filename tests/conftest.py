@@ -34,9 +34,14 @@ def kafka_bootstrap() -> Iterator[str]:
     from streamflow.services.kafka import delete_topics
 
     services.up(["kafka"])  # reuses a running broker; raises (fails the test) if it cannot start
-    asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))  # a killed run's
+    # Leftovers of killed runs go at the start, ours at the end; a developer running two
+    # sessions against one broker sets STREAMFLOW_TEST_KEEP_TOPICS=1 so neither wipes the other.
+    keep = os.environ.get("STREAMFLOW_TEST_KEEP_TOPICS") == "1"
+    if not keep:
+        asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))
     yield services.KAFKA_BOOTSTRAP
-    asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))
+    if not keep:
+        asyncio.run(delete_topics(services.KAFKA_BOOTSTRAP, TEST_TOPIC.match))
 
 
 @pytest.fixture(scope="session")
