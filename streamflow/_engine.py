@@ -74,11 +74,15 @@ class Worker:
         settings: Settings | None = None,
         transport: Transport | None = None,
         serve: bool = False,
+        sources: bool = True,
     ) -> None:
         """``serve``: keep consuming after the sources ran dry, until ``request_stop`` (the
-        ``streamflow worker`` mode, one of several processes sharing the partitions)."""
+        ``streamflow worker`` mode, one of several processes sharing the partitions).
+        ``sources=False``: only stages and sinks; sources read outside any consumer group,
+        so with several workers one of them runs them."""
         pipeline.validate()
         self.serve = serve
+        self.run_sources = sources
         self.pipeline = pipeline
         self.settings = settings or Settings.load()
         self.transport = transport or make_transport(self.settings)
@@ -109,7 +113,7 @@ class Worker:
         # Build every connector first so a misconfigured one fails before anything runs.
         sources = [
             (sp, build_source(sp.connector, sp.config) if isinstance(sp.connector, str)
-             else sp.connector) for sp in p.sources
+             else sp.connector) for sp in p.sources if self.run_sources
         ]
         sinks = [
             (sp, build_sink(sp.connector, sp.config) if isinstance(sp.connector, str)

@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
         worker_id=getattr(args, "worker_id", None),
     )
     pipeline = load_pipeline(args.target)
-    worker = Worker(pipeline, settings, serve=serve)
+    worker = Worker(pipeline, settings, serve=serve,
+                    sources=not getattr(args, "no_sources", False))
     where = (f"Kafka at {settings.kafka_bootstrap}" if settings.kafka_bootstrap
              else f"the embedded log in {settings.state_dir}")
     mode = "exactly once" if settings.exactly_once else "at least once"
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", metavar="ID",
                         help="a stable name for this process (STREAMFLOW_WORKER_ID), e.g. a "
                              "pod name: a restarted worker takes its partitions back at once")
+    worker.add_argument("--no-sources", action="store_true",
+                        help="run only stages and sinks: sources are not partitioned, so "
+                             "with several workers exactly one runs them")
 
     conn = sub.add_parser("connectors", help="installed connectors")
     conn_sub = conn.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")

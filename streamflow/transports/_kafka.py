@@ -20,6 +20,8 @@ from ._kafka_eos import KafkaEosSubscription
 from ._protocol import AssignCallback, Message, OutMessage
 from ._txn import CURRENT
 
+REBALANCE_TIMEOUT_MS = 120_000
+
 
 class TransportError(RuntimeError):
     pass
@@ -58,6 +60,13 @@ class KafkaTransport:
             "partition_assignment_strategy": (RangePartitionAssignor,),
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": max(500, self.session_timeout_ms // 6),
+            # How long the broker waits for members to rejoin a rebalance. aiokafka defaults it
+            # to the session timeout (6 s), but a member rejoins only after its assignment
+            # callback (fencing, restoring barrier state, loading fired runs) has finished, which
+            # can take longer: it was then dropped from the group, and every rejoin started a new
+            # rebalance. The Java client waits max.poll.interval.ms (300 s); a dead member is
+            # still dropped after the session timeout.
+            "rebalance_timeout_ms": max(REBALANCE_TIMEOUT_MS, self.session_timeout_ms),
             # Static membership: a restarted worker with the same id takes its partitions back
             # at once instead of waiting for the session timeout and a rebalance.
             "group_instance_id": f"{self.instance_id}" if self.instance_id else None,
@@ -107,6 +116,8 @@ class KafkaTransport:
         if self._producer is None:
             return
         client = self._producer.client
+        for t in topics:  # once it tracks topics, the client asks metadata for those only
+            client.add_topic(t)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

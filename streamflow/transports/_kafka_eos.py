@@ -81,6 +81,11 @@ class KafkaEosSubscription:
         self._txns: dict[int, _PartitionTxn] = {}
         self._committed: dict[tuple[str, int], int] = {}  # what this member last committed
         self._partial: set[int] = set()  # handled only a prefix of what was polled
+        # Assignments are numbered: a poll that began before partition n was (re)assigned
+        # returns records of n that must not be handled (see ``poll``).
+        self._epoch = 0
+        self._poll_epoch = 0
+        self._since: dict[int, int] = {}
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self._closed = False
@@ -99,13 +104,28 @@ class KafkaEosSubscription:
 
     async def _assigned(self, partitions: set[int]) -> None:
         assert self.consumer is not None
-        new = sorted(partitions - set(self._txns))
-        producers = await asyncio.gather(*(self._fence(n) for n in new))
-        self._txns.update(zip(new, producers, strict=True))
-        tps = [tp for tp in self.consumer.assignment() if tp.partition in new]
-        if tps:  # read after fencing: the previous owner's last transaction is settled now
-            for tp, off in (await self.consumer.seek_to_committed(*tps)).items():
-                self._committed[(tp.topic, tp.partition)] = off or 0
+        # Under the lock: the run loop handles partition n only once it is fenced and its
+        # position set, never between the two.
+        async with self.lock:
+            new = sorted(partitions - set(self._txns))
+            log.debug("%s: assigned %s (new: %s)", self.group, partitions, new)
+            producers = await asyncio.gather(*(self._fence(n) for n in new))
+            tps = [tp for tp in self.consumer.assignment() if tp.partition in new]
+            if tps:  # read after fencing: the previous owner's last transaction is settled
+                # Records of a partition polled before it was ours were skipped, not handled:
+                # seek back explicitly, to the start when the group never committed there.
+                fresh = []
+                for tp, off in (await self.consumer.seek_to_committed(*tps)).items():
+                    self._committed[(tp.topic, tp.partition)] = off or 0
+                    if not off:
+                        fresh.append(tp)
+                if fresh:  # a synchronous seek: seek_to_beginning resets lazily, later
+                    for tp, start in (await self.consumer.beginning_offsets(fresh)).items():
+                        self.consumer.seek(tp, start)
+            self._txns.update(zip(new, producers, strict=True))
+            self._epoch += 1
+            for n in new:
+                self._since[n] = self._epoch
         if self._user_assign is not None:
             await self._user_assign(partitions)
 
@@ -152,11 +172,28 @@ class KafkaEosSubscription:
             if n not in self._txns:
                 yield False
                 return
+            if self._since.get(n, 0) > self._poll_epoch:
+                self._rewind_to_commit(n)
+                yield False
+                return
             token = CURRENT.set(_Target(self, n))
             try:
                 yield True
             finally:
                 CURRENT.reset(token)
+
+    def _rewind_to_commit(self, n: int) -> None:
+        """Partition n was assigned while the last poll waited: its records may predate the
+        assignment's seek. Handling none of them is right only if the position goes back
+        too (committing at the read position would skip them). Nothing of n was handled
+        since its assignment, so its committed offsets are where to resume."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            off = self._committed.get((tp.topic, tp.partition))
+            if tp.partition == n and off is not None:
+                log.debug("%s: records of %s polled across its assignment dropped; back to "
+                          "%d", self.group, tp, off)
+                self.consumer.seek(tp, off)
 
     def mark_done(self, messages: Sequence[Message], partial: bool = False) -> None:
         """Called inside ``partition(n)``: these inputs commit with n's transaction.
@@ -175,8 +212,11 @@ class KafkaEosSubscription:
         assert self.consumer is not None
         try:
             assignment = self.consumer._subscription.subscription.assignment
-            pos = assignment.state_value(TopicPartition(*tp)).position
-        except (AttributeError, KeyError, TypeError):
+            state = assignment.state_value(TopicPartition(*tp))
+            if state is None or not state.has_valid_position:
+                return None  # a seek or reset is pending: nothing read past the commit
+            pos = state.position
+        except (AttributeError, KeyError, TypeError, AssertionError):
             return None
         return pos if isinstance(pos, int) else None
 
@@ -214,6 +254,8 @@ class KafkaEosSubscription:
         if at_position:
             for tp, pos in self._ahead(n).items():
                 offsets[tp] = max(pos, offsets.get(tp, 0))
+        log.debug("%s: partition %d commits %d records with offsets %s", self.group, n,
+                  txn.produced, offsets)
         try:
             if not txn.open:
                 await txn.producer.begin_transaction()
@@ -237,6 +279,7 @@ class KafkaEosSubscription:
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]:
         assert self.consumer is not None
+        self._poll_epoch = self._epoch  # what was assigned when this fetch started
         return await self.t._poll(self.consumer, max_records, timeout)
 
     async def commit(self, messages: Sequence[Message]) -> None:
