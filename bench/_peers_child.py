@@ -6,6 +6,7 @@ memory are its own. The environment of the spec is applied before anything is im
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -19,6 +20,9 @@ MODULES = {"streamflow": "_peers_sf", "aiokafka-raw": "_peers_raw", "faust": "_p
 def main() -> None:
     spec = Spec.from_json(sys.argv[1])
     os.environ.update(spec.env)
+    if os.environ.get("BENCH_PEERS_GC") == "relaxed":
+        # An experiment, never in the reported rows: how much does the cyclic GC cost?
+        gc.set_threshold(100_000, 50, 100)
     mod = importlib.import_module(f"bench.{MODULES[spec.system]}")
     mod.main(spec)
 

@@ -95,7 +95,7 @@ def payment_json(i: int, sent_ns: int, rnd: random.Random) -> bytes:
 
 
 def partition_of(key: bytes, partitions: int = PARTITIONS) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def traceparent(rnd: random.Random, ratio: float) -> bytes:

@@ -23,14 +23,14 @@ def main(spec: Spec) -> None:
         f"{spec.ns}-faust", broker=f"kafka://{spec.bootstrap}", store="memory://",
         key_serializer="raw", value_serializer="raw", topic_partitions=spec.partitions,
         topic_replication_factor=1, web_enabled=False, consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once")
+        processing_guarantee="at_least_once", producer_linger=0.005)
     dst = app.topic(spec.topic(spec.output), key_serializer="raw", value_serializer="raw",
                     partitions=spec.partitions)
 
     if spec.workload == "join":
         sales_topic = spec.topic("sales")
         pending = app.Table("pending", default=None, partitions=spec.partitions,
-                            key_serializer="raw", value_serializer="raw")
+                            key_type=bytes, value_type=bytes)
         both = app.topic(spec.topic("sales"), spec.topic("payments"), key_serializer="raw",
                          value_serializer="raw")
 

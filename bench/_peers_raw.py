@@ -46,13 +46,13 @@ def _work(spec: Spec) -> Work:
             if p is None:
                 sales[key] = s
                 return None
-        else:
-            p = Payment.model_validate_json(m.value)
-            s = sales.pop(key, None)  # type: ignore[assignment]
-            if s is None:
-                payments[key] = p
-                return None
-        return settle(s, p).model_dump_json().encode()
+            return settle(s, p).model_dump_json().encode()
+        p = Payment.model_validate_json(m.value)
+        s0 = sales.pop(key, None)
+        if s0 is None:
+            payments[key] = p
+            return None
+        return settle(s0, p).model_dump_json().encode()
 
     return join
 

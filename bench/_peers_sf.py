@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker
@@ -55,7 +56,7 @@ def settings(spec: Spec) -> Settings:
             raise SystemExit("this StreamFlow has no exactly_once setting")
         extra["exactly_once"] = True
     return Settings(kafka_bootstrap=spec.bootstrap, namespace=spec.ns,
-                    partitions=spec.partitions, state_dir=f"/tmp/{spec.ns}", http_port=None,
+                    partitions=spec.partitions, state_dir=Path(f"/tmp/{spec.ns}"), http_port=None,
                     **extra)
 
 

@@ -16,6 +16,8 @@ over StreamFlow at shipped defaults, raw aiokafka, Faust and Quix (at-least-once
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import shutil
 import statistics
 import sys
@@ -52,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", default="passthrough,map,join,latency")
     parser.add_argument("--systems", default="",
                         help="comma-separated system[:settings] to keep (default: all)")
+    parser.add_argument("--cap-seconds", type=float, default=None,
+                        help="stop a throughput run this long after 2%% of its output "
+                             "(default: none; 30 with --quick)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the StreamFlow default rows (DIR/profiles/*.txt)")
 
@@ -96,10 +101,22 @@ async def _one(args: argparse.Namespace, system: str, settings: str, workload: s
         profile = (args.out / "profiles" / f"{workload}-{spec.ns}.txt"
                    if args.profile and (system, settings) == ("streamflow", "defaults")
                    else None)
-        return await throughput_run(spec, args.records, logdir, profile)
+        return await throughput_run(spec, args.records, logdir, profile, args.cap_seconds)
+    except Exception as e:  # a broker restarted under us, say: report the run, go on
+        return {"note": f"run failed: {type(e).__name__}: {e}"}
     finally:
-        await delete_topics(spec.bootstrap, lambda t: spec.ns in t)
-        shutil.rmtree(f"/tmp/{spec.ns}", ignore_errors=True)
+        await _cleanup(spec)
+
+
+async def _cleanup(spec: Spec) -> None:
+    shutil.rmtree(f"/tmp/{spec.ns}", ignore_errors=True)
+    for attempt in range(3):
+        try:
+            await delete_topics(spec.bootstrap, lambda t: spec.ns in t)
+            return
+        except Exception as e:
+            _say(f"could not delete the topics of {spec.ns} ({e}); attempt {attempt + 1}/3")
+            await asyncio.sleep(5)
 
 
 def _say(msg: str) -> None:
@@ -109,7 +126,10 @@ def _say(msg: str) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.repeats, args.records = 1, 200_000
+        args.cap_seconds = args.cap_seconds or 30.0
     seconds = args.seconds or (15.0 if args.quick else 30.0)
+    # Fresh topics answer "not found"/"not leader" for a moment; aiokafka retries and warns.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     configs = _configs(args)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     services.up(["kafka", "jaeger"] if any(c[1] == "tracing-1pct" for c in configs)
@@ -124,6 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for rep in range(args.repeats):
         for k, (workload, rate) in enumerate(plan):
             for system, settings in _rotate(configs, rep + k):
+                t_run = time.monotonic()
                 res = await _one(args, system, settings, workload, rate, seconds)
                 runs.setdefault((workload, system, settings, rate), []).append(res)
                 what = f"{workload}{f' {rate:.0f}/s' if rate else ''}"
@@ -131,7 +152,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 _say(f"repeat {rep + 1}/{args.repeats} {what:<14} {system}:{settings:<14} "
                      f"{f'{rps:,.0f} records/s' if rps else '-':>18}  "
                      f"p99={res.get('p99_ms')} cpu/M={_f(res.get('cpu_s_per_million'))} "
-                     f"rss={res.get('rss_mb')} {res.get('note') or ''}")
+                     f"rss={res.get('rss_mb')} ({time.monotonic() - t_run:.0f} s) "
+                     f"{res.get('note') or ''}")
     rows = [_row(key, rs) for key, rs in runs.items()]
     vers = versions()
     for row in rows:
