@@ -64,8 +64,25 @@ class StateStore(Generic[S]):
 
     async def restore(self, partitions: set[int]) -> None:
         """Partitions were assigned to us: load their states from the changelog."""
+        self.prefetch(partitions)
         for p in partitions:
             await self.ensure_restored(p)
+
+    def prefetch(self, partitions: set[int]) -> None:
+        """Start loading these partitions without waiting: a rebalance callback must return
+        quickly, because aiokafka sends no heartbeat until it has (a callback longer than the
+        session timeout gets the member dropped, and its rejoin rebalances everyone again).
+        Every offer awaits ``ensure_restored`` first, so no input meets a partial state."""
+        for p in partitions:
+            self._task(p)
+
+    def _task(self, partition: int) -> asyncio.Future[None]:
+        task = self._restores.get(partition)
+        if task is None or (task.done() and not task.cancelled()
+                            and task.exception() is not None):  # failed (broker gone): again
+            task = asyncio.ensure_future(self._load(partition))
+            self._restores[partition] = task
+        return task
 
     async def ensure_restored(self, partition: int) -> None:
         """Load changelog partition ``partition`` once, before any of its inputs is offered.
@@ -73,11 +90,13 @@ class StateStore(Generic[S]):
         aiokafka may hand out records of a new assignment before (or while) the rebalance
         callback runs, so every offer waits here too; both share one load per partition.
         """
-        task = self._restores.get(partition)
-        if task is None:
-            task = asyncio.ensure_future(self._load(partition))
-            self._restores[partition] = task
-        await task
+        while True:
+            task = self._task(partition)
+            await task
+            if self._restores.get(partition) is task:
+                return
+            # Forgotten and assigned again while loading: that load kept nothing; wait for
+            # the current one.
 
     def loaded(self, partition: int) -> bool:
         """Restored already: the hot path skips awaiting ``ensure_restored``."""
@@ -90,7 +109,10 @@ class StateStore(Generic[S]):
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0
-        for m in await self.ctx.transport.read_topic(self.topic, {partition}):
+        msgs = await self.ctx.transport.read_topic(self.topic, {partition})
+        if self._restores.get(partition) is not asyncio.current_task():
+            return  # revoked (forgotten) while loading: the state belongs to its new owner
+        for m in msgs:
             key = (m.key or b"").decode()
             if not m.value:
                 self.states.pop(key, None)

@@ -47,7 +47,7 @@ async def gate_run(runner: StageRunner, plan: PlannedRun, attempt: int, m: Messa
                       "replay` this once the partition is released")
             out.append(runner._dead_plan(reason, plan, m, run, spans, None, attempt, "gate"))
             out.append(runner._ledger(plan, "dead-lettered", attempt, started, [], None))
-            runner.fire(plan.run_id)
+            runner.fire(plan)
         else:
             out.append(parking)
             out.append(runner._ledger(plan, "parked", attempt, started, [], None))
@@ -126,7 +126,7 @@ def _hold_run(runner: StageRunner, plan: PlannedRun, key: str, verdict: Verdict,
                              f"superseded by run {plan.run_id}, which is held in its place"))
     out.append(runner._ledger(plan, "held", attempt, started, [], exc))
     mt.add(mt.runs, (name, "held"))
-    runner.fire(plan.run_id)
+    runner.fire(plan)
     if new:
         keeper.alert("gate-held", plan, reason, plan.checks or [])
 

@@ -28,6 +28,7 @@ from ._telemetry import Tracing, parse_traceparent, traceparent_of
 from ._triggers import PartitionState
 from .connectors import ConnectorContext, Sink, SinkRecord, Source, SourceRecord
 from .transports import (
+    RECOVERABLE,
     Message,
     OutMessage,
     Subscription,
@@ -249,10 +250,14 @@ class _Consumer:
                 for m in msgs:
                     by_partition.setdefault(m.partition, []).append(m)
                 for n, group in by_partition.items():
+                    if not await self.wait_ready(group):
+                        break  # stopping: the rest is read again by the next owner
                     async with sub.partition(n) as owned:
                         if owned:
                             done = await self.handle(group)
                             sub.mark_done(done, partial=len(done) < len(group))
+                if self._stop.is_set():
+                    break  # what was cut short must not be committed at the read position
                 await self.idle()
                 caught_up = len(msgs) < self.ctx.poll_batch
                 if sub.pending() and (caught_up or
@@ -260,18 +265,19 @@ class _Consumer:
                     await sub.flush()
                     self.committed()
                     last_commit = loop.time()
-            except TransactionFailed as e:
+            except RECOVERABLE as e:
                 await self._rewind(e)
         if self.sub is not None:
             if _transactional(self.sub):
                 with contextlib.suppress(TransactionFailed):  # the next owner redoes it
-                    await self.sub.flush()
+                    # Only what was handled: a batch cut short by the stop was read past.
+                    await self.sub.flush(at_position=False)
             await self.sub.close()
 
-    async def _rewind(self, e: TransactionFailed) -> None:
+    async def _rewind(self, e: BaseException) -> None:
         """Drop everything since the last commit and read on from there, as a new owner
         would: the transaction's outputs were discarded, so in-memory state must be too."""
-        log.warning("%s: %s; rewinding to the last commit", self.group, e)
+        log.warning("%s: %s: %s; rewinding to the last commit", self.group, type(e).__name__, e)
         mt = self.ctx.metrics
         mt.failed(self.kind, self.name, f"transaction lost: {e}")
         if self.sub is not None:
@@ -293,6 +299,12 @@ class _Consumer:
 
     async def rewound(self) -> None:
         """Hook: forget state derived from uncommitted work."""
+
+    async def wait_ready(self, msgs: list[Message]) -> bool:
+        """Hook: wait, outside the partition's transaction, until ``msgs`` may be handled;
+        False if stopping. (A rebalance waits for the partition; aiokafka does not heartbeat
+        meanwhile, so no long wait may happen inside.)"""
+        return True
 
     def committed(self) -> None:
         """Hook: the open transactions committed."""

@@ -29,7 +29,7 @@ from ._barrier import BarrierGate, Late
 from ._deadletter import describe_validation, error_info
 from ._gate_lane import gate_run
 from ._gating import Gatekeeper
-from ._ledger import FINAL, RunInput, RunStatus, fold, record_message, runs_topic
+from ._ledger import RunInput, RunStatus, fired_of, fold_raw, record_message, runs_topic
 from ._model import H_ATTEMPT, H_PLANNED, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
@@ -89,8 +89,10 @@ class StageRunner(_Consumer):
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
-        self._uncommitted: list[str] = []  # fired in a transaction not committed yet
+        # Run ids fired in a transaction not committed yet, per input partition number.
+        self._uncommitted: dict[int, list[str]] = {}
         self._fresh: set[int] | None = None  # partitions whose fired runs are known
+        self._loading: list[asyncio.Future[None]] = []  # fired runs of partitions moved here
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
@@ -106,47 +108,55 @@ class StageRunner(_Consumer):
         stores = self._stores()
 
         async def assign(partitions: set[int]) -> None:
+            # Loads start here and are awaited before the partition's first record is handled,
+            # not here: aiokafka heartbeats only once this callback has returned.
             for st in stores:
-                await st.restore(partitions)
+                st.prefetch(partitions)
             if self._fresh is None:  # the first assignment: the worker read the whole ledger
                 self._fresh = set(partitions)
             elif partitions - self._fresh:  # moved here: what its previous owner already ran
-                await self._load_fired(partitions - self._fresh)
+                self._loading.append(asyncio.ensure_future(
+                    self._load_fired(partitions - self._fresh)))
                 self._fresh |= partitions
 
         async def revoke(partitions: set[int]) -> None:
             for st in stores:
                 await st.forget(partitions)
+            # Its last commit may have failed (the broker away during the rebalance).
+            self._unfire(partitions)
             if self._fresh is not None:
                 self._fresh -= partitions
 
         self.sub = await self.ctx.transport.subscribe(
             self.group, self.topics, on_assign=assign, on_revoke=revoke)
 
-    def fire(self, run_id: str) -> None:
+    def fire(self, plan: PlannedRun) -> None:
         """The run reached a final status: a redelivered or duplicated input skips it."""
-        self.fired.add(run_id)
+        self.fired.add(plan.run_id)
         if self.sub is not None and self.sub.exactly_once:
-            self._uncommitted.append(run_id)
+            self._uncommitted.setdefault(plan.kafka_partition, []).append(plan.run_id)
 
     def committed(self) -> None:
         self._uncommitted.clear()
+
+    def _unfire(self, partitions: set[int] | None = None) -> None:
+        """Fired runs whose transaction may be lost are forgotten; a partition that comes
+        back reloads what did commit from the ledger."""
+        for p in list(self._uncommitted) if partitions is None else partitions:
+            self.fired.difference_update(self._uncommitted.pop(p, ()))
 
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""
         for st in self._stores():
             await st.forget(set(st._restores))
-        self.fired.difference_update(self._uncommitted)
-        self._uncommitted.clear()
+        self._unfire()
         self._fresh = set()
 
     async def _load_fired(self, partitions: set[int]) -> None:
         """Runs that reached a final status on these partitions, from the ledger: a partition
         that moved here brings what its previous owner already ran."""
         msgs = await self.ctx.transport.read_topic(self.runs_topic, partitions)
-        for rid, rec in fold(msgs).items():
-            if rec.stage == self.name and rec.status in FINAL:
-                self.fired.add(rid)
+        self.fired.update(fired_of(fold_raw(msgs), self.name))
 
     def busy(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.any_expired()
@@ -198,14 +208,14 @@ class StageRunner(_Consumer):
                 self._deadline_alert(plan, "skipped")
                 mt.add(mt.runs, (self.name, "skipped"))
                 out.append(self._ledger(plan, "skipped", 1, time.time(), [], None))
-                self.fire(plan.run_id)
+                self.fire(plan)
             else:
                 self._deadline_alert(plan, "failed")
                 reason = f"stage {self.name!r}: {self.gate.deadline_reason(plan)}"
                 out.append(self._dead_plan(reason, plan, None, None, spans, None, 1))
                 mt.add(mt.runs, (self.name, "dead-lettered"))
                 out.append(self._ledger(plan, "dead-lettered", 1, time.time(), [], None))
-                self.fire(plan.run_id)
+                self.fire(plan)
         if out:
             await self.ctx.transport.publish(out)
             self._published()
@@ -228,7 +238,23 @@ class StageRunner(_Consumer):
         """A gated stage's two lanes decide and publish one at a time (they share its holds)."""
         return self.keeper.lock if self.keeper is not None else contextlib.nullcontext()
 
+    async def _fired_loaded(self) -> None:
+        """Runs a partition's previous owner fired are known before its records run."""
+        while self._loading:
+            task = self._loading[0]
+            try:
+                await task
+            except Exception:  # the ledger could not be read (broker gone): read it again
+                log.warning("stage %s: loading fired runs failed; retrying", self.name,
+                            exc_info=True)
+                self._loading[0] = asyncio.ensure_future(self._load_fired(set(self._fresh or ())))
+                await asyncio.sleep(0.5)
+                continue
+            self._loading.pop(0)
+
     async def handle(self, msgs: list[Message]) -> list[Message]:
+        if self._loading:
+            await self._fired_loaded()
         if self.retry_lane and self.keeper is not None:
             return await self._handle_each(msgs)
         out: list[OutMessage] = []
@@ -262,9 +288,15 @@ class StageRunner(_Consumer):
             done.append(m)
         return done
 
+    async def wait_ready(self, msgs: list[Message]) -> bool:
+        """The retry lane waits for the last due time of a partition's batch before taking
+        the partition, so a rebalance never waits for a backoff."""
+        if not self.retry_lane:
+            return True
+        return await self._wait_until_due(max(msgs, key=_due_ms))
+
     async def _wait_until_due(self, m: Message) -> bool:
-        due_ms = next((int(v) for k, v in m.headers if k == H_RETRY_AT), 0)
-        delay = due_ms / 1000 - time.time()
+        delay = _due_ms(m) / 1000 - time.time()
         if delay <= 0:
             return True
         with contextlib.suppress(TimeoutError):
@@ -436,7 +468,7 @@ class StageRunner(_Consumer):
                 out.append(self._dead_plan(reason, plan, m, run, spans, e, attempt))
                 out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
                 mt.add(mt.runs, (spec.name, "dead-lettered"))
-                self.fire(plan.run_id)
+                self.fire(plan)
             return released
         mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
@@ -447,7 +479,7 @@ class StageRunner(_Consumer):
         if produced and spec.output is not None:
             mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
         out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
-        self.fire(plan.run_id)
+        self.fire(plan)
         return released
 
     def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
@@ -519,6 +551,15 @@ class StageRunner(_Consumer):
             plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
             plan.parent[3:35].decode() if plan.parent else None, plan.checks,
             plan.kafka_partition if plan.kafka_partition >= 0 else None)
+
+
+def _due_ms(m: Message) -> int:
+    """When a retry may run (0: now); bad metadata from a foreign producer means now."""
+    raw = next((v for k, v in m.headers if k == H_RETRY_AT), b"0")
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

@@ -189,7 +189,7 @@ class EmbeddedSubscription:
     def pending(self) -> bool:
         return bool(self._out or self._done)
 
-    async def flush(self) -> None:
+    async def flush(self, at_position: bool = True) -> None:
         async with self.lock:
             out, done = self._out, self._done
             self._out, self._done = [], {}

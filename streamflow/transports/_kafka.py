@@ -16,6 +16,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from ._aio import stop_quietly
 from ._kafka_eos import KafkaEosSubscription
 from ._protocol import AssignCallback, Message, OutMessage
 from ._txn import CURRENT
@@ -329,7 +330,6 @@ class KafkaSubscription:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
+            await stop_quietly(self.consumer)
             if self in self.t._subs:
                 self.t._subs.remove(self)

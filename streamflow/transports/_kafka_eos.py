@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from ._aio import stop_quietly
 from ._protocol import AssignCallback, Message, OutMessage
 from ._txn import CURRENT, TransactionFailed, crash_hook, last_offsets
 
@@ -157,8 +158,7 @@ class KafkaEosSubscription:
             del self._committed[tp]
         txn = self._txns.pop(n, None)
         if txn is not None:
-            with contextlib.suppress(Exception):
-                await txn.producer.stop()
+            await stop_quietly(txn.producer)
 
     def _dirty(self, n: int) -> bool:
         txn = self._txns.get(n)
@@ -235,11 +235,13 @@ class KafkaEosSubscription:
     def pending(self) -> bool:
         return any(self._dirty(n) or self._ahead(n) for n in self._txns)
 
-    async def flush(self) -> None:
-        """Commit at the read position: every record returned so far was handled (the run
-        loop flushes between batches)."""
+    async def flush(self, at_position: bool = True) -> None:
+        """Commit; ``at_position``: at the read position, when every record returned so far
+        was handled (the run loop flushes between batches)."""
         async with self.lock:
-            await self._commit([n for n in self._txns if self._dirty(n) or self._ahead(n)])
+            await self._commit([n for n in self._txns
+                                if self._dirty(n) or (at_position and self._ahead(n))],
+                               at_position)
 
     async def _commit(self, partitions: list[int], at_position: bool = True) -> None:
         results = await asyncio.gather(*(self._commit_one(n, at_position) for n in partitions),
@@ -310,8 +312,7 @@ class KafkaEosSubscription:
             for n in list(self._txns):
                 await self._drop(n)
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
+            await stop_quietly(self.consumer)
         if self in self.t._subs:
             self.t._subs.remove(self)
 

@@ -84,8 +84,9 @@ class TransactionalSubscription(Subscription, Protocol):
         """Something is waiting in an open transaction."""
         ...
 
-    async def flush(self) -> None:
-        """Commit every open transaction; raises ``TransactionFailed`` when one is lost (the
+    async def flush(self, at_position: bool = True) -> None:
+        """Commit every open transaction (``at_position``: at the read position, when every
+        record polled so far was handled); raises ``TransactionFailed`` when one is lost (the
         caller rewinds to the last commit)."""
         ...
 
