@@ -267,12 +267,12 @@ class _Consumer:
                     last_commit = loop.time()
             except RECOVERABLE as e:
                 await self._rewind(e)
-        if self.sub is not None:
-            if _transactional(self.sub):
-                with contextlib.suppress(TransactionFailed):  # the next owner redoes it
-                    # Only what was handled: a batch cut short by the stop was read past.
-                    await self.sub.flush(at_position=False)
-            await self.sub.close()
+        sub = self.sub
+        if sub is not None and _transactional(sub):
+            with contextlib.suppress(TransactionFailed):  # the next owner redoes it
+                # Only what was handled: a batch cut short by the stop was read past.
+                await sub.flush(at_position=False)
+            await sub.close()
 
     async def _rewind(self, e: BaseException) -> None:
         """Drop everything since the last commit and read on from there, as a new owner

@@ -30,7 +30,16 @@ from ._deadletter import describe_validation, error_info
 from ._gate_lane import gate_run
 from ._gating import Gatekeeper
 from ._ledger import RunInput, RunStatus, fired_of, fold_raw, record_message, runs_topic
-from ._model import H_ATTEMPT, H_PLANNED, H_RETRY_AT, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._model import (
+    H_ATTEMPT,
+    H_PLANNED,
+    H_RETRY_AT,
+    H_TRACEPARENT,
+    Arrival,
+    Asset,
+    _int,
+    stable_id,
+)
 from ._pipeline import StageSpec
 from ._runners import Ctx, _Consumer, _end, _fail, replay_topic
 from ._spans import AttrValue, RecSpan
@@ -92,7 +101,8 @@ class StageRunner(_Consumer):
         # Run ids fired in a transaction not committed yet, per input partition number.
         self._uncommitted: dict[int, list[str]] = {}
         self._fresh: set[int] | None = None  # partitions whose fired runs are known
-        self._loading: list[asyncio.Future[None]] = []  # fired runs of partitions moved here
+        # Fired runs of partitions moved here, being loaded: (partitions, load).
+        self._loading: list[tuple[set[int], asyncio.Future[None]]] = []
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
@@ -115,8 +125,8 @@ class StageRunner(_Consumer):
             if self._fresh is None:  # the first assignment: the worker read the whole ledger
                 self._fresh = set(partitions)
             elif partitions - self._fresh:  # moved here: what its previous owner already ran
-                self._loading.append(asyncio.ensure_future(
-                    self._load_fired(partitions - self._fresh)))
+                moved = partitions - self._fresh
+                self._loading.append((moved, asyncio.ensure_future(self._load_fired(moved))))
                 self._fresh |= partitions
 
         async def revoke(partitions: set[int]) -> None:
@@ -241,14 +251,15 @@ class StageRunner(_Consumer):
     async def _fired_loaded(self) -> None:
         """Runs a partition's previous owner fired are known before its records run."""
         while self._loading:
-            task = self._loading[0]
+            partitions, task = self._loading[0]
             try:
                 await task
             except Exception:  # the ledger could not be read (broker gone): read it again
                 log.warning("stage %s: loading fired runs failed; retrying", self.name,
                             exc_info=True)
-                self._loading[0] = asyncio.ensure_future(self._load_fired(set(self._fresh or ())))
                 await asyncio.sleep(0.5)
+                self._loading[0] = (partitions,
+                                    asyncio.ensure_future(self._load_fired(partitions)))
                 continue
             self._loading.pop(0)
 
@@ -555,11 +566,7 @@ class StageRunner(_Consumer):
 
 def _due_ms(m: Message) -> int:
     """When a retry may run (0: now); bad metadata from a foreign producer means now."""
-    raw = next((v for k, v in m.headers if k == H_RETRY_AT), b"0")
-    try:
-        return int(raw)
-    except ValueError:
-        return 0
+    return _int(next((v for k, v in m.headers if k == H_RETRY_AT), None), 0)
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 from ._aio import stop_quietly
 from ._kafka_eos import KafkaEosSubscription
 from ._protocol import AssignCallback, Message, OutMessage
-from ._txn import CURRENT
+from ._txn import CURRENT, last_offsets
 
 REBALANCE_TIMEOUT_MS = 120_000
 
@@ -313,12 +313,9 @@ class KafkaSubscription:
         return await self.t._poll(self.consumer, max_records, timeout)
 
     async def commit(self, messages: Sequence[Message]) -> None:
-        last: dict[TopicPartition, int] = {}
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            last[tp] = max(last.get(tp, -1), m.offset)
+        last = last_offsets(messages)
         if last:
-            await self.consumer.commit({tp: off + 1 for tp, off in last.items()})
+            await self.consumer.commit({TopicPartition(*tp): off for tp, off in last.items()})
 
     async def lag(self) -> int:
         lags = await self.lags()
