@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import orjson
 
 from ._ledger import RunInput
-from ._model import H_MODE, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._model import H_BACKFILL, H_MODE, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._triggers import AllOf, AnyOf, Barrier, Fire, Inputs, PartitionState, Slot
 from .transports import Message, OutMessage
 
@@ -188,6 +188,7 @@ class BarrierGate:
         inputs: list[RunInput] = []
         parents: dict[str, bytes] = {}
         mode = "live"
+        backfill = ""
         partition = ""
         for name, slot in sorted(fire.slots.items()):
             asset = self.by_asset[name]
@@ -202,6 +203,7 @@ class BarrierGate:
                 parents[name] = tp
             if headers.get(H_MODE) == b"backfill":
                 mode = "backfill"
+                backfill = headers.get(H_BACKFILL, b"").decode("utf-8", "replace") or backfill
         # One input: its context is the parent. Several: the run is a child of the input that
         # completed the barrier and links to every other input.
         parent = parents.get(fire.completing or "") if fire.completing else None
@@ -209,7 +211,7 @@ class BarrierGate:
         payload = orjson.dumps({"run_id": fire.run_id, "partition": partition,
                                 "slots": {a: s.to_json() for a, s in fire.slots.items()}})
         return PlannedRun(run_id or fire.run_id, partition, Inputs(partition, records), inputs,
-                          parent, links, mode, replay, payload, planned=True)
+                          parent, links, mode, replay, payload, planned=True, backfill=backfill)
 
     def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
         """A retried or replayed run: everything it needs travels in its payload."""

@@ -66,6 +66,13 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(
         256 * 1024, ge=1024, le=900 * 1024,
         description="arrivals larger than this are dead-lettered instead of processed")
+    backfill_batch: int = Field(
+        64, ge=1, description="backfill records a stage handles between two looks at its live "
+                              "input: smaller keeps live latency lower while a backfill runs")
+    lineage: str | None = Field(
+        None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "
+                          "or 'openlineage' for the client's own OPENLINEAGE_* configuration "
+                          "(unset: none)")
 
     @field_validator("http_port", mode="before")
     @classmethod

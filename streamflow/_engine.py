@@ -20,6 +20,7 @@ from ._health import Probe
 from ._http import HttpServer
 from ._ledger import RunRecord, fired_of, fold_raw, runs_topic
 from ._metrics import Metrics
+from ._model import lane_topic
 from ._pipeline import Pipeline, PipelineError
 from ._runners import Counters, Ctx, SinkRunner, SourceRunner, connector_context, replay_topic
 from ._stage import StageRunner
@@ -108,7 +109,11 @@ class Worker:
         alerter = Alerter([*alert_sinks_from_env(os.environ), *p.alerts])
         ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
                   s.namespace, self.metrics, s.commit_interval_s, alerter, p.name,
-                  s.max_record_bytes)
+                  s.max_record_bytes, s.backfill_batch)
+        if s.lineage:  # imported only when asked for: the OpenLineage client loads slowly
+            from ._lineage import Lineage
+
+            ctx.lineage = Lineage.from_target(s.lineage, s.namespace, p.name)
         state = str(Path(s.state_dir) / s.namespace / p.name)
 
         # Build every connector first so a misconfigured one fails before anything runs.
@@ -136,6 +141,7 @@ class Worker:
                 if not isinstance(st.trigger, OnEach)] + [
                 hold_topic(s.namespace, st.name) for st in p.stages if st.checks]
             await self.transport.ensure_topics(topics, compacted=compacted)
+            await self._ensure_lanes(ctx)
             await self._check_copartitioned(ctx)
             for note in await check_contracts(self.transport, s.namespace, p.assets.values()):
                 log.info("%s", note)
@@ -197,6 +203,8 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await snk.stop()
             await alerter.close()
+            if ctx.lineage is not None:
+                await asyncio.to_thread(ctx.lineage.close)
             await self.transport.close()
             if http is not None:
                 await http.close()
@@ -232,12 +240,20 @@ class Worker:
                  s.http_host, self.http_port)
         return server
 
+    async def _ensure_lanes(self, ctx: Ctx) -> None:
+        """Each stage input's backfill lane, with as many partitions as its live topic."""
+        inputs = {a.name: a for st in self.pipeline.stages for a in st.inputs}
+        counts = {lane_topic(ctx.namespace, name): await self.transport.partition_count(
+            ctx.topic(a)) for name, a in inputs.items()}
+        await self.transport.ensure_topics(list(counts), partitions=counts)
+
     async def _check_copartitioned(self, ctx: Ctx) -> None:
         """A barrier needs partition n of each input (and of its state) on one worker."""
         for st in self.pipeline.stages:
-            if isinstance(st.trigger, OnEach) and not st.checks:
-                continue
+            # A backfill lane's partition n must hold the keys of live partition n: the same
+            # worker then decides both (the ledger's dedupe is in its memory).
             topics = [ctx.topic(a) for a in st.inputs]
+            topics += [lane_topic(ctx.namespace, a.name) for a in st.inputs]
             if not isinstance(st.trigger, OnEach):
                 topics.append(state_topic(ctx.namespace, st.name))
             if st.checks:

@@ -52,6 +52,10 @@ class RunRecord(BaseModel):
     """The W3C trace id of the record that fired the run (sampled or not)."""
     checks: list[dict[str, Any]] | None = None
     """Quality-gate results on the run's inputs, when the stage has checks."""
+    backfill: str | None = None
+    """The backfill this run belongs to (mode ``backfill``)."""
+    output: str | None = None
+    """The asset its outputs are arrivals of: ``streamflow lineage`` walks upstream by it."""
 
     def message(self, topic: str) -> OutMessage:
         return OutMessage(topic, orjson.dumps(self.model_dump()), self.run_id.encode(), [])
@@ -62,7 +66,8 @@ def record_message(topic: str, run_id: str, stage: str, partition: str, status: 
                    replay: int, inputs: Iterable[RunInput], outputs: list[str],
                    error: dict[str, Any] | None, trace_id: str | None,
                    checks: list[dict[str, Any]] | None = None,
-                   kafka_partition: int | None = None) -> OutMessage:
+                   kafka_partition: int | None = None, backfill: str = "",
+                   output: str | None = None) -> OutMessage:
     """A ``RunRecord`` message without building the model: one is written per run, and
     validating and dumping a pydantic model each time cost 5% of a map stage's CPU. On the
     run's input partition number when known (a worker taking over the partition reads only
@@ -74,6 +79,7 @@ def record_message(topic: str, run_id: str, stage: str, partition: str, status: 
         "inputs": [{"asset": i.asset, "partition": i.partition, "version": i.version,
                     "arrival_id": i.arrival_id} for i in inputs],
         "outputs": outputs, "error": error, "trace_id": trace_id, "checks": checks,
+        "backfill": backfill or None, "output": output,
     }
     # On its input's partition number: a worker taking that partition over reads only it.
     return OutMessage(topic, orjson.dumps(body), run_id.encode(), [], partition=kafka_partition)

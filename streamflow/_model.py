@@ -30,6 +30,9 @@ H_ATTEMPT = "sf-attempt"
 H_RETRY_AT = "sf-retry-at-ms"
 H_REPLAY = "sf-replay"
 H_PLANNED = "sf-planned-run"  # the message value holds a planned run's inputs, not a record
+H_BACKFILL = "sf-backfill"  # the backfill that replayed it (mode=backfill)
+H_RERUN = "sf-rerun"  # a backfill that reprocesses it: its run gets a new id
+H_BACKFILL_STAGES = "sf-backfill-stages"  # on a lane record: the stages it re-fires
 
 Headers = list[tuple[str, bytes]]
 
@@ -86,6 +89,12 @@ class Asset(Generic[M]):
         return int(time.time() * 1000)
 
 
+def lane_topic(namespace: str, asset: str) -> str:
+    """Where a backfill replays ``asset``: beside its live topic, read by the same consumer
+    group (so the same worker owns partition n of both) but only when live work is done."""
+    return f"{namespace}.backfill.{asset}"
+
+
 def stable_id(*parts: str | int) -> str:
     """A deterministic id: the same inputs always give the same id, so redelivery is harmless."""
     h = hashlib.blake2b(digest_size=16)
@@ -110,6 +119,9 @@ class Arrival:
     value: bytes
     traceparent: bytes | None = None
     replay: int = 0
+    backfill: str = ""
+    rerun: str = ""
+    """Set by a backfill with ``--reprocess failed|all``: the run happens again, as a new run."""
 
     def headers(self) -> Headers:
         h: Headers = [
@@ -125,6 +137,10 @@ class Arrival:
             h.append((H_TRACEPARENT, self.traceparent))
         if self.replay:
             h.append((H_REPLAY, str(self.replay).encode()))
+        if self.backfill:
+            h.append((H_BACKFILL, self.backfill.encode()))
+        if self.rerun:
+            h.append((H_RERUN, self.rerun.encode()))
         return h
 
     def message(self, topic: str) -> OutMessage:
@@ -148,6 +164,8 @@ class Arrival:
             value=value,
             traceparent=d.get(H_TRACEPARENT),
             replay=_int(d.get(H_REPLAY), 0),
+            backfill=d.get(H_BACKFILL, b"").decode("utf-8", "replace"),
+            rerun=d.get(H_RERUN, b"").decode("utf-8", "replace"),
         )
 
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 from opentelemetry.trace import SpanKind
@@ -36,6 +36,9 @@ from .transports import (
     TransactionFailed,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from ._lineage import Lineage
 
 log = logging.getLogger("streamflow.engine")
 
@@ -74,6 +77,9 @@ class Ctx:
     alerter: Alerter | None = None
     pipeline: str = ""
     max_record_bytes: int = 256 * 1024
+    backfill_batch: int = 64
+    lineage: Lineage | None = None
+    """OpenLineage run events, when ``Settings.lineage`` names a target."""
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)
@@ -219,7 +225,7 @@ class _Consumer:
         last_commit = loop.time()
         committing: asyncio.Task[None] | None = None  # one commit in flight, off the hot path
         while not self._stop.is_set():
-            msgs = await sub.poll(self.ctx.poll_batch, timeout=0.2)
+            msgs, _ = await self.poll(sub)
             if msgs:
                 pending.extend(await self.handle(msgs))
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
@@ -245,7 +251,7 @@ class _Consumer:
             sub = self.sub
             assert sub is not None and _transactional(sub)
             try:
-                msgs = await sub.poll(self.ctx.poll_batch, timeout=0.2)
+                msgs, more = await self.poll(sub)
                 by_partition: dict[int, list[Message]] = {}
                 for m in msgs:
                     by_partition.setdefault(m.partition, []).append(m)
@@ -259,8 +265,7 @@ class _Consumer:
                 if self._stop.is_set():
                     break  # what was cut short must not be committed at the read position
                 await self.idle()
-                caught_up = len(msgs) < self.ctx.poll_batch
-                if sub.pending() and (caught_up or
+                if sub.pending() and (not more or
                                       loop.time() - last_commit >= self.ctx.commit_interval_s):
                     await sub.flush()
                     self.committed()
@@ -296,6 +301,11 @@ class _Consumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
+
+    async def poll(self, sub: Subscription) -> tuple[list[Message], bool]:
+        """The next records to handle, and whether more are waiting (a full batch)."""
+        msgs = await sub.poll(self.ctx.poll_batch, timeout=0.2)
+        return msgs, len(msgs) >= self.ctx.poll_batch
 
     async def rewound(self) -> None:
         """Hook: forget state derived from uncommitted work."""

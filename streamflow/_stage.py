@@ -32,12 +32,14 @@ from ._gating import Gatekeeper
 from ._ledger import RunInput, RunStatus, fired_of, fold_raw, record_message, runs_topic
 from ._model import (
     H_ATTEMPT,
+    H_BACKFILL_STAGES,
     H_PLANNED,
     H_RETRY_AT,
     H_TRACEPARENT,
     Arrival,
     Asset,
     _int,
+    lane_topic,
     stable_id,
 )
 from ._pipeline import StageSpec
@@ -46,13 +48,16 @@ from ._spans import AttrValue, RecSpan
 from ._telemetry import traceparent_of
 from ._triggers import OnEach, PartitionState, Window
 from ._window import WindowGate
-from .transports import Message, OutMessage
+from .transports import Message, OutMessage, Subscription
 
 log = logging.getLogger("streamflow.stage")
 
 
 def run_id_of(stage: str, arr: Arrival) -> str:
-    """Deterministic: a redelivered arrival maps to the same run; a replay makes a new one."""
+    """Deterministic: a redelivered arrival maps to the same run (a backfill overlapping live
+    data too); a replay, or a backfill that reprocesses, makes a new one."""
+    if arr.rerun:
+        return stable_id(stage, arr.partition, arr.arrival_id, f"rerun-{arr.rerun}")
     if arr.replay:
         return stable_id(stage, arr.partition, arr.arrival_id, f"replay-{arr.replay}")
     return stable_id(stage, arr.partition, arr.arrival_id)
@@ -76,6 +81,7 @@ class PlannedRun:
     kafka_partition: int = -1
     """The input partition number it came from: where a gate's hold on it is kept."""
     checks: list[dict[str, Any]] | None = None
+    backfill: str = ""
 
 
 class StageRunner(_Consumer):
@@ -96,6 +102,15 @@ class StageRunner(_Consumer):
         self.topics = [self.retry_topic] if retry_lane else [ctx.topic(a) for a in spec.inputs]
         self.by_asset: dict[str, Asset[Any]] = {a.name: a for a in spec.inputs}
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
+        # The backfill lane: replayed arrivals, read in small slices once live input is done.
+        self.live_topics = frozenset(self.topics)
+        self.lane_topics = frozenset() if retry_lane else frozenset(
+            lane_topic(ctx.namespace, a.name) for a in spec.inputs)
+        if self.lane_topics:
+            self.topics += [lane_topic(ctx.namespace, a.name) for a in spec.inputs]
+            self.by_topic.update({lane_topic(ctx.namespace, a.name): a for a in spec.inputs})
+        self._lane_busy_at = 0.0  # when the lane last had records
+        self._lane_more = False  # the last look at the lane found records
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
         # Run ids fired in a transaction not committed yet, per input partition number.
@@ -167,6 +182,28 @@ class StageRunner(_Consumer):
         that moved here brings what its previous owner already ran."""
         msgs = await self.ctx.transport.read_topic(self.runs_topic, partitions)
         self.fired.update(fired_of(fold_raw(msgs), self.name))
+
+    async def poll(self, sub: Subscription) -> tuple[list[Message], bool]:
+        """Live input first: the backfill lane gets a slice of ``backfill_batch`` records only
+        when the live poll came back short of a full batch, so a live record waits behind at
+        most one slice however large the backfill (and a backfill runs as fast as live
+        leaves room for)."""
+        batch = self.ctx.poll_batch
+        if not self.lane_topics:
+            msgs = await sub.poll(batch, timeout=0.2)
+            return msgs, len(msgs) >= batch
+        # While the lane flows, live is only peeked at; just after, only briefly waited for
+        # (the lane's next fetch may be on its way).
+        wait = 0.0 if self._lane_more else \
+            0.02 if time.monotonic() - self._lane_busy_at < 1.0 else 0.2
+        live = await sub.poll(batch, timeout=wait, topics=self.live_topics)
+        if len(live) >= batch:
+            return live, True
+        lane = await sub.poll(self.ctx.backfill_batch, timeout=0.0, topics=self.lane_topics)
+        self._lane_more = bool(lane)
+        if lane:
+            self._lane_busy_at = time.monotonic()
+        return live + lane, bool(lane)
 
     def busy(self) -> bool:
         return self.gate is not None and not self.retry_lane and self.gate.any_expired()
@@ -329,6 +366,8 @@ class StageRunner(_Consumer):
                 plan.kafka_partition = m.partition  # by its partition key, as the input's
                 await self._execute(plan, attempt, m, out, spans, proc)
             return
+        if m.topic in self.lane_topics and not self._targeted(m):
+            return  # a backfill of another stage reading the same asset
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
         if len(m.value) > self.ctx.max_record_bytes:
             reason = (f"{m.topic}@{m.partition}:{m.offset}: record of {len(m.value)} bytes "
@@ -373,12 +412,16 @@ class StageRunner(_Consumer):
                 plan.kafka_partition = m.partition
             await self._execute(plan, attempt, m, out, spans, proc)
 
+    def _targeted(self, m: Message) -> bool:
+        stages = next((v for k, v in m.headers if k == H_BACKFILL_STAGES), None)
+        return stages is None or self.name in stages.decode("utf-8", "replace").split(",")
+
     def _plan_each(self, m: Message, arr: Arrival, record: BaseModel) -> PlannedRun:
         inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
                                            version=arr.version, arrival_id=arr.arrival_id)]
         return PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
                           arr.traceparent, mode=arr.mode, replay=arr.replay, payload=m.value,
-                          kafka_partition=m.partition)
+                          kafka_partition=m.partition, backfill=arr.backfill)
 
     def _replan(self, m: Message, arr: Arrival) -> PlannedRun | None:
         assert self.gate is not None, "a planned run reached a stage without a trigger"
@@ -428,6 +471,8 @@ class StageRunner(_Consumer):
             "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
             "streamflow.attempt": attempt,
         }
+        if plan.backfill:
+            attrs["streamflow.backfill_id"] = plan.backfill
         run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
                              attrs, links=plan.links)
         spans.append(run)
@@ -438,6 +483,8 @@ class StageRunner(_Consumer):
             if not go:
                 return []
         self.ctx.counters.runs += 1
+        if self.ctx.lineage is not None:
+            self._lineage(plan, attempt, started, None)
         mt = self.ctx.metrics
         if m is not None and attempt == 1 and m.timestamp_ms > 0:
             mt.fire_latency.observe(self.name, max(0.0, started - m.timestamp_ms / 1000))
@@ -475,11 +522,15 @@ class StageRunner(_Consumer):
                 out.append(OutMessage(self.retry_topic, plan.payload, key, keep,
                                       partition_key=plan.partition.encode()))
                 out.append(self._ledger(plan, "retrying", attempt, started, [], e))
+                if self.ctx.lineage is not None:
+                    self._lineage(plan, attempt, time.time(), "retrying", reason)
             else:
                 out.append(self._dead_plan(reason, plan, m, run, spans, e, attempt))
                 out.append(self._ledger(plan, "dead-lettered", attempt, started, [], e))
                 mt.add(mt.runs, (spec.name, "dead-lettered"))
                 self.fire(plan)
+                if self.ctx.lineage is not None:
+                    self._lineage(plan, attempt, time.time(), "dead-lettered", reason)
             return released
         mt.stage_duration.observe(spec.name, time.time() - started)
         mt.add(mt.runs, (spec.name, "succeeded"))
@@ -491,7 +542,23 @@ class StageRunner(_Consumer):
             mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
         out.append(self._ledger(plan, "succeeded", attempt, started, produced, None))
         self.fire(plan)
+        if self.ctx.lineage is not None:
+            self._lineage(plan, attempt, time.time(), "succeeded")
         return released
+
+    def _lineage(self, plan: PlannedRun, attempt: int, at: float, status: str | None,
+                 error: str | None = None) -> None:
+        """START when ``status`` is None, else the attempt's end event."""
+        assert self.ctx.lineage is not None
+        kw: dict[str, Any] = dict(
+            stage=self.name, run_id=plan.run_id, partition=plan.partition, attempt=attempt,
+            mode=plan.mode, backfill=plan.backfill, inputs=[a.name for a in self.spec.inputs],
+            output=self.spec.output.name if self.spec.output is not None else None,
+            at_ms=int(at * 1000))
+        if status is None:
+            self.ctx.lineage.started(**kw)
+        else:
+            self.ctx.lineage.ended(**kw, status=status, error=error)
 
     def _dead_plan(self, reason: str, plan: PlannedRun, m: Message | None,
                    parent: RecSpan | None, spans: list[RecSpan | None], exc: BaseException | None,
@@ -515,7 +582,7 @@ class StageRunner(_Consumer):
         first = plan.inputs[0] if plan.inputs else None
         return Arrival(first.arrival_id if first else plan.run_id,
                        first.asset if first else "", plan.partition, 1, 0, plan.run_id,
-                       plan.mode, None, plan.payload, plan.parent, plan.replay)
+                       plan.mode, None, plan.payload, plan.parent, plan.replay, plan.backfill)
 
     def _run_headers(self, plan: PlannedRun, m: Message | None) -> list[tuple[str, bytes]]:
         """What a retry or dead letter of the run carries: its input's headers, or for a
@@ -549,7 +616,7 @@ class StageRunner(_Consumer):
             o = Arrival(stable_id(plan.run_id, i), out_asset.name, out_asset.partition_of(rec),
                         out_asset.version, out_asset.event_time_ms(rec), plan.run_id,
                         plan.mode, key_b, rec.model_dump_json().encode(),
-                        traceparent_of(send, plan.parent))
+                        traceparent_of(send, plan.parent), backfill=plan.backfill)
             out.append(o.message(self.out_topic))
             ids.append(o.arrival_id)
         return ids
@@ -561,7 +628,8 @@ class StageRunner(_Consumer):
             self.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
             plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
             plan.parent[3:35].decode() if plan.parent else None, plan.checks,
-            plan.kafka_partition if plan.kafka_partition >= 0 else None)
+            plan.kafka_partition if plan.kafka_partition >= 0 else None, plan.backfill,
+            self.spec.output.name if self.spec.output is not None else None)
 
 
 def _due_ms(m: Message) -> int:

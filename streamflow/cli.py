@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from . import __version__
+from ._backfill import BackfillError
 from ._config import ConfigError, Settings
 from ._engine import RunSummary, Worker
 from ._logging import configure_logging
@@ -141,10 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=_connectors_list)
 
-    from . import _cli_obs, _cli_ops, services
+    from . import _cli_backfill, _cli_lineage, _cli_obs, _cli_ops, services
 
     _cli_obs.add_cli(sub)
     _cli_ops.add_cli(sub)
+    _cli_backfill.add_cli(sub)
+    _cli_lineage.add_cli(sub)
     services.add_cli(sub)
     return parser
 
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
         return rc
     except (ConfigError, PipelineError, ConnectorError, TransportError, TelemetryError,
-            OpsError) as e:
+            OpsError, BackfillError) as e:
         print(f"streamflow: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -93,8 +93,13 @@ class TimeRange:
 
 @runtime_checkable
 class BackfillSource(Protocol):
-    """A source that can also read history. Backfill batches are acked like live ones but
-    must not move the live position."""
+    """A source that can also read history, for ``streamflow backfill``.
+
+    ``backfill`` is called on a fresh instance, without ``setup``, while the live source may
+    be running elsewhere: it reads and changes nothing else (no claims, no positions, no
+    acks). It yields at least the records whose event time falls in ``window``; the engine
+    drops the rest by the asset's event time. Record ids must be the ones live reading gives,
+    so a record seen both live and by a backfill is run once."""
 
     def backfill(self, window: TimeRange) -> AsyncIterator[SourceBatch]: ...
 

@@ -25,7 +25,15 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._api import ConnectorContext, ConnectorSpec, Reject, SinkRecord, SourceBatch, SourceRecord
+from ._api import (
+    ConnectorContext,
+    ConnectorSpec,
+    Reject,
+    SinkRecord,
+    SourceBatch,
+    SourceRecord,
+    TimeRange,
+)
 from ._io import write_atomic
 from ._registry import ConnectorError
 
@@ -103,12 +111,41 @@ class FilesSource:
             await asyncio.sleep(self.cfg.poll_interval_s if not files else 0)
 
     def _parse(self, path: Path) -> SourceBatch | None:
+        got = self._load(path)
+        if isinstance(got, str):
+            self._quarantine(path, got)
+            return None
+        return got
+
+    async def backfill(self, window: TimeRange) -> AsyncIterator[SourceBatch]:
+        """History is every file read already (``processed/``) or waiting to be: the engine
+        keeps the records whose event time falls in ``window``. Files are only read, never
+        moved, so the live source can run meanwhile; a file it moves during the scan is
+        looked for in its next folder."""
+        folders = (self.processed, self.claimed, self.landing)
+        names = sorted({f.name for d in folders if d.is_dir() for f in d.glob(self.cfg.pattern)
+                        if f.is_file() and not f.name.startswith(".")
+                        and not f.name.endswith(IGNORED_SUFFIXES)})
+        for name in names:
+            for d in folders:
+                if not (d / name).is_file():
+                    continue
+                got = await asyncio.to_thread(self._load, d / name)
+                if isinstance(got, str):
+                    if not (d / name).exists():
+                        continue  # moved on meanwhile: read it where it went
+                    got = SourceBatch([], [Reject({"file": str(d / name)}, got, "")],
+                                      position=name)
+                yield got
+                break
+
+    def _load(self, path: Path) -> SourceBatch | str:
+        """The file's batch, or why it cannot be read."""
         try:
             raw = path.read_bytes()
             text = raw.decode("utf-8") if self.cfg.format != "parquet" else ""
         except (OSError, UnicodeDecodeError) as e:
-            self._quarantine(path, f"cannot read {path.name}: {e}")
-            return None
+            return f"cannot read {path.name}: {e}"
         digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
         try:
             if self.cfg.format == "csv":
@@ -118,8 +155,7 @@ class FilesSource:
             else:
                 records, rejects = _parse_parquet(path.name, digest, raw), []
         except _Unreadable as e:
-            self._quarantine(path, str(e))
-            return None
+            return str(e)
         return SourceBatch(records, rejects, position=path.name)
 
     def _parse_csv(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ class EmbeddedTransport:
             await self._db.close()
             self._db = None
 
-    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
+                            partitions: Mapping[str, int] | None = None) -> None:
         # The embedded log keeps everything; compaction would only save space.
         for t in topics:
             self._next.setdefault(t, 0)
@@ -85,6 +87,16 @@ class EmbeddedTransport:
     async def _write(self, messages: Sequence[OutMessage], group: str | None,
                      offsets: list[tuple[str, int]]) -> None:
         """Append ``messages`` and commit ``group``'s ``offsets`` in one SQLite transaction."""
+        try:
+            await self._append(messages, group, offsets)
+        except sqlite3.IntegrityError:
+            # Another process (the backfill or dlq CLI beside a worker) appended to one of
+            # these topics: take its offsets into account and write again.
+            await self._refresh(*{m.topic for m in messages})
+            await self._append(messages, group, offsets)
+
+    async def _append(self, messages: Sequence[OutMessage], group: str | None,
+                      offsets: list[tuple[str, int]]) -> None:
         now = int(time.time() * 1000)
         async with self._lock:
             nxt = dict(self._next)
@@ -142,7 +154,26 @@ class EmbeddedTransport:
                     async for off, key, value, headers, ts in cur]
 
     async def end_offset(self, topic: str) -> int:
+        await self._refresh(topic)
         return self._next.get(topic, 0)
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return {0: await self.end_offset(topic)}
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        async with self.db.execute(
+            "SELECT off FROM group_offsets WHERE grp=? AND topic=?", (group, topic)
+        ) as cur:
+            row = await cur.fetchone()
+        return {0: int(row[0]) if row is not None else 0}
+
+    async def _refresh(self, *topics: str) -> None:
+        """Another process (the backfill CLI beside a worker) may have appended."""
+        async with self.db.execute(
+            f"SELECT topic, MAX(off) FROM log WHERE topic IN ({','.join('?' * len(topics))}) "
+            "GROUP BY topic", topics) as cur:
+            async for topic, off in cur:
+                self._next[topic] = max(self._next.get(topic, 0), int(off) + 1)
 
 
 class _Buffer:
@@ -171,6 +202,7 @@ class EmbeddedSubscription:
         self._closed = False
         self._out: list[OutMessage] = []
         self._done: dict[str, int] = {}
+        self._refreshed = 0.0
         self.lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
@@ -195,18 +227,31 @@ class EmbeddedSubscription:
             self._out, self._done = [], {}
             await self.t._write(out, self.group, list(done.items()))
 
-    def _pending(self) -> bool:
-        return any(self.t._next.get(t, 0) > p for t, p in self._pos.items())
+    def _pending(self, topics: Collection[str] | None = None) -> bool:
+        return any(self.t._next.get(t, 0) > p for t, p in self._pos.items()
+                   if topics is None or t in topics)
 
-    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]:
-        if not self._pending():
+    async def poll(self, max_records: int = 500, timeout: float = 0.5,
+                   topics: Collection[str] | None = None) -> list[Message]:
+        if not self._pending(topics):
             try:
                 async with self.t._changed:
-                    await asyncio.wait_for(self.t._changed.wait_for(self._pending), timeout)
+                    await asyncio.wait_for(
+                        self.t._changed.wait_for(lambda: self._pending(topics)), timeout)
             except TimeoutError:
-                return []
+                # Nothing from this process: another one (the backfill CLI) may have written;
+                # looked at a few times a second, not on every busy poll.
+                now = time.monotonic()
+                if now - self._refreshed < 0.2:
+                    return []
+                self._refreshed = now
+                await self.t._refresh(*self._pos)
+                if not self._pending(topics):
+                    return []
         out: list[Message] = []
         for topic, pos in self._pos.items():
+            if topics is not None and topic not in topics:
+                continue
             if len(out) >= max_records or self.t._next.get(topic, 0) <= pos:
                 continue
             async with self.t.db.execute(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,6 +43,8 @@ class KafkaTransport:
         self.instance_id = instance_id
         self._producer: AIOKafkaProducer | None = None
         self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
+        # Read offsets for end_offsets/committed, by group.
+        self._probes: dict[str | None, AIOKafkaConsumer] = {}
 
     def _producer_config(self, **extra: Any) -> dict[str, Any]:
         # Set deliberately: aiokafka defaults to acks=1 and no idempotence. A batch holds up to
@@ -90,17 +92,21 @@ class KafkaTransport:
     async def close(self) -> None:
         for s in list(self._subs):
             await s.close()
+        for probe in self._probes.values():
+            await stop_quietly(probe)
+        self._probes.clear()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
 
-    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
+                            partitions: Mapping[str, int] | None = None) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             existing = set(await admin.list_topics())
             new = [
-                NewTopic(t, self.partitions, 1,
+                NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
                          topic_configs={"cleanup.policy": "compact"} if t in compacted else None)
                 for t in dict.fromkeys([*topics, *compacted]) if t not in existing
             ]
@@ -206,6 +212,31 @@ class KafkaTransport:
             raise RuntimeError("kafka transport used before start()")
         return len(await self._producer.partitions_for(topic))
 
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return await self._offsets(None, topic)
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        return await self._offsets(group, topic)
+
+    async def _offsets(self, group: str | None, topic: str) -> dict[int, int]:
+        """End offsets (``group`` None) or a group's commits, read without joining it."""
+        consumer = self._probes.get(group)
+        if consumer is None:  # one per group (None: end offsets), never joining it
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                        enable_auto_commit=False,
+                                        isolation_level="read_committed")
+            await consumer.start()
+            self._probes[group] = consumer
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if group is None:
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: off for tp, off in ends.items()}
+        return {tp.partition: (await consumer.committed(tp)) or 0 for tp in tps}
+
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None
                          ) -> list[Message]:
         consumer = AIOKafkaConsumer(
@@ -255,8 +286,15 @@ class KafkaTransport:
         return sub
 
     async def _poll(self, consumer: AIOKafkaConsumer, max_records: int,
-                    timeout: float) -> list[Message]:
-        batches = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
+                    timeout: float, topics: Collection[str] | None = None) -> list[Message]:
+        tps: list[TopicPartition] = []
+        if topics is not None:
+            tps = [tp for tp in consumer.assignment() if tp.topic in topics]
+            if not tps:  # nothing of those assigned (yet): getmany() would read everything
+                await asyncio.sleep(timeout)
+                return []
+        batches = await consumer.getmany(*tps, timeout_ms=int(timeout * 1000),
+                                         max_records=max_records)
         return [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers),
                         r.timestamp)
                 for records in batches.values() for r in records]
@@ -309,8 +347,9 @@ class KafkaSubscription:
     def assigned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics[0]}
 
-    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]:
-        return await self.t._poll(self.consumer, max_records, timeout)
+    async def poll(self, max_records: int = 500, timeout: float = 0.5,
+                   topics: Collection[str] | None = None) -> list[Message]:
+        return await self.t._poll(self.consumer, max_records, timeout, topics)
 
     async def commit(self, messages: Sequence[Message]) -> None:
         last = last_offsets(messages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -279,10 +279,11 @@ class KafkaEosSubscription:
             txn.offsets.clear()
             self._partial.discard(n)
 
-    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]:
+    async def poll(self, max_records: int = 500, timeout: float = 0.5,
+                   topics: Collection[str] | None = None) -> list[Message]:
         assert self.consumer is not None
         self._poll_epoch = self._epoch  # what was assigned when this fetch started
-        return await self.t._poll(self.consumer, max_records, timeout)
+        return await self.t._poll(self.consumer, max_records, timeout, topics)
 
     async def commit(self, messages: Sequence[Message]) -> None:
         """At-least-once callers: mark and commit in one go."""

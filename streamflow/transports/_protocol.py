@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,7 +49,11 @@ class Subscription(Protocol):
         """The partition numbers this member owns now."""
         ...
 
-    async def poll(self, max_records: int = 500, timeout: float = 0.5) -> list[Message]: ...
+    async def poll(self, max_records: int = 500, timeout: float = 0.5,
+                   topics: Collection[str] | None = None) -> list[Message]:
+        """Up to ``max_records`` polled records; ``topics``: only from these (a backfill lane
+        is read apart from the live input, so live records never queue behind it)."""
+        ...
 
     async def commit(self, messages: Sequence[Message]) -> None:
         """Mark everything up to and including these messages as done for the group."""
@@ -99,9 +103,11 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = ()) -> None:
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
+                            partitions: Mapping[str, int] | None = None) -> None:
         """Create missing topics; those in ``compacted`` keep the latest record per key forever
-        (ledgers) instead of expiring by age."""
+        (ledgers) instead of expiring by age. ``partitions``: counts other than the default
+        (a backfill lane gets its live topic's)."""
         ...
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
@@ -117,6 +123,14 @@ class Transport(Protocol):
         ...
 
     async def partition_count(self, topic: str) -> int: ...
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """The next offset per partition: how far a group must commit to have read it all."""
+        ...
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """``group``'s committed offsets on ``topic`` (partitions it never committed: 0)."""
+        ...
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None
                          ) -> list[Message]:

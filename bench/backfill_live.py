@@ -1,0 +1,173 @@
+"""Live latency while a 100,000-record backfill runs beside it, on Kafka, in one run.
+
+One worker serves ``bench/_backfill_pipeline.py`` (an hourly event stream → ``score`` map
+stage → ``scored``) at shipped defaults, tracing off. A load generator in the worker's process
+produces live events at ``--rate`` (open loop) for the whole run; latency is from the stamp
+taken just before an event is handed to the producer to the entry of its stage run.
+
+Phases: (1) live alone for ``--idle-s`` seconds (the first 3 s discarded): ``live_p99_ms_idle``;
+(2) ``streamflow backfill start`` in its own process replays 100,000 events of history (50
+hours): the measured window runs from the first backfill run to the 100,000th, and live events
+sent inside it give ``live_p99_ms_backfill``; ``backfill_rps`` is 100,000 over that window;
+(3) live stops and a second, disjoint 100,000-event backfill runs alone: ``backfill_rps_solo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from streamflow import Settings, Worker, services
+from streamflow._model import Arrival, stable_id
+from streamflow.services.kafka import delete_topics
+
+from . import _backfill_pipeline as bp
+from .latency import percentile
+
+TARGET = str(Path(__file__).resolve().parent / "_backfill_pipeline.py") + ":pipeline"
+WARMUP_S = 3.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, default=500.0, help="live events per second")
+    parser.add_argument("--idle-s", type=float, default=20.0,
+                        help="live alone before the backfill starts")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--max-concurrency", type=int, default=8,
+                        help="the backfill's partitions (hours) in flight")
+
+
+class LiveLoad:
+    """Open-loop live events: the schedule never waits for the system."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, rate: float,
+                 partitions: int) -> None:
+        self.producer, self.topic, self.rate, self.partitions = producer, topic, rate, partitions
+        self.sent = 0
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        start = time.perf_counter()
+        i = 0
+        while not self.stop.is_set():
+            delay = start + i / self.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            hour = f"live-{i % 24:02d}"
+            stamp = time.time_ns()
+            ev = bp.Event(id=f"live-{i}", hour=hour, at=bp.EPOCH, value=1.0, sent_ns=stamp)
+            arr = Arrival(stable_id("events", ev.id), "events", hour, 1, stamp // 1_000_000,
+                          "bench", "live", ev.id.encode(), ev.model_dump_json().encode())
+            msg = arr.message(self.topic)
+            part = (murmur2(hour.encode()) & 0x7FFFFFFF) % self.partitions
+            await self.producer.send(msg.topic, msg.value, key=msg.key, headers=msg.headers,
+                                     partition=part)
+            i += 1
+            self.sent = i
+
+
+def _lat(since_ns: int, until_ns: int) -> list[float]:
+    return [(ran - sent) / 1e6 for sent, ran, live in bp.RAN
+            if live and since_ns <= sent < until_ns]
+
+
+async def _backfill(settings: Settings, hours: tuple[int, int], args: argparse.Namespace,
+                    want: int) -> tuple[float, int, int, int]:
+    """Run a backfill driver process; return (rps, completed, first_ns, last_ns)."""
+    before = sum(1 for _, _, live in bp.RAN if not live)
+    start = bp.EPOCH + timedelta(hours=hours[0])
+    end = bp.EPOCH + timedelta(hours=hours[1])
+    env = {**os.environ}
+    env.pop("STREAMFLOW_KAFKA_BOOTSTRAP", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamflow", "backfill", "start", TARGET, "--asset", "events",
+        "--from", start.isoformat(), "--to", end.isoformat(), "--kafka",
+        str(settings.kafka_bootstrap), "--namespace", settings.namespace,
+        "--max-concurrency", str(args.max_concurrency), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    deadline = time.perf_counter() + 600
+    while time.perf_counter() < deadline:
+        done = sum(1 for _, _, live in bp.RAN if not live) - before
+        if done >= want or proc.returncode not in (None, 0):  # done, or the driver failed
+            break
+        print(f"backfill-live: backfill {done}/{want}", file=sys.stderr)
+        await asyncio.sleep(2.0)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        print(err.decode()[-2000:], file=sys.stderr)
+    runs = [ran for _, ran, live in bp.RAN if not live][before:]
+    if not runs:
+        return 0.0, 0, 0, 0
+    first, last = min(runs), max(runs)
+    rps = len(runs) / max(1e-9, (last - first) / 1e9)
+    return rps, len(runs), first, last
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    os.environ.pop("OTEL_TRACES_EXPORTER", None)
+    services.up(["kafka"])
+    ns = "bench" + uuid.uuid4().hex[:8]
+    settings = Settings(kafka_bootstrap=services.KAFKA_BOOTSTRAP, namespace=ns,
+                        partitions=args.partitions, state_dir=f"/tmp/{ns}", http_port=None)
+    worker = Worker(bp.pipeline, settings, serve=True)
+    task = asyncio.create_task(worker.run())
+    producer = AIOKafkaProducer(bootstrap_servers=services.KAFKA_BOOTSTRAP, acks="all",
+                                enable_idempotence=True, linger_ms=0)
+    try:
+        await asyncio.sleep(6)  # topics created, consumers joined
+        await producer.start()
+        load = LiveLoad(producer, f"{ns}.events", args.rate, args.partitions)
+        gen = asyncio.create_task(load.run())
+        print(f"backfill-live: live at {args.rate:.0f}/s alone for {args.idle_s:.0f}s",
+              file=sys.stderr)
+        t0 = time.time_ns()
+        await asyncio.sleep(args.idle_s)
+        idle = _lat(t0 + int(WARMUP_S * 1e9), time.time_ns())
+        half = bp.HOURS // 2
+        want = half * bp.PER_HOUR
+        print(f"backfill-live: backfill of {want} records beside live", file=sys.stderr)
+        rps, completed, first, last = await _backfill(settings, (0, half), args, want)
+        during = _lat(first, last)
+        load.stop.set()
+        await gen
+        achieved = load.sent / ((time.time_ns() - t0) / 1e9)
+        await asyncio.sleep(2.0)
+        print("backfill-live: the same size backfill alone", file=sys.stderr)
+        solo_rps, solo_completed, _, _ = await _backfill(settings, (half, bp.HOURS), args, want)
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 120)
+        await producer.stop()
+        await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
+    p99_idle, p99_bf = percentile(idle, 0.99), percentile(during, 0.99)
+    ratio = p99_bf / p99_idle if p99_idle and p99_bf is not None else None
+    met = (p99_bf is not None and ((ratio is not None and ratio <= 2) or p99_bf <= 20)
+           and completed >= want and rps >= 0.5 * solo_rps)
+    return {
+        "transport": "kafka", "live_rate": args.rate, "live_achieved_rate": round(achieved, 1),
+        "live_p50_ms_idle": _r(percentile(idle, 0.5)), "live_p99_ms_idle": _r(p99_idle),
+        "live_p50_ms_backfill": _r(percentile(during, 0.5)),
+        "live_p99_ms_backfill": _r(p99_bf), "live_count_idle": len(idle),
+        "live_count_backfill": len(during), "ratio": _r(ratio),
+        "backfill_rps": round(rps, 1), "backfill_rps_solo": round(solo_rps, 1),
+        "backfill_completed": completed, "backfill_completed_solo": solo_completed,
+        "backfill_window_s": _r((last - first) / 1e9),
+        "target": "(ratio <= 2 or live_p99_ms_backfill <= 20), backfill_completed == 100000 "
+                  "inside the window, backfill_rps >= 0.5 * backfill_rps_solo",
+        "met": met,
+    }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
