@@ -1,9 +1,10 @@
 """Live latency while a 100,000-record backfill runs beside it, on Kafka, in one run.
 
 One worker serves ``bench/_backfill_pipeline.py`` (an hourly event stream → ``score`` map
-stage → ``scored``) at shipped defaults, tracing off. A load generator in the worker's process
-produces live events at ``--rate`` (open loop) for the whole run; latency is from the stamp
-taken just before an event is handed to the producer to the entry of its stage run.
+stage → ``scored``) at shipped defaults, tracing off. A load generator in its own process
+produces live events at ``--rate`` (open loop) through the first two phases; latency is from
+the stamp taken just before an event is handed to the producer to the entry of its stage run
+(one host, one clock).
 
 Phases: (1) live alone for ``--idle-s`` seconds (the first 3 s discarded): ``live_p99_ms_idle``;
 (2) ``streamflow backfill start`` in its own process replays 100,000 events of history (50
@@ -35,6 +36,7 @@ from . import _backfill_pipeline as bp
 from .latency import percentile
 
 TARGET = str(Path(__file__).resolve().parent / "_backfill_pipeline.py") + ":pipeline"
+ROOT = str(Path(__file__).resolve().parent.parent)
 WARMUP_S = 3.0
 
 
@@ -45,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--max-concurrency", type=int, default=8,
                         help="the backfill's partitions (hours) in flight")
+    parser.add_argument("--backfill-batch", type=int, default=None,
+                        help="the worker's backfill_batch (default: the shipped default)")
 
 
 class LiveLoad:
@@ -119,16 +123,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     services.up(["kafka"])
     ns = "bench" + uuid.uuid4().hex[:8]
     settings = Settings(kafka_bootstrap=services.KAFKA_BOOTSTRAP, namespace=ns,
-                        partitions=args.partitions, state_dir=f"/tmp/{ns}", http_port=None)
+                        partitions=args.partitions, state_dir=Path(f"/tmp/{ns}"),
+                        http_port=None,
+                        **({"backfill_batch": args.backfill_batch} if args.backfill_batch else {}))
     worker = Worker(bp.pipeline, settings, serve=True)
     task = asyncio.create_task(worker.run())
-    producer = AIOKafkaProducer(bootstrap_servers=services.KAFKA_BOOTSTRAP, acks="all",
-                                enable_idempotence=True, linger_ms=0)
+    gen: asyncio.subprocess.Process | None = None
     try:
         await asyncio.sleep(6)  # topics created, consumers joined
-        await producer.start()
-        load = LiveLoad(producer, f"{ns}.events", args.rate, args.partitions)
-        gen = asyncio.create_task(load.run())
+        gen = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench._backfill_load", f"{ns}.events", str(args.rate),
+            str(args.partitions), stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT)
         print(f"backfill-live: live at {args.rate:.0f}/s alone for {args.idle_s:.0f}s",
               file=sys.stderr)
         t0 = time.time_ns()
@@ -139,16 +145,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"backfill-live: backfill of {want} records beside live", file=sys.stderr)
         rps, completed, first, last = await _backfill(settings, (0, half), args, want)
         during = _lat(first, last)
-        load.stop.set()
-        await gen
-        achieved = load.sent / ((time.time_ns() - t0) / 1e9)
+        gen.terminate()
+        out, _ = await gen.communicate()
+        achieved = int(out.strip() or 0) / ((time.time_ns() - t0) / 1e9)
         await asyncio.sleep(2.0)
         print("backfill-live: the same size backfill alone", file=sys.stderr)
         solo_rps, solo_completed, _, _ = await _backfill(settings, (half, bp.HOURS), args, want)
     finally:
+        if gen is not None and gen.returncode is None:
+            gen.kill()
         worker.request_stop()
         await asyncio.wait_for(task, 120)
-        await producer.stop()
         await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
     p99_idle, p99_bf = percentile(idle, 0.99), percentile(during, 0.99)
     ratio = p99_bf / p99_idle if p99_idle and p99_bf is not None else None
@@ -163,6 +170,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "backfill_rps": round(rps, 1), "backfill_rps_solo": round(solo_rps, 1),
         "backfill_completed": completed, "backfill_completed_solo": solo_completed,
         "backfill_window_s": _r((last - first) / 1e9),
+        "backfill_batch": settings.backfill_batch,
         "target": "(ratio <= 2 or live_p99_ms_backfill <= 20), backfill_completed == 100000 "
                   "inside the window, backfill_rps >= 0.5 * backfill_rps_solo",
         "met": met,

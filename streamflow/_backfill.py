@@ -39,7 +39,7 @@ from .transports import OutMessage, Transport
 log = logging.getLogger("streamflow.backfill")
 
 Reprocess = Literal["none", "failed", "all"]
-Status = Literal["running", "interrupted", "cancelled", "completed", "failed"]
+Status = Literal["planned", "running", "interrupted", "cancelled", "completed", "failed"]
 MAX_SLICES = 1000
 """Partitions are tracked in at most this many slices (a keyed stream has a partition per key)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -31,6 +32,8 @@ from ._pipeline import Pipeline, load_pipeline
 from ._telemetry import Tracing
 from ._tracing_setup import configure_tracing
 from .transports import Transport
+
+log = logging.getLogger("streamflow.backfill")
 
 
 async def start_backfill(
@@ -104,7 +107,11 @@ async def _drive(pipeline: Pipeline, job: BackfillJob, s: Settings, dry_run: boo
                 new.state, new.targets = old.state, old.targets
         job.slices, job.via = plan.slices, plan.via
         if dry_run:
+            job.status = "planned"
             return job
+        if not job.slices:
+            log.warning("backfill %s: no records of %s in [%s, %s) via %s; nothing to do",
+                        job.id, job.asset, job.start.isoformat(), job.end.isoformat(), plan.via)
         driver = Driver(job, plan, t, s, on_progress)
         if on_start is not None:
             on_start(job, driver)

@@ -67,7 +67,7 @@ class Settings(BaseModel):
         256 * 1024, ge=1024, le=900 * 1024,
         description="arrivals larger than this are dead-lettered instead of processed")
     backfill_batch: int = Field(
-        64, ge=1, description="backfill records a stage handles between two looks at its live "
+        16, ge=1, description="backfill records a stage handles between two looks at its live "
                               "input: smaller keeps live latency lower while a backfill runs")
     lineage: str | None = Field(
         None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "

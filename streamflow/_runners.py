@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -77,7 +77,7 @@ class Ctx:
     alerter: Alerter | None = None
     pipeline: str = ""
     max_record_bytes: int = 256 * 1024
-    backfill_batch: int = 64
+    backfill_batch: int = 16
     lineage: Lineage | None = None
     """OpenLineage run events, when ``Settings.lineage`` names a target."""
 
@@ -202,6 +202,7 @@ class _Consumer:
         self.ctx = ctx
         self.sub: Subscription | None = None
         self._stop = asyncio.Event()
+        self._acks: list[Awaitable[object]] = []  # publishes whose acks the next commit awaits
 
     async def open(self) -> None:
         self.sub = await self.ctx.transport.subscribe(self.group, self.topics)
@@ -231,15 +232,38 @@ class _Consumer:
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
             if pending and due and (committing is None or committing.done()):
                 if committing is not None:
-                    committing.result()  # surface a failed commit
-                committing = asyncio.create_task(sub.commit(pending))
-                pending, last_commit = [], loop.time()
+                    committing.result()  # surface a failed commit or publish
+                committing = asyncio.create_task(self._commit_acked(sub, pending, self._acks))
+                pending, self._acks, last_commit = [], [], loop.time()
+            elif len(self._acks) > 64:  # bound what is in flight
+                await self._acks.pop(0)
             await self.idle()
         if committing is not None:
             await committing
+        if pending or self._acks:
+            await self._commit_acked(sub, pending, self._acks)
+        await sub.close()
+
+    @staticmethod
+    async def _commit_acked(sub: Subscription, pending: list[Message],
+                            acks: list[Awaitable[object]]) -> None:
+        """Offsets only once every output of those inputs is durable."""
+        if acks:
+            await asyncio.gather(*acks)
         if pending:
             await sub.commit(pending)
-        await sub.close()
+
+    async def publish(self, out: list[OutMessage]) -> None:
+        """At least once, outputs are handed to the transport and the acks awaited by the
+        commit of their inputs, so the next batch is handled meanwhile (a backfill slice no
+        longer idles a round trip); exactly once, they join the partition's transaction."""
+        sub = self.sub
+        if sub is None or sub.exactly_once:
+            await self.ctx.transport.publish(out)
+            return
+        ack = await self.ctx.transport.publish_nowait(out)
+        if ack is not None:
+            self._acks.append(ack)
 
     async def _run_transactional(self) -> None:
         """Each polled partition is handled inside its transaction; open transactions commit

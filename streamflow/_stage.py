@@ -109,8 +109,9 @@ class StageRunner(_Consumer):
         if self.lane_topics:
             self.topics += [lane_topic(ctx.namespace, a.name) for a in spec.inputs]
             self.by_topic.update({lane_topic(ctx.namespace, a.name): a for a in spec.inputs})
-        self._lane_busy_at = 0.0  # when the lane last had records
+        self._lane_busy_at = -10.0  # when the lane last had records
         self._lane_more = False  # the last look at the lane found records
+        self._live_at = 0.0  # when live input last had records
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
         self.gate: BarrierGate | WindowGate | None = None
         # Run ids fired in a transaction not committed yet, per input partition number.
@@ -192,14 +193,31 @@ class StageRunner(_Consumer):
         if not self.lane_topics:
             msgs = await sub.poll(batch, timeout=0.2)
             return msgs, len(msgs) >= batch
-        # While the lane flows, live is only peeked at; just after, only briefly waited for
-        # (the lane's next fetch may be on its way).
-        wait = 0.0 if self._lane_more else \
-            0.02 if time.monotonic() - self._lane_busy_at < 1.0 else 0.2
+        now = time.monotonic()
+        if now - self._lane_busy_at > 2.0:
+            # No backfill lately: one poll of everything, as without a lane. The first lane
+            # records switch to the split reads below until the lane has been dry for 2 s.
+            msgs = await sub.poll(batch, timeout=0.2)
+            if any(m.topic in self.lane_topics for m in msgs):
+                self._lane_busy_at = now
+            return msgs, len(msgs) >= batch
+        if self._lane_more:
+            # Live is only peeked at while the lane flows; the client's fetches and sends
+            # still get their turn on the event loop between two slices.
+            await asyncio.sleep(0)
+            wait = 0.0
+        else:  # the lane just ran dry: live is waited for briefly (the lane's next fetch may
+            # be on its way)
+            wait = 0.02 if now - self._lane_busy_at < 1.0 else 0.2
         live = await sub.poll(batch, timeout=wait, topics=self.live_topics)
         if len(live) >= batch:
             return live, True
-        lane = await sub.poll(self.ctx.backfill_batch, timeout=0.0, topics=self.lane_topics)
+        if live:
+            self._live_at = now
+        # Small slices while live records keep coming; with live quiet for a second, the
+        # backfill takes whole batches.
+        size = self.ctx.backfill_batch if live or now - self._live_at < 1.0 else batch
+        lane = await sub.poll(size, timeout=0.0, topics=self.lane_topics, append=True)
         self._lane_more = bool(lane)
         if lane:
             self._lane_busy_at = time.monotonic()
@@ -314,8 +332,11 @@ class StageRunner(_Consumer):
                     break  # stopping: the rest stays uncommitted and comes back next run
                 await self._process(m, out, spans)
                 done.append(m)
-            await self.ctx.transport.publish(out)
-            self._published()
+            if self.keeper is None:
+                await self.publish(out)
+            else:  # a gate's holds are decided on what is durable
+                await self.ctx.transport.publish(out)
+                self._published()
         _end(reversed(spans))
         return done
 

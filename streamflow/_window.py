@@ -18,7 +18,7 @@ import orjson
 
 from ._barrier import Late, StateStore, _never
 from ._ledger import RunInput
-from ._model import H_ASSET, H_TRACEPARENT, Arrival, Asset, stable_id
+from ._model import H_ASSET, H_BACKFILL, H_MODE, H_TRACEPARENT, Arrival, Asset, stable_id
 from ._triggers import PartitionState, Slot, Window, WindowRecords
 from .transports import Message, OutMessage
 
@@ -119,8 +119,12 @@ class WindowGate:
         records: dict[str, list[Any]] = {}
         inputs: list[RunInput] = []
         links: list[bytes] = []
+        backfills: set[str] = set()
         for slot in state.slots.values():
-            asset = self.by_asset[dict(slot.headers).get(H_ASSET, b"").decode()]
+            headers = dict(slot.headers)
+            asset = self.by_asset[headers.get(H_ASSET, b"").decode()]
+            if headers.get(H_MODE) == b"backfill":
+                backfills.add(headers.get(H_BACKFILL, b"").decode("utf-8", "replace"))
             records.setdefault(asset.name, []).append(
                 asset.contract.model_validate_json(slot.value))
             inputs.append(RunInput(asset=asset.name, partition=state.partition,
@@ -130,9 +134,12 @@ class WindowGate:
                 links.append(tp)
         end = start + int(self.window.size_s * 1000)
         payload = orjson.dumps({"run_id": run_id, "state": state.to_json()})
+        # As a barrier's: a run with a backfilled input is a backfill run.
+        mode = "backfill" if backfills else "live"
         return PlannedRun(run_id, state.partition,
                           WindowRecords(state.partition, start, end, records), inputs, parent,
-                          links, "live", replay, payload, planned=True)
+                          links, mode, replay, payload, planned=True,
+                          backfill=min(backfills) if mode == "backfill" else "")
 
     def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
         try:

@@ -20,12 +20,12 @@ import orjson
 import pytest
 
 from streamflow import Settings, Worker
-from streamflow.cli import main as cli_main
 from streamflow._backfill import load_jobs
 from streamflow._cli_backfill import start_backfill
 from streamflow._engine import make_transport
 from streamflow._ledger import fold_raw, runs_topic
 from streamflow._model import H_BACKFILL, H_MODE, lane_topic
+from streamflow.cli import main as cli_main
 from streamflow.transports import Message
 
 from .helpers import read_topic

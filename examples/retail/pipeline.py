@@ -12,7 +12,9 @@
 
 Run it with ``streamflow run examples/retail/pipeline.py:pipeline``. ``RETAIL_WORKDIR`` says
 where the landing and output folders are (default ``.streamflow/retail``);
-``python examples/retail/demo.py`` seeds a fresh one and tells the story.
+``python examples/retail/demo.py`` seeds a fresh one and tells the story. ``RETAIL_WATCH=1``
+keeps the sources watching for new files, for ``streamflow worker``;
+``python examples/retail/backfill.py`` backfills last month's till sales beside live orders.
 """
 
 from __future__ import annotations
@@ -155,10 +157,15 @@ reconciliation = Asset("reconciliation", Reconciliation, key="day", **by_day)
 
 pipeline = Pipeline("retail")
 landing = WORKDIR / "landing"
-pipeline.source("files", asset=pos_sales, path=landing / "pos", format="csv")
-pipeline.source("files", asset=online_orders, path=landing / "orders", format="jsonl")
-pipeline.source("files", asset=loyalty, path=landing / "loyalty", format="jsonl")
-pipeline.source("files", asset=inventory, path=landing / "inventory", format="csv")
+# RETAIL_WATCH=1: the sources keep watching their folders (a long-running `streamflow worker`);
+# unset, they read what has landed and end (`streamflow run`).
+watch = os.environ.get("RETAIL_WATCH") == "1"
+pipeline.source("files", asset=pos_sales, path=landing / "pos", format="csv", watch=watch)
+pipeline.source("files", asset=online_orders, path=landing / "orders", format="jsonl",
+                watch=watch)
+pipeline.source("files", asset=loyalty, path=landing / "loyalty", format="jsonl", watch=watch)
+pipeline.source("files", asset=inventory, path=landing / "inventory", format="csv",
+                watch=watch)
 
 
 def standardise(sale_id: str, channel: str, store: str, sold_at: datetime, sku: str,

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,9 @@ class EmbeddedTransport:
         await self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
         await self._db.executescript(_SCHEMA)
         await self._db.commit()
-        async with self._db.execute("SELECT topic, MAX(off) FROM log GROUP BY topic") as cur:
-            async for topic, off in cur:
-                self._next[topic] = int(off) + 1
+        for topic, off in await self._db.execute_fetchall(
+                "SELECT topic, MAX(off) FROM log GROUP BY topic"):
+            self._next[topic] = int(off) + 1
 
     async def close(self) -> None:
         if self._db is not None:
@@ -83,6 +83,10 @@ class EmbeddedTransport:
         if txn is not None and await txn.add(self, messages):
             return
         await self._write(messages, None, [])
+
+    async def publish_nowait(self, messages: Sequence[OutMessage]) -> Awaitable[object] | None:
+        await self.publish(messages)  # one SQLite commit: nothing to overlap
+        return None
 
     async def _write(self, messages: Sequence[OutMessage], group: str | None,
                      offsets: list[tuple[str, int]]) -> None:
@@ -106,7 +110,11 @@ class EmbeddedTransport:
                 nxt[m.topic] = off + 1
                 rows.append((m.topic, off, m.key, m.value, _enc_headers(m.headers), now))
             try:
-                await self.db.executemany("INSERT INTO log VALUES (?,?,?,?,?,?)", rows)
+                # The write lock first, waiting for another process's write if need be: a
+                # deferred transaction that has read cannot wait for it and fails as busy.
+                await self.db.execute("BEGIN IMMEDIATE")
+                if rows:
+                    await self.db.executemany("INSERT INTO log VALUES (?,?,?,?,?,?)", rows)
                 if group is not None and offsets:
                     await self.db.executemany(
                         "INSERT INTO group_offsets VALUES (?,?,?) ON CONFLICT(grp, topic) "
@@ -129,13 +137,10 @@ class EmbeddedTransport:
         on_revoke: AssignCallback | None = None,
     ) -> EmbeddedSubscription:
         positions: dict[str, int] = {t: 0 for t in topics}
-        async with self.db.execute(
-            f"SELECT topic, off FROM group_offsets WHERE grp=? AND topic IN "
-            f"({','.join('?' * len(topics))})",
-            (group, *topics),
-        ) as cur:
-            async for topic, off in cur:
-                positions[topic] = int(off)
+        for topic, off in await self.db.execute_fetchall(
+                f"SELECT topic, off FROM group_offsets WHERE grp=? AND topic IN "
+                f"({','.join('?' * len(topics))})", (group, *topics)):
+            positions[topic] = int(off)
         if on_assign is not None:
             await on_assign({0})  # one process owns the only partition
         return EmbeddedSubscription(self, group, positions, self.exactly_once)
@@ -147,11 +152,13 @@ class EmbeddedTransport:
                          ) -> list[Message]:
         if partitions is not None and 0 not in partitions:
             return []
-        async with self.db.execute(
-            "SELECT off, key, value, headers, ts FROM log WHERE topic=? ORDER BY off", (topic,)
-        ) as cur:
-            return [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
-                    async for off, key, value, headers, ts in cur]
+        # Whole results in one call throughout: a statement left open across awaits holds a
+        # read snapshot that makes this connection's next write fail as busy when another
+        # process (the backfill CLI) wrote meanwhile.
+        rows = await self.db.execute_fetchall(
+            "SELECT off, key, value, headers, ts FROM log WHERE topic=? ORDER BY off", (topic,))
+        return [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
+                for off, key, value, headers, ts in rows]
 
     async def end_offset(self, topic: str) -> int:
         await self._refresh(topic)
@@ -161,19 +168,16 @@ class EmbeddedTransport:
         return {0: await self.end_offset(topic)}
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
-        async with self.db.execute(
-            "SELECT off FROM group_offsets WHERE grp=? AND topic=?", (group, topic)
-        ) as cur:
-            row = await cur.fetchone()
-        return {0: int(row[0]) if row is not None else 0}
+        rows = list(await self.db.execute_fetchall(
+            "SELECT off FROM group_offsets WHERE grp=? AND topic=?", (group, topic)))
+        return {0: int(rows[0][0]) if rows else 0}
 
     async def _refresh(self, *topics: str) -> None:
         """Another process (the backfill CLI beside a worker) may have appended."""
-        async with self.db.execute(
-            f"SELECT topic, MAX(off) FROM log WHERE topic IN ({','.join('?' * len(topics))}) "
-            "GROUP BY topic", topics) as cur:
-            async for topic, off in cur:
-                self._next[topic] = max(self._next.get(topic, 0), int(off) + 1)
+        for topic, off in await self.db.execute_fetchall(
+                f"SELECT topic, MAX(off) FROM log WHERE topic IN "
+                f"({','.join('?' * len(topics))}) GROUP BY topic", topics):
+            self._next[topic] = max(self._next.get(topic, 0), int(off) + 1)
 
 
 class _Buffer:
@@ -232,7 +236,8 @@ class EmbeddedSubscription:
                    if topics is None or t in topics)
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5,
-                   topics: Collection[str] | None = None) -> list[Message]:
+                   topics: Collection[str] | None = None, append: bool = False
+                   ) -> list[Message]:
         if not self._pending(topics):
             try:
                 async with self.t._changed:
@@ -254,13 +259,10 @@ class EmbeddedSubscription:
                 continue
             if len(out) >= max_records or self.t._next.get(topic, 0) <= pos:
                 continue
-            async with self.t.db.execute(
-                "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>=? "
-                "ORDER BY off LIMIT ?",
-                (topic, pos, max_records - len(out)),
-            ) as cur:
-                async for off, key, value, headers, ts in cur:
-                    out.append(Message(topic, 0, off, key, value, _dec_headers(headers), ts))
+            for off, key, value, headers, ts in await self.t.db.execute_fetchall(
+                    "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>=? "
+                    "ORDER BY off LIMIT ?", (topic, pos, max_records - len(out))):
+                out.append(Message(topic, 0, off, key, value, _dec_headers(headers), ts))
             if out and out[-1].topic == topic:
                 self._pos[topic] = out[-1].offset + 1
         return out
@@ -275,10 +277,8 @@ class EmbeddedSubscription:
         return sum((await self.lags()).values())
 
     async def lags(self) -> dict[tuple[str, int], int]:
-        async with self.t.db.execute(
-            "SELECT topic, off FROM group_offsets WHERE grp=?", (self.group,)
-        ) as cur:
-            committed = {topic: int(off) async for topic, off in cur}
+        committed = {topic: int(off) for topic, off in await self.t.db.execute_fetchall(
+            "SELECT topic, off FROM group_offsets WHERE grp=?", (self.group,))}
         return {(topic, 0): max(0, self.t._next.get(topic, 0) - committed.get(topic, 0))
                 for topic in self._pos}
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,6 +26,7 @@ REBALANCE_TIMEOUT_MS = 120_000
 
 class TransportError(RuntimeError):
     pass
+
 
 
 class KafkaTransport:
@@ -167,7 +168,18 @@ class KafkaTransport:
             return
         await self._send(self._producer, messages)
 
-    async def _send(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> None:
+    async def publish_nowait(self, messages: Sequence[OutMessage]) -> Awaitable[object] | None:
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        if not messages:
+            return None
+        txn = CURRENT.get()
+        if txn is not None and await txn.add(self, messages):
+            return None
+        return await self._send(self._producer, messages, wait=False)
+
+    async def _send(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage],
+                    wait: bool = True) -> Awaitable[object] | None:
         """Place every message on its partition, then send one batch per partition.
 
         ``producer.send`` costs about 11 µs per keyed record (a future, a partitioner call, a
@@ -204,8 +216,13 @@ class KafkaTransport:
                             f"a message for {topic} is larger than the producer's batch size "
                             f"({len(m.value)} bytes of value); raise max_batch_size")
             futs.append(await producer.send_batch(batch, topic, partition=partition))
-        if futs:
-            await asyncio.gather(*futs)
+        if not futs:
+            return None
+        acks = asyncio.gather(*futs)
+        if not wait:
+            return acks
+        await acks
+        return None
 
     async def partition_count(self, topic: str) -> int:
         if self._producer is None:
@@ -348,7 +365,8 @@ class KafkaSubscription:
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics[0]}
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5,
-                   topics: Collection[str] | None = None) -> list[Message]:
+                   topics: Collection[str] | None = None, append: bool = False
+                   ) -> list[Message]:
         return await self.t._poll(self.consumer, max_records, timeout, topics)
 
     async def commit(self, messages: Sequence[Message]) -> None:

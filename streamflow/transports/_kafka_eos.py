@@ -280,9 +280,11 @@ class KafkaEosSubscription:
             self._partial.discard(n)
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5,
-                   topics: Collection[str] | None = None) -> list[Message]:
+                   topics: Collection[str] | None = None, append: bool = False
+                   ) -> list[Message]:
         assert self.consumer is not None
-        self._poll_epoch = self._epoch  # what was assigned when this fetch started
+        if not append:  # what was assigned when this batch's first fetch started
+            self._poll_epoch = self._epoch
         return await self.t._poll(self.consumer, max_records, timeout, topics)
 
     async def commit(self, messages: Sequence[Message]) -> None:

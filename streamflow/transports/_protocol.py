@@ -50,9 +50,12 @@ class Subscription(Protocol):
         ...
 
     async def poll(self, max_records: int = 500, timeout: float = 0.5,
-                   topics: Collection[str] | None = None) -> list[Message]:
+                   topics: Collection[str] | None = None, append: bool = False
+                   ) -> list[Message]:
         """Up to ``max_records`` polled records; ``topics``: only from these (a backfill lane
-        is read apart from the live input, so live records never queue behind it)."""
+        is read apart from the live input, so live records never queue behind it).
+        ``append``: handled together with the previous poll's records, as one batch (exactly
+        once judges the batch by the assignment when its first poll started)."""
         ...
 
     async def commit(self, messages: Sequence[Message]) -> None:
@@ -112,6 +115,11 @@ class Transport(Protocol):
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         """Return only once every message is durable (acks=all on Kafka, committed on SQLite)."""
+        ...
+
+    async def publish_nowait(self, messages: Sequence[OutMessage]) -> Awaitable[object] | None:
+        """Hand ``messages`` over; return what to await for them to be durable (None: they
+        already are). Inside an exactly-once transaction, as ``publish``."""
         ...
 
     async def subscribe(
