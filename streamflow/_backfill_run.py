@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._backfill import BackfillJob, Plan, Slice, jobs_topic, load_jobs
+from ._backfill import BackfillJob, Plan, Slice, Status, jobs_topic, load_jobs
 from ._config import Settings
-from ._ledger import runs_topic
+from ._ledger import fold_raw, runs_topic
 from ._model import lane_topic
-from .transports import OutMessage, Transport
+from .transports import Transport
 
 log = logging.getLogger("streamflow.backfill")
 
@@ -170,21 +170,16 @@ class Driver:
 
 
 async def set_status(transport: Transport, namespace: str, job: BackfillJob,
-                     status: str) -> None:
-    job.status = status  # type: ignore[assignment]
+                     status: Status) -> None:
+    job.status = status
     await transport.publish([job.message(namespace)])
 
 
 async def run_counts(transport: Transport, namespace: str, job_id: str) -> dict[str, int]:
     """The backfill's runs by latest status, from the ledger."""
-    from ._ledger import fold_raw
-
     counts: dict[str, int] = {}
     for d in fold_raw(await transport.read_topic(runs_topic(namespace))).values():
         if d.get("backfill") == job_id:
             counts[d["status"]] = counts.get(d["status"], 0) + 1
     return counts
 
-
-def lane_messages(plan: Plan) -> list[OutMessage]:
-    return [m for ms in plan.messages for m in ms]

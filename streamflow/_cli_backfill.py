@@ -26,6 +26,7 @@ from ._backfill import (
     target_stages,
 )
 from ._backfill_run import Driver, Progress, run_counts, set_status
+from ._cli_ops import _common, _settings
 from ._config import Settings
 from ._engine import make_transport
 from ._pipeline import Pipeline, load_pipeline
@@ -123,11 +124,6 @@ async def _drive(pipeline: Pipeline, job: BackfillJob, s: Settings, dry_run: boo
 
 
 # --- the command line ---------------------------------------------------------------------
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(kafka_bootstrap=args.kafka, state_dir=args.state_dir,
-                         namespace=args.namespace)
-
 
 class _Bar:
     """Partitions done of total, records, rate and ETA: rich on a terminal, a line a second
@@ -347,14 +343,6 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(`streamflow worker`) do the runs; this command feeds them and shows progress.")
     bs = bf.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--kafka", metavar="BOOTSTRAP",
-                       help="Kafka bootstrap servers (default: STREAMFLOW_KAFKA_BOOTSTRAP, "
-                            "else the embedded log)")
-        p.add_argument("--state-dir", help="embedded log location (default .streamflow)")
-        p.add_argument("--namespace", help="topic prefix (default sf)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
     p = bs.add_parser("start", help="start a backfill and follow it to the end",
                       description="Plan and run a backfill. History comes from the asset's "
                       "source when it can read history (files), else from the asset's own "
@@ -380,7 +368,7 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "workers take them)")
     p.add_argument("--dry-run", action="store_true",
                    help="show the partitions and record counts, publish nothing")
-    common(p)
+    _common(p)
     p.set_defaults(func=_start)
 
     p = bs.add_parser("resume", help="go on with an interrupted backfill")
@@ -388,17 +376,17 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("target", nargs="?", help="module:pipeline, if not the one it started with")
     p.add_argument("--max-concurrency", type=int, metavar="N")
     p.add_argument("--rate", type=float, metavar="PER_S")
-    common(p)
+    _common(p)
     p.set_defaults(func=_resume)
 
     p = bs.add_parser("list", help="every backfill of the namespace with its progress")
-    common(p)
+    _common(p)
     p.set_defaults(func=_list)
     p = bs.add_parser("status", help="one backfill: range, progress, its runs by status")
     p.add_argument("id", help="backfill id (a unique prefix is enough)")
-    common(p)
+    _common(p)
     p.set_defaults(func=_status)
     p = bs.add_parser("cancel", help="stop a backfill: nothing more is published")
     p.add_argument("id", help="backfill id (a unique prefix is enough)")
-    common(p)
+    _common(p)
     p.set_defaults(func=_cancel)
