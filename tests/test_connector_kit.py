@@ -1,299 +1,95 @@
-"""The connector kit (streamflow.testing) holds every built-in connector to the same contract.
+"""The connector kit (``streamflow.connectors.testing``): its in-memory source and sink, and
+the checks catching broken connectors.
 
-Each test runs ``check_source`` / ``check_sink`` against a built-in on its real system:
-lifecycle, deterministic ids on re-read, checkpoint and resume, idempotent redelivery, and a
-clear error from a misconfigured sink.
+The built-in connectors run the kit against their real systems in their own tests
+(``connectors/<name>/tests/test_*_kit.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import socket
-import sqlite3
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
-from streamflow.connectors import build_sink, build_source
-from streamflow.testing import check_sink, check_source
+from streamflow import Asset, Pipeline, Settings, run_pipeline
+from streamflow.connectors import Sink, SinkRecord, Source, SourceBatch, SourceRecord, build_sink
+from streamflow.connectors.testing import (
+    IdleSource,
+    MemorySink,
+    MemorySource,
+    check_sink,
+    check_source,
+    sample_records,
+)
 
-from .test_connector_kafka import make_topics, produce
-
-# ------------------------------------------------------------------------------------- files
+# ------------------------------------------------------------------- the in-memory connectors
 
 
-def _aged(path: Path, body: bytes) -> None:
-    path.write_bytes(body)
-    os.utime(path, (time.time() - 5, time.time() - 5))
-
-
-async def test_kit_files_source(tmp_path: Path) -> None:
-    landing = tmp_path / "landing"
-
-    def seed() -> None:
-        landing.mkdir()
-        for f, n in (("a.jsonl", 3), ("b.jsonl", 2), ("c.jsonl", 2)):
-            _aged(landing / f, b"".join(b'{"id": %d}\n' % i for i in range(n)))
-
-    report = await check_source(
-        lambda: build_source("files", {"path": landing, "format": "jsonl", "settle_s": 0}),
-        expected_count=7, state_dir=tmp_path / "state", seed=seed)
+async def test_kit_passes_on_the_memory_source(tmp_path: Path) -> None:
+    acked: set[str] = set()  # shared across instances: the durable position
+    batches = [[{"id": i} for i in range(b, b + 3)] for b in range(0, 9, 3)]
+    report = await check_source(lambda: MemorySource(batches, acked=acked), expected_count=9,
+                                state_dir=tmp_path / "state")
     assert len(report.first_batch) == 3
-
-
-async def test_kit_files_sink(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-
-    def read_back() -> list[dict[str, Any]]:
-        return [orjson.loads(line) for f in sorted(out.glob("*.jsonl"))
-                for line in f.read_bytes().splitlines()]
-
-    (tmp_path / "a-file").write_text("not a directory")
-    await check_sink(lambda: build_sink("files", {"path": out}), read_back=read_back,
-                     state_dir=tmp_path / "state",
-                     bad_factory=lambda: build_sink("files", {"path": tmp_path / "a-file" / "x"}))
-
-
-# ------------------------------------------------------------------------------------- kafka
-
-
-async def test_kit_kafka_source(tmp_path: Path, kafka_bootstrap: str) -> None:
-    topic = f"kit-src-{uuid.uuid4().hex[:8]}"
-
-    async def seed() -> None:
-        await make_topics(kafka_bootstrap, topic)
-        rows = [(b"%d" % i, b'{"id": %d}' % i) for i in range(9)] + [(b"x", b"{not json")]
-        await produce(kafka_bootstrap, topic, rows)
-
-    report = await check_source(
-        lambda: build_source("kafka", {"bootstrap": kafka_bootstrap, "topic": topic,
-                                       "batch_size": 2}),
-        expected_count=9, state_dir=tmp_path / "state", seed=seed, name=f"kit-{topic}")
-    assert report.rejects == 1
-    assert all(rid.startswith(f"{topic}:") for rid in report.record_ids)
-
-
-async def test_kit_kafka_sink(tmp_path: Path, kafka_bootstrap: str) -> None:
-    from .test_connector_kafka import consume_all
-
-    topic = f"kit-snk-{uuid.uuid4().hex[:8]}"
-    await make_topics(kafka_bootstrap, topic)
-
-    async def read_back() -> list[dict[str, Any]]:
-        """Kafka appends; a consumer dedupes by the arrival-id header, as documented."""
-        latest = {h["streamflow-arrival-id"]: (k, v) for k, v, h in
-                  await consume_all(kafka_bootstrap, topic)}
-        return [{"_key": k.decode() if k else None, **v} for k, v in latest.values()]
-
-    await check_sink(
-        lambda: build_sink("kafka", {"bootstrap": kafka_bootstrap, "topic": topic}),
-        read_back=read_back, state_dir=tmp_path / "state",
-        bad_factory=lambda: build_sink("kafka", {"bootstrap": "127.0.0.1:1", "topic": topic}))
-
-
-# ------------------------------------------------------------------------------------ sqlite
-
-
-async def test_kit_sqlite_source(tmp_path: Path) -> None:
-    db = tmp_path / "src.db"
-
-    def seed() -> None:
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            conn.execute("CREATE TABLE events (id INTEGER, name TEXT)")
-            conn.executemany("INSERT INTO events VALUES (?, ?)",
-                             [(i, f"n{i}") for i in range(8)])
-            conn.commit()
-
-    await check_source(
-        lambda: build_source("sqlite", {"path": db, "table": "events", "cursor_column": "id",
-                                        "batch_size": 3}),
-        expected_count=8, state_dir=tmp_path / "state", seed=seed)
-
-
-async def test_kit_sqlite_sink(tmp_path: Path) -> None:
-    db = tmp_path / "out.db"
-
-    def read_back() -> list[dict[str, Any]]:
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            conn.row_factory = sqlite3.Row
-            return [dict(r) for r in conn.execute("SELECT * FROM sales")]
-
-    (tmp_path / "a-file").write_text("not a directory")
-    await check_sink(
-        lambda: build_sink("sqlite", {"path": db, "table": "sales"}), read_back=read_back,
-        state_dir=tmp_path / "state",
-        bad_factory=lambda: build_sink("sqlite", {"path": tmp_path / "a-file" / "x.db",
-                                                  "table": "sales", "retries": 1}))
-
-
-# ---------------------------------------------------------------------------------- postgres
-
-
-@pytest.fixture(scope="module")
-def postgres_dsn() -> str:
-    from streamflow import services
-
-    services.up(["postgres"])
-    return services.POSTGRES_DSN
-
-
-async def _pg(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
-
-
-async def test_kit_postgres_source(tmp_path: Path, postgres_dsn: str) -> None:
-    table = f"kit_src_{uuid.uuid4().hex[:8]}"
-
-    async def seed() -> None:
-        await _pg(postgres_dsn, f"CREATE TABLE {table} (id bigint, name text)")
-        await _pg(postgres_dsn, f"INSERT INTO {table} SELECT i, 'n' || i "
-                  "FROM generate_series(1, 8) AS i")
-
-    await check_source(
-        lambda: build_source("postgres", {"dsn": postgres_dsn, "table": table,
-                                          "cursor_column": "id", "batch_size": 3}),
-        expected_count=8, state_dir=tmp_path / "state", seed=seed)
-
-
-async def test_kit_postgres_sink(tmp_path: Path, postgres_dsn: str) -> None:
-    table = f"kit_snk_{uuid.uuid4().hex[:8]}"
-
-    async def read_back() -> list[dict[str, Any]]:
-        return await _pg(postgres_dsn, f"SELECT * FROM {table}")
-
-    bad_dsn = postgres_dsn.replace(":5432/", ":1/")
-    assert bad_dsn != postgres_dsn
-    await check_sink(
-        lambda: build_sink("postgres", {"dsn": postgres_dsn, "table": table}),
-        read_back=read_back, state_dir=tmp_path / "state",
-        bad_factory=lambda: build_sink("postgres", {"dsn": bad_dsn, "table": table,
-                                                    "max_retries": 1, "connect_timeout_s": 2}))
-
-
-# ----------------------------------------------------------------------------------- webhook
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_kit_webhook_source(tmp_path: Path) -> None:
-    """Clients retry until 202 (the webhook's durability contract): that is the 'seed'."""
-    import aiohttp
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/in"
-    clients: list[asyncio.Task[None]] = []
-
-    async def post_until_accepted(session: aiohttp.ClientSession, i: int) -> None:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.post(url, json={"id": i},
-                                        headers={"Idempotency-Key": f"req-{i}"}) as r:
-                    if r.status == 202:
-                        return
-            await asyncio.sleep(0.1)
-
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-
-    def seed() -> None:
-        clients.extend(asyncio.create_task(post_until_accepted(session, i)) for i in range(5))
-
-    try:
-        report = await check_source(
-            lambda: build_source("webhook", {"port": port, "path": "/in"}),
-            expected_count=5, state_dir=tmp_path / "state", seed=seed, finite=False)
-        await asyncio.wait_for(asyncio.gather(*clients), 30)  # every request was accepted
-    finally:
-        for c in clients:
-            c.cancel()
-        await session.close()
-    assert sorted(report.record_ids) == [f"key:req-{i}:0" for i in range(5)]
-
-
-@contextlib.asynccontextmanager
-async def _receiver() -> Any:
-    """An HTTP endpoint that stores enveloped records by key, like a real idempotent API."""
-    from aiohttp import web
-
-    rows: dict[str, Any] = {}
-
-    async def handle(request: web.Request) -> web.Response:
-        for item in await request.json():
-            rows[item["key"] or item["arrival_id"]] = item
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", rows
-    finally:
-        await runner.cleanup()
-
-
-async def test_kit_webhook_sink(tmp_path: Path) -> None:
-    async with _receiver() as (url, rows):
-        await check_sink(
-            lambda: build_sink("webhook", {"url": url, "envelope": True, "batch_size": 4}),
-            read_back=lambda: list(rows.values()), state_dir=tmp_path / "state",
-            bad_factory=lambda: build_sink("webhook", {
-                "url": f"http://127.0.0.1:{_free_port()}/hook", "max_retries": 1,
-                "retry_backoff_s": 0, "timeout_s": 2}))
-
-
-# ------------------------------------------------------------------------------------ stdout
-
-
-async def test_kit_stdout_sink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """stdout is at-least-once by design: read_back dedupes by arrival id, as a reader must."""
-    printed: list[str] = []
-
-    def read_back() -> list[dict[str, Any]]:
-        printed.extend(capsys.readouterr().out.splitlines())
-        latest = {}
-        for line in printed:
-            row = orjson.loads(line)
-            latest[row["_arrival_id"]] = row
-        return list(latest.values())
-
-    await check_sink(lambda: build_sink("stdout", {"include_metadata": True}),
-                     read_back=read_back, state_dir=tmp_path / "state")
-    assert len(printed) > 6, "a redelivered record is printed again (documented)"
-
-
-# ---------------------------------------------------------------------------------- schedule
-
-
-@pytest.mark.parametrize("connector, config", [
-    ("interval", {"every_s": 60}),
-    ("cron", {"schedule": "*/5 * * * *"}),
-])
-async def test_kit_schedule_sources(tmp_path: Path, connector: str, config: dict[str, Any]
-                                    ) -> None:
-    """Ticks from a fixed past start are deterministic; count makes the source finite."""
-    cfg = {**config, "start": "2026-01-01T00:00:00Z", "count": 4, "catch_up": True}
-    report = await check_source(lambda: build_source(connector, cfg), expected_count=4,
-                                state_dir=tmp_path / "state", name=f"kit-{connector}")
-    assert report.record_ids[0].endswith("2026-01-01T00:00:00+00:00")
+    assert len(set(report.record_ids)) == 9
+
+
+async def test_memory_source_without_a_shared_position_rereads_with_the_same_ids() -> None:
+    from streamflow.connectors import ConnectorContext
+
+    batches = [[{"id": 1}, {"id": 2}], [{"id": 1}]]
+
+    async def ids() -> list[str]:
+        src = MemorySource(batches)
+        await src.setup(ConnectorContext("m", "a", "."))
+        out = []
+        async for b in src.read():
+            out += [r.record_id for r in b.records]
+            await src.ack(b)
+        assert src.acked == 2
+        return out
+
+    first = await ids()
+    assert first == await ids()
+    assert first[0] == first[2], "the same record gets the same id"
+    custom = MemorySource(batches, record_id=lambda r: f"rec-{r['id']}")
+    assert [r.record_id async for b in custom.read() for r in b.records] == \
+        ["rec-1", "rec-2", "rec-1"]
+
+
+async def test_kit_passes_on_the_memory_sink(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    rows = await check_sink(lambda: MemorySink(store), read_back=lambda: list(store.values()),
+                            state_dir=tmp_path / "state")
+    assert len(rows) == len(sample_records())
+
+
+def test_the_memory_connectors_implement_the_protocols() -> None:
+    assert isinstance(MemorySource([]), Source) and isinstance(IdleSource(), Source)
+    assert isinstance(MemorySink(), Sink)
+
+
+class _Item(BaseModel):
+    id: int
+    day: str
+
+
+async def test_a_pipeline_runs_on_memory_connectors(settings: Settings) -> None:
+    items = Asset("items", _Item, key="id", partition_by="day")
+    sink = MemorySink()
+    p = Pipeline("memory")
+    p.source(MemorySource([[{"id": 1, "day": "d1"}, {"id": 2, "day": "d2"}],
+                           [{"id": 2, "day": "d2"}, {"id": 3, "day": "d1"}]]), asset=items)
+    p.sink(sink, asset=items)
+    summary = await run_pipeline(p, settings)
+    assert summary.records_in >= 3 and summary.dead_lettered == 0
+    assert sorted(v["id"] for v in sink.values()) == [1, 2, 3]
+    assert {row["_partition"] for row in sink.rows.values()} == {"d1", "d2"}
+    assert all(isinstance(r, SinkRecord) for r in sink.written)
 
 
 # ------------------------------------------------------------- the kit catches broken ones
@@ -313,8 +109,6 @@ class _Src:
         self.state = Path(ctx.state_dir) / "pos"
 
     async def read(self) -> Any:
-        from streamflow.connectors import SourceBatch, SourceRecord
-
         assert self.state is not None
         start = int(self.state.read_text()) if self.state.exists() and not self.forgets else 0
         for b in range(start, 6, 2):

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
 from streamflow.connectors import ConnectorError, build_sink, build_source
-from streamflow.testing import check_sink, check_source
+from streamflow.connectors.testing import check_sink, check_source
 
 PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "connector-plugin"
 

@@ -1,4 +1,11 @@
-"""Connector contracts and the registry; built-in connectors live in submodules, loaded lazily."""
+"""The connector SDK: the contracts, the registry, and helpers a connector may use.
+
+A connector (built-in or third-party) imports only this package's ``__all__``; the built-ins
+live under the top-level ``connectors/`` folder as ``streamflow_connector_<name>`` packages,
+registered through the ``streamflow.connectors`` entry-point group and loaded only when a
+pipeline names them. ``streamflow.connectors.testing`` is the test kit. This package imports
+only the standard library and pydantic (and orjson in the kit), never the rest of streamflow.
+"""
 
 from ._api import (
     BackfillSource,
@@ -12,6 +19,7 @@ from ._api import (
     SourceRecord,
     TimeRange,
 )
+from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
 from ._registry import (
     GROUP,
@@ -31,6 +39,7 @@ __all__ = [
     "ConnectorError",
     "ConnectorSpec",
     "Reject",
+    "Retries",
     "Sink",
     "SinkRecord",
     "Source",
@@ -43,5 +52,7 @@ __all__ = [
     "distribution_of",
     "known_connectors",
     "load_spec",
+    "post_with_retries",
+    "redact",
     "write_atomic",
 ]

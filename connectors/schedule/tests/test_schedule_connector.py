@@ -10,10 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from pydantic import BaseModel
-
-from streamflow import Asset, ConnectorError, Pipeline, Settings, run_pipeline
-from streamflow.connectors import ConnectorContext, SourceBatch, build_source
-from streamflow.connectors.schedule import (
+from streamflow_connector_schedule import (
     CronConfig,
     CronSource,
     IntervalConfig,
@@ -21,6 +18,9 @@ from streamflow.connectors.schedule import (
     cron_tick_at_or_after,
     interval_tick_at_or_after,
 )
+
+from streamflow import Asset, ConnectorError, Pipeline, Settings, run_pipeline
+from streamflow.connectors import ConnectorContext, SourceBatch, build_source
 
 
 class Tick(BaseModel):

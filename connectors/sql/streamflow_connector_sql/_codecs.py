@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ._io import write_atomic
+from streamflow.connectors import write_atomic
 
 PG_TYPES: Mapping[str, str] = {
     "str": "text", "int": "bigint", "float": "double precision", "bool": "boolean",

@@ -16,25 +16,21 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 from pydantic import BaseModel
-
-from streamflow import Asset, Pipeline, Settings, run_pipeline
-from streamflow.connectors import ConnectorContext, SinkRecord, build_sink, build_source
-from streamflow.connectors.postgres import (
+from streamflow_connector_sql import (
     CursorWentBackwards,
     PostgresSinkError,
     PostgresSource,
 )
 
-from .helpers import read_topic, values
-from .pipelines.echo import Person
+from streamflow import Asset, Pipeline, Settings, run_pipeline
+from streamflow.connectors import ConnectorContext, SinkRecord, build_sink, build_source
+from tests.helpers import read_topic, values
+from tests.pipelines.echo import Person
 
 
 @pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    from streamflow import services
-
-    services.up(["postgres"])
-    return services.POSTGRES_DSN
+def pg_dsn(postgres_dsn: str) -> str:
+    return postgres_dsn  # the shared fixture of tests/plugin.py
 
 
 @pytest.fixture

@@ -16,10 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 from pydantic import BaseModel
-
-from streamflow import Asset, ConnectorError, Pipeline, Settings, Worker, run_pipeline
-from streamflow.connectors import ConnectorContext, SinkRecord, build_sink, build_source
-from streamflow.connectors.webhook import (
+from streamflow_connector_webhook import (
     WebhookDeliveryError,
     WebhookSink,
     WebhookSinkConfig,
@@ -28,7 +25,9 @@ from streamflow.connectors.webhook import (
     idempotency_key,
 )
 
-from .helpers import read_topic, values
+from streamflow import Asset, ConnectorError, Pipeline, Settings, Worker, run_pipeline
+from streamflow.connectors import ConnectorContext, SinkRecord, build_sink, build_source
+from tests.helpers import read_topic, values
 
 
 class Event(BaseModel):

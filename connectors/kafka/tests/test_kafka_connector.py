@@ -10,6 +10,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,8 +18,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
-
-from .helpers import read_topic, values
+from streamflow.connectors import build_sink, build_source
+from streamflow.connectors.testing import check_sink, check_source
+from tests.helpers import read_topic, values
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 INCOMING = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
@@ -195,3 +197,38 @@ async def test_follow_keeps_reading_new_records(kafka_bootstrap: str, tmp_path: 
         await src.stop()
     assert sorted(str(d["key"]) for d in seen) == [str(i) for i in range(5)]
     assert orjson.loads(str(seen[0]["value"]))["item"].startswith("item-")
+
+
+# -------------------------------------------- the connector kit (streamflow.connectors.testing)
+
+
+async def test_kit_kafka_source(tmp_path: Path, kafka_bootstrap: str) -> None:
+    topic = f"kit-src-{uuid.uuid4().hex[:8]}"
+
+    async def seed() -> None:
+        await make_topics(kafka_bootstrap, topic)
+        rows = [(b"%d" % i, b'{"id": %d}' % i) for i in range(9)] + [(b"x", b"{not json")]
+        await produce(kafka_bootstrap, topic, rows)
+
+    report = await check_source(
+        lambda: build_source("kafka", {"bootstrap": kafka_bootstrap, "topic": topic,
+                                       "batch_size": 2}),
+        expected_count=9, state_dir=tmp_path / "state", seed=seed, name=f"kit-{topic}")
+    assert report.rejects == 1
+    assert all(rid.startswith(f"{topic}:") for rid in report.record_ids)
+
+
+async def test_kit_kafka_sink(tmp_path: Path, kafka_bootstrap: str) -> None:
+    topic = f"kit-snk-{uuid.uuid4().hex[:8]}"
+    await make_topics(kafka_bootstrap, topic)
+
+    async def read_back() -> list[dict[str, Any]]:
+        """Kafka appends; a consumer dedupes by the arrival-id header, as documented."""
+        latest = {h["streamflow-arrival-id"]: (k, v) for k, v, h in
+                  await consume_all(kafka_bootstrap, topic)}
+        return [{"_key": k.decode() if k else None, **v} for k, v in latest.values()]
+
+    await check_sink(
+        lambda: build_sink("kafka", {"bootstrap": kafka_bootstrap, "topic": topic}),
+        read_back=read_back, state_dir=tmp_path / "state",
+        bad_factory=lambda: build_sink("kafka", {"bootstrap": "127.0.0.1:1", "topic": topic}))

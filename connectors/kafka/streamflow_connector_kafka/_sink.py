@@ -1,0 +1,128 @@
+"""The kafka sink: an idempotent acks=all producer, keyed, with the arrival id in a header."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict, Field
+
+from streamflow.connectors import ConnectorContext, ConnectorError, SinkRecord
+
+log = logging.getLogger("streamflow.connectors.kafka")
+
+ARRIVAL_ID_HEADER = "streamflow-arrival-id"
+PARTITION_HEADER = "streamflow-partition"
+
+
+class KafkaSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: str = Field(description="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
+    topic: str = Field(description="the topic to write; it must exist unless the broker "
+                       "auto-creates topics")
+    key_field: str | None = Field(
+        None, description="value field used as the message key; default: the record key, "
+        "else the arrival id")
+    acks: Literal["all"] = Field("all", description="only acks=all: a write is durable")
+    linger_ms: int = Field(5, ge=0, description="how long the producer waits to fill a batch")
+    max_in_flight: int = Field(1000, ge=1, description="unacknowledged sends before write() "
+                               "waits (backpressure)")
+    retries: int = Field(5, ge=0, description="attempts after a failed send, with backoff")
+    timeout_s: float = Field(30.0, gt=0, description="delivery timeout of one send")
+
+
+class KafkaSink:
+    """Produces each record as JSON to ``topic``, keyed, with the arrival id in a header.
+
+    Kafka appends; it cannot replace. Redelivery is made harmless by the key (on a compacted
+    topic the latest value per key wins) and by the ``streamflow-arrival-id`` header (a
+    consumer drops ids it has seen).
+    """
+
+    def __init__(self, config: KafkaSinkConfig) -> None:
+        self.cfg = config
+        self.location = f"kafka://{config.bootstrap}/{config.topic}"
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: list[tuple[asyncio.Future[Any], SinkRecord]] = []
+
+    async def setup(self, ctx: ConnectorContext) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.cfg.bootstrap,
+            acks="all",
+            enable_idempotence=True,  # retries inside the producer never duplicate
+            linger_ms=self.cfg.linger_ms,
+            request_timeout_ms=int(self.cfg.timeout_s * 1000),
+        )
+        try:
+            await producer.start()
+            await asyncio.wait_for(producer.partitions_for(self.cfg.topic), 15)
+        except (KafkaError, OSError, TimeoutError) as e:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise ConnectorError(
+                f"kafka sink: cannot write topic {self.cfg.topic!r} at {self.cfg.bootstrap} "
+                f"(does it exist?): {type(e).__name__}: {e}") from e
+        self._producer = producer
+
+    def _key(self, r: SinkRecord) -> str:
+        if self.cfg.key_field is not None:
+            if self.cfg.key_field not in r.value:
+                raise ConnectorError(f"kafka sink: record {r.arrival_id} has no field "
+                                     f"{self.cfg.key_field!r} (key_field)")
+            return str(r.value[self.cfg.key_field])
+        return r.key if r.key is not None else r.arrival_id
+
+    async def _send(self, r: SinkRecord) -> asyncio.Future[Any]:
+        assert self._producer is not None
+        headers = [(ARRIVAL_ID_HEADER, r.arrival_id.encode()),
+                   (PARTITION_HEADER, r.partition.encode())]
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.cfg.topic, orjson.dumps(r.value), key=self._key(r).encode(), headers=headers)
+        return fut
+
+    async def write(self, records: Sequence[SinkRecord]) -> None:
+        if self._producer is None:
+            raise ConnectorError("kafka sink: write() before setup()")
+        for r in records:
+            if len(self._pending) >= self.cfg.max_in_flight:
+                await self.flush()
+            self._pending.append((await self._send(r), r))
+
+    async def flush(self) -> None:
+        """Wait for every send; retry failed ones with exponential backoff, then raise."""
+        pending, self._pending = self._pending, []
+        delay = 0.2
+        for attempt in range(self.cfg.retries + 1):
+            results = await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
+            failed = [(r, e) for (_, r), e in zip(pending, results, strict=True)
+                      if isinstance(e, BaseException)]
+            if not failed:
+                return
+            if attempt == self.cfg.retries:
+                r, e = failed[0]
+                raise ConnectorError(
+                    f"kafka sink: {len(failed)} record(s) not delivered to {self.cfg.topic!r} "
+                    f"after {attempt + 1} attempt(s), e.g. {r.arrival_id}: "
+                    f"{type(e).__name__}: {e}") from e
+            log.warning("kafka sink: %d send(s) to %s failed (%s); retrying in %.1fs",
+                        len(failed), self.cfg.topic, failed[0][1], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            pending = [(await self._send(r), r) for r, _ in failed]
+
+    async def stop(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._producer = None
+            await producer.stop()

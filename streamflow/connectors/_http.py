@@ -1,0 +1,74 @@
+"""HTTP POST with an ``Idempotency-Key`` and retries, shared by the webhook sink and webhook
+alerts, so both back off, honour ``Retry-After`` and redact credentials the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
+
+log = logging.getLogger("streamflow.connectors.http")
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_s)
+        delay = min(self.backoff_s * 2.0**attempt, self.max_backoff_s)
+        return delay * random.uniform(0.5, 1.0)  # jitter: clients that failed together spread
+
+
+async def post_with_retries(session: ClientSession, url: str, body: bytes, key: str, what: str,
+                            retries: Retries, error: type[Exception],
+                            logger: logging.Logger = log, retry_level: int = logging.WARNING,
+                            ) -> None:
+    """POST JSON with an ``Idempotency-Key``; retry 5xx, 408, 429, connection errors and
+    timeouts with backoff (honouring ``Retry-After``); raise ``error`` when refused or out of
+    attempts. Shared by the webhook sink and webhook alerts."""
+    import aiohttp  # imported by whoever built the session
+
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    last = ""
+    for attempt in range(retries.max_retries + 1):
+        retry_after: float | None = None
+        try:
+            async with session.post(url, data=body, headers=headers,
+                                    allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return
+                text = (await resp.text(errors="replace"))[:300]
+                last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + f": {text}"
+                if not (resp.status >= 500 or resp.status in (408, 429)):
+                    raise error(f"{what} was refused with {last} (not retried: a "
+                                f"{resp.status} means the request itself is wrong)")
+                retry_after = _seconds(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            last = f"{type(e).__name__}: {e}"
+        if attempt < retries.max_retries:
+            logger.log(retry_level, "%s failed (attempt %d): %s; retrying", what, attempt + 1,
+                       last)
+            await asyncio.sleep(retries.delay(attempt, retry_after))
+    raise error(f"{what} failed after {retries.max_retries + 1} attempts; last error: {last}")
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and errors: credentials never shown."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _seconds(raw: str | None) -> float | None:
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
