@@ -36,9 +36,8 @@ TEST_TOPIC = re.compile(r"^([tpn][0-9a-f]{8,10}|bench[0-9a-f]{8})\.|^(test|kit|e
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    from streamflow.services.kafka import delete_topics
-
     from streamflow import services
+    from streamflow.services.kafka import delete_topics
 
     services.up(["kafka"])  # reuses a running broker; raises (fails the test) if it cannot start
     # Leftovers of killed runs go at the start, ours at the end; a developer running two
