@@ -10,7 +10,7 @@ import sys
 
 from aiokafka import AIOKafkaProducer
 
-from streamflow import services
+from streamflow import devservices as services
 
 from .backfill_live import LiveLoad
 

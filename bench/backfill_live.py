@@ -28,9 +28,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from streamflow import Settings, Worker, services
-from streamflow._model import Arrival, stable_id
-from streamflow.services.kafka import delete_topics
+from streamflow import devservices as services
+from streamflow.devservices import delete_topics
+from streamflow.engine import Worker
+from streamflow.model import Arrival, Settings, stable_id
 
 from . import _backfill_pipeline as bp
 from .latency import percentile

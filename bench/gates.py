@@ -20,8 +20,13 @@ import time
 import uuid
 from typing import Any
 
-from streamflow import (
+from streamflow import devservices as services
+from streamflow.connectors.testing import IdleSource
+from streamflow.devservices import delete_topics
+from streamflow.engine import Worker
+from streamflow.model import (
     AllowedValues,
+    Arrival,
     Asset,
     Check,
     Expect,
@@ -30,13 +35,9 @@ from streamflow import (
     Pipeline,
     Range,
     Settings,
-    Worker,
-    services,
+    run_checks,
+    stable_id,
 )
-from streamflow._checks import run_checks
-from streamflow._model import Arrival, stable_id
-from streamflow.services.kafka import delete_topics
-from streamflow.testing import IdleSource
 
 from .tracing import Filling, Priced, Sale, _watch, fill_topic, price
 

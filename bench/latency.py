@@ -22,10 +22,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
-from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker, services
-from streamflow._model import Arrival, stable_id
-from streamflow.services.kafka import delete_topics
-from streamflow.testing import IdleSource
+from streamflow import devservices as services
+from streamflow.connectors.testing import IdleSource
+from streamflow.devservices import delete_topics
+from streamflow.engine import Worker
+from streamflow.model import AllOf, Arrival, Asset, Inputs, Pipeline, Settings, stable_id
 
 WARMUP_S = 5.0
 

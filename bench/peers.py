@@ -26,8 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamflow import Settings, services
-from streamflow.services.kafka import delete_topics
+from streamflow import devservices as services
+from streamflow.devservices import delete_topics
+from streamflow.model import Settings
 
 from ._peers_common import THROUGHPUT_WORKLOADS, Spec
 from ._peers_latency import latency_run

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from streamflow import services
+from streamflow import devservices as services
 from streamflow.connectors import ConnectorContext, SinkRecord, build_sink
 
 DDL = ("(_key text PRIMARY KEY, _arrival_id text, id bigint, customer text, amount double "

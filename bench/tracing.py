@@ -29,9 +29,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
-from streamflow import Asset, Pipeline, Settings, Worker, services
-from streamflow._jaeger import get_trace
-from streamflow.services.kafka import delete_topics
+from streamflow import devservices as services
+from streamflow.devservices import delete_topics
+from streamflow.engine import Worker
+from streamflow.model import Asset, Pipeline, Settings
+from streamflow.observability import get_trace
 
 VARIANTS = ("off", "1pct", "100pct", "raw")
 SAMPLERS = {"1pct": ("parentbased_traceidratio", "0.01"), "100pct": ("always_on", "")}

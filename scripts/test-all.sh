@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything StreamFlow's tests need and run the whole suite:
-# virtual environment, dependencies, Kafka, Jaeger, PostgreSQL, ruff, mypy --strict, pytest.
+# virtual environment, dependencies, Kafka, Jaeger, PostgreSQL, ruff, mypy --strict, the
+# import-layering contracts (import-linter), pytest.
 # Safe to run again: every step reuses what an earlier run installed, built or started.
 # Downloads and builds are cached under ~/.cache/streamflow.
 set -euo pipefail
@@ -54,6 +55,7 @@ install_deps() {
 services_up() { "$VENV/bin/streamflow" services up; }
 lint() { "$VENV/bin/ruff" check .; }
 types() { "$VENV/bin/mypy"; }
+layers() { "$VENV/bin/lint-imports"; }
 tests() {
   local rc=0
   "$VENV/bin/python" -m pytest -rs -q -p no:cacheprovider "$@" || rc=$?
@@ -66,4 +68,5 @@ phase deps install_deps
 phase services services_up
 phase ruff lint
 phase mypy types
+phase layers layers
 phase tests tests "$@"

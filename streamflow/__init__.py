@@ -2,64 +2,55 @@
 
 Declare assets with versioned pydantic contracts, sources, stages (with quality-gate checks)
 and sinks on a :class:`Pipeline`, then run it with ``streamflow run module:pipeline`` or
-:func:`run_pipeline`.
+:func:`run_pipeline`. Checks and alerts are in :mod:`streamflow.gates`; the connector SDK is
+:mod:`streamflow.connectors`; every error is a :class:`StreamFlowError`.
 """
 
-from ._alerts import Alert, AlertSink, LogAlerts, WebhookAlerts
-from ._checks import (
-    AllowedValues,
-    Check,
-    CheckResult,
-    Expect,
-    ExpectBatch,
-    Freshness,
-    NotNull,
-    Pattern,
-    Range,
-    RowCount,
-    Unique,
+from typing import Any
+
+from ._deprecated import moved
+from .engine import RunSummary, Worker, run_pipeline
+from .errors import (
+    ConfigError,
+    ConnectorError,
+    ContractError,
+    PipelineError,
+    StreamFlowError,
 )
-from ._config import ConfigError, Settings
-from ._contracts import ContractError
-from ._engine import RunSummary, Worker, run_pipeline
-from ._model import Arrival, Asset, stable_id
-from ._pipeline import Pipeline, PipelineError, load_pipeline
-from ._retry import RetryPolicy
-from ._triggers import AllOf, AnyOf, Inputs, OnEach, Window, WindowRecords
-from .connectors import ConnectorError
+from .model import (
+    AllOf,
+    AnyOf,
+    Arrival,
+    Asset,
+    Inputs,
+    OnEach,
+    Pipeline,
+    RetryPolicy,
+    Settings,
+    Window,
+    WindowRecords,
+    load_pipeline,
+    stable_id,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Alert",
-    "AlertSink",
     "AllOf",
-    "AllowedValues",
     "AnyOf",
     "Arrival",
     "Asset",
-    "Check",
-    "CheckResult",
     "ConfigError",
     "ConnectorError",
     "ContractError",
-    "Expect",
-    "ExpectBatch",
-    "Freshness",
     "Inputs",
-    "LogAlerts",
-    "NotNull",
     "OnEach",
-    "Pattern",
     "Pipeline",
     "PipelineError",
-    "Range",
     "RetryPolicy",
-    "RowCount",
     "RunSummary",
     "Settings",
-    "Unique",
-    "WebhookAlerts",
+    "StreamFlowError",
     "Window",
     "WindowRecords",
     "Worker",
@@ -68,3 +59,13 @@ __all__ = [
     "run_pipeline",
     "stable_id",
 ]
+
+# Checks and alerts moved to ``streamflow.gates``: the old names still resolve, with a warning.
+_MOVED = {name: "streamflow.gates" for name in (
+    "Alert", "AlertSink", "AllowedValues", "Check", "CheckResult", "Expect", "ExpectBatch",
+    "Freshness", "LogAlerts", "NotNull", "Pattern", "Range", "RowCount", "Unique",
+    "WebhookAlerts")}
+
+
+def __getattr__(name: str) -> Any:
+    return moved(__name__, name, _MOVED)

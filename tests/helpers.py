@@ -10,9 +10,8 @@ import orjson
 from opentelemetry import trace
 from pydantic import BaseModel
 
-from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings
-from streamflow._engine import make_transport
-from streamflow.transports import Message
+from streamflow.model import AllOf, Asset, Inputs, Message, Pipeline, RetryPolicy, Settings
+from streamflow.transports import make_transport
 
 
 async def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from streamflow._jaeger import JSpan, get_trace, search_service
+from streamflow.observability import JSpan, get_trace, search_service
 
 __all__ = ["JSpan", "chain", "fetch_trace", "search_service"]
 

@@ -36,8 +36,8 @@ TEST_TOPIC = re.compile(r"^([tpn][0-9a-f]{8,10}|bench[0-9a-f]{8})\.|^(test|kit|e
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    from streamflow import services
-    from streamflow.services.kafka import delete_topics
+    from streamflow import devservices as services
+    from streamflow.devservices import delete_topics
 
     services.up(["kafka"])  # reuses a running broker; raises (fails the test) if it cannot start
     # Leftovers of killed runs go at the start, ours at the end; a developer running two
@@ -52,7 +52,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def jaeger() -> dict[str, str]:
-    from streamflow import services
+    from streamflow import devservices as services
 
     services.up(["jaeger"])
     return {"query": services.JAEGER_QUERY_URL, "otlp_http": services.OTLP_HTTP_ENDPOINT}
@@ -75,7 +75,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> 
 
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
-    from streamflow import services
+    from streamflow import devservices as services
 
     services.up(["postgres"])
     return services.POSTGRES_DSN

@@ -14,14 +14,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from streamflow._alerts import (
-    Alert,
-    AlertDeliveryError,
-    Alerter,
-    LogAlerts,
-    WebhookAlerts,
-    alert_sinks_from_env,
-)
+from streamflow.errors import AlertDeliveryError
+from streamflow.gates import Alerter, LogAlerts, WebhookAlerts, alert_sinks_from_env
+from streamflow.model import Alert
 
 ALERT = Alert(kind="gate-held", pipeline="retail", stage="orders_clean", partition="2024-05-01",
               run_id="r1", summary="2 of 3 checks failed",

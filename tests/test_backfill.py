@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,15 +18,15 @@ from typing import Any
 import orjson
 import pytest
 
-from streamflow import Settings, Worker
-from streamflow._backfill import load_jobs
-from streamflow._cli_backfill import start_backfill
-from streamflow._engine import make_transport
-from streamflow._ledger import fold_raw, runs_topic
-from streamflow._model import H_BACKFILL, H_MODE, lane_topic
+from streamflow.backfill import load_jobs
 from streamflow.cli import main as cli_main
-from streamflow.transports import Message
+from streamflow.cli._backfill import start_backfill
+from streamflow.engine import Worker
+from streamflow.model import H_BACKFILL, H_MODE, Message, Settings, lane_topic, runs_topic
+from streamflow.state import fold_raw
+from streamflow.transports import make_transport
 
+from . import faults
 from .helpers import read_topic
 from .pipelines.backfill import make_pipeline
 
@@ -38,7 +37,7 @@ DAYS, PER_DAY = 12, 30
 
 @pytest.fixture(scope="module")
 def postgres_dsn() -> str:
-    from streamflow import services
+    from streamflow import devservices as services
 
     services.up(["postgres"])
     return services.POSTGRES_DSN
@@ -154,12 +153,13 @@ async def test_backfill_overlapping_live_runs_each_input_once(
 
 def _cli(settings: Settings, *args: str, env: dict[str, str] | None = None,
          ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "streamflow", "backfill", *args, "--namespace",
-           settings.namespace, "--state-dir", str(settings.state_dir)]
+    argv = ["backfill", *args, "--namespace", settings.namespace,
+            "--state-dir", str(settings.state_dir)]
     if settings.kafka_bootstrap:
-        cmd += ["--kafka", settings.kafka_bootstrap]
-    full = {**os.environ, "BACKFILL_DAYS": str(DAYS), "BACKFILL_PER_DAY": str(PER_DAY),
-            **(env or {})}
+        argv += ["--kafka", settings.kafka_bootstrap]
+    cmd = faults.command(argv, env or {})  # the test-only entry point if a fault is asked for
+    full = faults.subprocess_env({**os.environ, "BACKFILL_DAYS": str(DAYS),
+                                  "BACKFILL_PER_DAY": str(PER_DAY), **(env or {})})
     full.pop("STREAMFLOW_KAFKA_BOOTSTRAP", None)
     return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=120)
 
@@ -174,7 +174,7 @@ async def test_backfill_resumes_after_its_driver_crashed(settings: Settings) -> 
         crashed = await asyncio.to_thread(
             _cli, settings, "start", TARGET, "--asset", "orders", "--from", "2026-10-02",
             "--to", "2026-10-12", "--max-concurrency", "1", "--json",
-            env={"STREAMFLOW_FAULT_BACKFILL_CRASH_AFTER": "4"})
+            env={faults.BACKFILL_CRASH_AFTER: "4"})
         assert crashed.returncode == -9, crashed.stderr
         t = make_transport(settings)
         await t.start()

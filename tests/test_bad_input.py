@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from streamflow import Asset, Pipeline, Settings, run_pipeline
+from streamflow.engine import run_pipeline
+from streamflow.model import Asset, Pipeline, Settings
 
 from .helpers import read_topic, values
 from .pipelines.echo import Person
@@ -122,8 +123,8 @@ def test_ctrl_c_drains_in_flight_work_and_exits_zero(settings: Settings, tmp_pat
 async def test_foreign_garbage_on_asset_topics_is_dead_lettered(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from streamflow._engine import make_transport
-    from streamflow.transports import OutMessage
+    from streamflow.model import OutMessage
+    from streamflow.transports import make_transport
 
     ns = settings.namespace
     transport = make_transport(settings)

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from pydantic import BaseModel, computed_field
 
-from streamflow import AllOf, AnyOf, Asset, Inputs, Pipeline, Settings, Worker, run_pipeline
-from streamflow._engine import make_transport
-from streamflow._model import Arrival, stable_id
-from streamflow._ops import list_dead_letters, list_runs, replay
-from streamflow.testing import IdleSource
+from streamflow.connectors.testing import IdleSource
+from streamflow.engine import Worker, run_pipeline
+from streamflow.model import AllOf, AnyOf, Arrival, Asset, Inputs, Pipeline, Settings, stable_id
+from streamflow.ops import list_dead_letters, list_runs, replay
+from streamflow.transports import make_transport
 
 from .helpers import ListSource, read_topic, values
 
@@ -242,7 +242,7 @@ async def test_a_partition_moved_to_another_worker_mid_barrier_fires_once(
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_inputs_that_are_not_copartitioned_fail_at_start(settings: Settings,
                                                                tmp_path: Path) -> None:
-    from streamflow import PipelineError
+    from streamflow.errors import PipelineError
     from streamflow.transports import KafkaTransport
 
     assert settings.kafka_bootstrap is not None

@@ -6,7 +6,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamflow._triggers import AllOf, AnyOf, Barrier, PartitionState, Slot
+from streamflow.model import AllOf, AnyOf
+from streamflow.triggers import Barrier, PartitionState, Slot
 
 INPUTS = ["sales", "fx", "loyalty"]
 

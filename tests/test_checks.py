@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow._checks import (
+from streamflow.model import (
     MAX_VALUES,
     AllowedValues,
     Check,

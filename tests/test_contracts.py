@@ -9,16 +9,11 @@ import orjson
 import pytest
 from pydantic import BaseModel, Field
 
-from streamflow import Asset, Pipeline, Settings, run_pipeline
-from streamflow._contracts import (
-    ContractError,
-    check_contracts,
-    compare,
-    contracts_topic,
-    signature,
-)
-from streamflow._engine import make_transport
-from streamflow.transports import OutMessage
+from streamflow.engine import run_pipeline
+from streamflow.errors import ContractError
+from streamflow.model import Asset, OutMessage, Pipeline, Settings, contracts_topic
+from streamflow.state import check_contracts, compare, signature
+from streamflow.transports import make_transport
 
 from .helpers import ListSource, read_topic, values
 

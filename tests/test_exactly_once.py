@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,16 +22,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from streamflow import Asset, Pipeline, Settings, Worker
-from streamflow.transports import (
-    KafkaTransport,
-    Message,
-    OutMessage,
-    TransactionalSubscription,
-    TransactionFailed,
-)
-from streamflow.transports._kafka_eos import KafkaEosSubscription
+from streamflow.engine import Worker
+from streamflow.errors import TransactionFailed
+from streamflow.model import Asset, Message, OutMessage, Pipeline, Settings
+from streamflow.transports import KafkaTransport, TransactionalSubscription
+from streamflow.transports.kafka._eos import KafkaEosSubscription
 
+from . import faults
 from .helpers import ListSource, read_topic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,14 +64,15 @@ class Workers:
     def start(self, *extra: str, env: dict[str, str] | None = None,
               port: int | None = None) -> subprocess.Popen[bytes]:
         s = self.settings
-        cmd = [sys.executable, "-m", "streamflow", "worker", TARGET, "--exactly-once",
-               "--state-dir", str(s.state_dir), "--partitions", str(s.partitions),
-               "--http-port", str(port) if port is not None else "off", *extra]
+        args = ["worker", TARGET, "--exactly-once",
+                "--state-dir", str(s.state_dir), "--partitions", str(s.partitions),
+                "--http-port", str(port) if port is not None else "off", *extra]
+        cmd = faults.command(args, env or {})  # the test-only entry point if a fault is asked
         if s.kafka_bootstrap:
             cmd += ["--kafka", s.kafka_bootstrap]
-        full_env = {**os.environ, "SETTLE_WORKDIR": str(self.workdir),
+        full_env = faults.subprocess_env({**os.environ, "SETTLE_WORKDIR": str(self.workdir),
                     "STREAMFLOW_NAMESPACE": s.namespace, "STREAMFLOW_DRAIN_TIMEOUT_S": "20",
-                    **(env or {})}
+                    **(env or {})})
         full_env.pop("STREAMFLOW_KAFKA_BOOTSTRAP", None)
         log = open(self.workdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -131,7 +128,7 @@ async def test_a_crash_between_produce_and_commit_loses_and_duplicates_nothing(
         settings: Settings, workers: Workers) -> None:
     for part in range(4):
         _land(workers.workdir, range(part * ORDERS // 4, (part + 1) * ORDERS // 4), part)
-    first = workers.start(env={"STREAMFLOW_FAULT_CRASH_BEFORE_COMMIT": "3"})
+    first = workers.start(env={faults.CRASH_BEFORE_COMMIT: "3"})
     assert first.wait(120) == -signal.SIGKILL, workers.log(0)
     # What the dead worker produced in its open transaction is not readable.
     for asset in ("priced", "settled"):

@@ -10,10 +10,12 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow import (
+from streamflow.engine import Worker, run_pipeline
+from streamflow.model import (
     Alert,
     AllOf,
     AllowedValues,
+    Asset,
     Check,
     Expect,
     ExpectBatch,
@@ -24,16 +26,13 @@ from streamflow import (
     Pipeline,
     Range,
     RowCount,
+    RunRecord,
     Settings,
     Unique,
     Window,
     WindowRecords,
-    Worker,
-    run_pipeline,
 )
-from streamflow._ledger import RunRecord
-from streamflow._model import Asset
-from streamflow._ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
+from streamflow.ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
 
 from .helpers import ListSource, read_topic
 

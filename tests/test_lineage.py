@@ -14,9 +14,10 @@ import pytest
 from openlineage.client import OpenLineageClient
 from openlineage.client.transport.transport import Transport
 
-from streamflow._cli_lineage import add_cli, build_tree, render_tree, tree_json, what_exists
-from streamflow._ledger import RunInput, RunRecord
-from streamflow._lineage import Lineage, ol_run_id
+from streamflow.cli._lineage import add_cli, render_tree
+from streamflow.model import RunInput, RunRecord
+from streamflow.observability._lineage import Lineage, ol_run_id
+from streamflow.ops import build_tree, tree_json, what_exists
 
 RUN_OK = "0123456789abcdef0123456789abcdef"
 RUN_BAD = "fedcba9876543210fedcba9876543210"
@@ -204,7 +205,7 @@ def test_nothing_matches_says_what_the_ledger_has(capsys: pytest.CaptureFixture[
     async def runs(settings: Any) -> list[RunRecord]:
         return ledger
 
-    monkeypatch.setattr("streamflow._cli_lineage.list_runs", runs)
+    monkeypatch.setattr("streamflow.cli._lineage.list_runs", runs)
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())
     args = parser.parse_args(["lineage", "nope", "2026-10-03"])

@@ -11,10 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamflow import Pipeline, Settings, Worker
-from streamflow._config import ConfigError
 from streamflow.cli import main
 from streamflow.connectors import SourceBatch
+from streamflow.engine import Worker
+from streamflow.errors import ConfigError
+from streamflow.model import Pipeline, Settings
 
 from .helpers import ListSource, order_pipeline
 
@@ -154,8 +155,7 @@ def test_http_port_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 async def test_probes_follow_the_worker_phase_and_a_dead_consumer() -> None:
-    from streamflow._health import Probe
-    from streamflow._metrics import Metrics
+    from streamflow.observability import Metrics, Probe
 
     probe = Probe("p", "embedded", Metrics("p"))
     routes = probe.routes()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from streamflow import Settings
-from streamflow._ops import list_dead_letters, list_runs
+from streamflow.model import Settings
+from streamflow.ops import list_dead_letters, list_runs
 
 FX = {"USD": Decimal("1.0"), "EUR": Decimal("1.08"), "GBP": Decimal("1.27"),
       "JPY": Decimal("0.0067"), "CAD": Decimal("0.73")}

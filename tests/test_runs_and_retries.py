@@ -9,9 +9,10 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow import Asset, Pipeline, RetryPolicy, Settings, run_pipeline
-from streamflow._ops import list_dead_letters, list_runs, replay
 from streamflow.cli import main
+from streamflow.engine import run_pipeline
+from streamflow.model import Asset, Pipeline, RetryPolicy, Settings
+from streamflow.ops import list_dead_letters, list_runs, replay
 
 from .helpers import ListSource, read_topic, values
 
@@ -190,7 +191,7 @@ async def test_source_dead_letters_are_not_replayable(settings: Settings,
     await run_pipeline(pipeline(lambda x: x, src, tmp_path, FAST), settings)
     (entry,) = await list_dead_letters(settings)
     assert entry.kind == "source" and not entry.replayable
-    from streamflow._ops import OpsError
+    from streamflow.errors import OpsError
 
     with pytest.raises(OpsError, match="rejected by a source"):
         await replay(settings, [entry])

@@ -18,8 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from streamflow import services
-from streamflow.services import ServiceError, ServiceStatus
+from streamflow import devservices as services
+from streamflow.devservices import ServiceStatus
+from streamflow.errors import ServiceError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +184,7 @@ def test_jaeger_trace_round_trip() -> None:
 
 def test_a_slow_service_that_keeps_logging_is_waited_for(tmp_path: Path) -> None:
     """Kafka with thousands of partitions logs steadily for a minute: not a hang."""
-    from streamflow.services.base import alive, await_ready, spawn_detached
+    from streamflow.devservices._base import alive, await_ready, spawn_detached
 
     log = tmp_path / "svc.log"
     chatty = ("import time\nfor i in range(12):\n    print('loading', i, flush=True)\n"

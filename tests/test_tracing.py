@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamflow import Pipeline, RetryPolicy, Settings, run_pipeline
-from streamflow._ops import list_runs
-from streamflow._telemetry import is_sampled
 from streamflow.cli import main
-from streamflow.transports import Message
+from streamflow.engine import run_pipeline
+from streamflow.model import Message, Pipeline, RetryPolicy, Settings
+from streamflow.observability import is_sampled
+from streamflow.ops import list_runs
 
 from .helpers import ListSource, Order, checked, order_pipeline, orders, read_topic
 from .jaeger_client import chain, fetch_trace, search_service
@@ -235,7 +235,7 @@ async def test_at_one_percent_sampling_failures_are_still_exported(
 async def test_sql_sink_writes_carry_db_attributes_and_runs_their_attempts(
     settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streamflow import services
+    from streamflow import devservices as services
 
     services.up(["postgres"])
     ns = settings.namespace

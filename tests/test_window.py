@@ -11,8 +11,9 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow import Asset, Pipeline, Settings, Window, WindowRecords, run_pipeline
-from streamflow._ops import list_dead_letters, list_runs
+from streamflow.engine import run_pipeline
+from streamflow.model import Asset, Pipeline, Settings, Window, WindowRecords
+from streamflow.ops import list_dead_letters, list_runs
 
 from .helpers import ListSource
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from streamflow import Settings
-from streamflow._ops import list_dead_letters, list_runs
+from streamflow.model import Settings
+from streamflow.ops import list_dead_letters, list_runs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

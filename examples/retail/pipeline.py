@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from streamflow import (
+from streamflow.model import (
     AllOf,
     Asset,
     ExpectBatch,

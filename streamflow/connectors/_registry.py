@@ -11,14 +11,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from streamflow.errors import ConnectorError as ConnectorError  # re-exported by the SDK
+
 from ._api import ConnectorSpec, Sink, Source
 
 GROUP = "streamflow.connectors"
 Kind = Literal["source", "sink"]
-
-
-class ConnectorError(ValueError):
-    pass
 
 
 def _entry_points() -> dict[str, EntryPoint]:

@@ -1,11 +1,20 @@
-"""Transports: one protocol, two logs underneath (Kafka, embedded SQLite)."""
+"""Transports: one protocol, two logs underneath (Kafka, embedded SQLite).
+
+May import ``streamflow.model`` and ``streamflow.errors`` only; the engine, state and the CLIs
+reach a log solely through :class:`Transport` and :class:`Subscription`, and pick one with
+:func:`make_transport`.
+"""
 
 from aiokafka.errors import KafkaError as _KafkaError
 
+from streamflow.errors import TransactionFailed, TransportError
+from streamflow.model import Message, OutMessage
+
 from ._embedded import EmbeddedTransport
-from ._kafka import KafkaTransport, TransportError
-from ._protocol import Message, OutMessage, Subscription, TransactionalSubscription, Transport
-from ._txn import TransactionFailed
+from ._factory import make_transport
+from ._protocol import AssignCallback, Subscription, TransactionalSubscription, Transport
+from ._txn import last_offsets
+from .kafka import KafkaTransport
 
 RECOVERABLE: tuple[type[BaseException], ...] = (TransactionFailed, _KafkaError, ConnectionError,
                                                 TimeoutError)
@@ -14,6 +23,7 @@ than dying: a lost transaction, or the broker going away mid-batch."""
 
 __all__ = [
     "RECOVERABLE",
+    "AssignCallback",
     "EmbeddedTransport",
     "KafkaTransport",
     "Message",
@@ -23,4 +33,6 @@ __all__ = [
     "TransactionalSubscription",
     "Transport",
     "TransportError",
+    "last_offsets",
+    "make_transport",
 ]

@@ -17,8 +17,10 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from ._protocol import AssignCallback, Message, OutMessage
-from ._txn import CURRENT, crash_hook, last_offsets
+from streamflow.model import Message, OutMessage
+
+from ._protocol import AssignCallback
+from ._txn import CURRENT, before_commit, last_offsets
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
@@ -121,7 +123,7 @@ class EmbeddedTransport:
                         "DO UPDATE SET off=MAX(off, excluded.off)",
                         [(group, t, off) for t, off in offsets])
                 if group is not None:
-                    crash_hook.before_commit(len(rows))
+                    before_commit(len(rows))
                 await self.db.commit()
             except BaseException:
                 await self.db.rollback()

@@ -4,37 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import Protocol
 
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(slots=True)
-class OutMessage:
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    headers: Headers = field(default_factory=list)
-    partition_key: bytes | None = None
-    """Co-partitioning: messages with the same partition key land on the same partition number
-    of every topic (with equal partition counts), so one worker sees all of a barrier's inputs."""
-    partition: int | None = None
-    """An explicit partition number (a changelog follows its input partition)."""
-
+from streamflow.model import Message, OutMessage
 
 AssignCallback = Callable[[set[int]], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: Headers
-    timestamp_ms: int
 
 
 class Subscription(Protocol):

@@ -1,5 +1,5 @@
-"""Exactly-once plumbing shared by both transports: which transaction a publish joins, and the
-fault hook the chaos suite uses to crash a worker between a produce and its commit.
+"""Exactly-once plumbing shared by both transports: which transaction a publish joins, and a
+seam called between a transaction's produce and its commit.
 
 A consumer handles one input partition at a time inside ``Subscription.partition(n)``; while
 that block runs, ``Transport.publish`` in the same task writes into partition n's open
@@ -10,17 +10,10 @@ transaction together with the input offsets marked done.
 from __future__ import annotations
 
 import contextvars
-import os
-import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ._protocol import Message, OutMessage
-
-
-class TransactionFailed(RuntimeError):
-    """A transaction could not commit (fenced by a newer owner, broker gone, timed out): its
-    effects are discarded and the consumer must rewind to its last commit."""
+from streamflow.model import Message, OutMessage
 
 
 class TxnTarget(Protocol):
@@ -46,21 +39,15 @@ def last_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
     return last
 
 
-class _CrashHook:
-    """``STREAMFLOW_FAULT_CRASH_BEFORE_COMMIT=N``: SIGKILL this process at its Nth transaction
-    commit, after the outputs were produced and before the commit, as a power cut would."""
-
-    def __init__(self) -> None:
-        raw = os.environ.get("STREAMFLOW_FAULT_CRASH_BEFORE_COMMIT", "")
-        self.at = int(raw) if raw.strip().isdigit() else 0
-        self.count = 0
-
-    def before_commit(self, produced: int) -> None:
-        if self.at <= 0 or produced == 0:
-            return
-        self.count += 1
-        if self.count >= self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
+BEFORE_COMMIT: list[Callable[[int], None]] = []
+"""Called, in order, just before a consumer group's transaction commits (its outputs produced,
+its input offsets added), with the number of records the transaction produced. Empty in normal
+operation; observers and tests (``tests/faults.py`` crashes a worker here) may append to it.
+A callback that raises aborts the transaction."""
 
 
-crash_hook = _CrashHook()
+def before_commit(produced: int) -> None:
+    """Run the ``BEFORE_COMMIT`` callbacks (a plain list check when there are none)."""
+    if BEFORE_COMMIT:
+        for callback in tuple(BEFORE_COMMIT):
+            callback(produced)

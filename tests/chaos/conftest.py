@@ -22,7 +22,7 @@ def chaos_seed() -> int:
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> str:
-    from streamflow import services
+    from streamflow import devservices as services
 
     services.up(["postgres"])
     return services.POSTGRES_DSN

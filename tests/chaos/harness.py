@@ -17,13 +17,14 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests import faults
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = str(Path(__file__).resolve().parent / "pipeline.py") + ":pipeline"
@@ -69,12 +70,13 @@ class Fleet:
 
     def start(self, worker_id: str, extra_env: dict[str, str] | None = None) -> Proc:
         port = free_port()
-        cmd = [sys.executable, "-m", "streamflow", "-v", "--log-format", "text", "worker",
-               TARGET, "--exactly-once", "--worker-id", worker_id, "--http-port", str(port),
-               "--state-dir", str(self.workdir / "state")]
+        args = ["-v", "--log-format", "text", "worker", TARGET, "--exactly-once",
+                "--worker-id", worker_id, "--http-port", str(port),
+                "--state-dir", str(self.workdir / "state")]
+        cmd = faults.command(args, extra_env or {})  # test-only entry point if a fault is asked
         if self.kafka:
             cmd += ["--kafka", self.kafka]
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        env = faults.subprocess_env({**os.environ, **self.env, **(extra_env or {})})
         if not self.kafka:
             env.pop("STREAMFLOW_KAFKA_BOOTSTRAP", None)
         n = sum(1 for p in self.procs if p.worker_id == worker_id)
@@ -285,7 +287,7 @@ class CommitWatch:
 # ---------------------------------------------------------------------------------- the broker
 
 def broker_pid() -> int | None:
-    from streamflow.services import kafka
+    from streamflow.devservices import kafka
 
     return kafka._pid()
 
@@ -308,7 +310,7 @@ async def kill_broker() -> float:
 
 async def restart_broker() -> float:
     """Start it again (blocking in a thread); returns when it accepts clients."""
-    from streamflow import services
+    from streamflow import devservices as services
 
     await asyncio.to_thread(services.up, ["kafka"])
     log.info("broker restarted")

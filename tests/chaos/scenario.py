@@ -10,11 +10,13 @@ import signal
 import time
 from typing import Any
 
+from tests.faults import CRASH_BEFORE_COMMIT
+
 from .feed import Feeder
 from .harness import CommitWatch, Fleet, Proc, kill_broker, restart_broker
 
 log = logging.getLogger("chaos")
-HOOK = "STREAMFLOW_FAULT_CRASH_BEFORE_COMMIT"
+HOOK = CRASH_BEFORE_COMMIT
 
 
 class Chaos:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from streamflow.services.kafka import delete_topics
+from streamflow.devservices import delete_topics
 
 from .conftest import write_report
 from .feed import Feeder, KafkaInput, make_plan, partition_of

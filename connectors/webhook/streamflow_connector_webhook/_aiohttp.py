@@ -11,7 +11,7 @@ def aiohttp_module() -> Any:
     """The aiohttp package (with aiohttp.web), or a ConnectorError naming the extra."""
     try:  # deferred: aiohttp is the optional `webhook` extra
         import aiohttp
-        import aiohttp.web
+        import aiohttp.web  # deferred too: the server half of the same extra
     except ImportError as e:
         raise ConnectorError(
             "the webhook connector needs aiohttp: pip install 'streamflow[webhook]'") from e

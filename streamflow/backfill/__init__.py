@@ -1,0 +1,33 @@
+"""Backfills: the job record on ``<ns>.backfills``, the planner that rebuilds history as
+arrivals, and the driver that publishes it slice by slice into the lane.
+
+May import ``streamflow.state``, ``streamflow.transports``, ``streamflow.observability``
+and ``streamflow.model``.
+"""
+
+from ._driver import Driver, Progress, run_counts, set_status
+from ._jobs import (
+    BackfillJob,
+    Planner,
+    Reprocess,
+    find_job,
+    load_jobs,
+    new_id,
+    parse_time,
+    target_stages,
+)
+
+__all__ = [
+    "BackfillJob",
+    "Driver",
+    "Planner",
+    "Progress",
+    "Reprocess",
+    "find_job",
+    "load_jobs",
+    "new_id",
+    "parse_time",
+    "run_counts",
+    "set_status",
+    "target_stages",
+]

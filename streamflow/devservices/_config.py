@@ -1,0 +1,52 @@
+"""Pinned versions, fixed local endpoints and cache paths for the dev services.
+
+Everything is pinned here, once, so the CLI, tests, demo and CI agree on what they talk to.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.2"
+KAFKA_SCALA_VERSION = "2.13"
+LOG4J_SLF4J_VERSION = "2.25.3"
+JAEGER_VERSION = "v1.75.0"
+
+HOST = "127.0.0.1"
+KAFKA_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+KAFKA_BOOTSTRAP = f"{HOST}:{KAFKA_PORT}"
+
+JAEGER_QUERY_PORT = 16686
+JAEGER_QUERY_GRPC_PORT = 16685
+OTLP_GRPC_PORT = 4317
+OTLP_HTTP_PORT = 4318
+JAEGER_QUERY_URL = f"http://{HOST}:{JAEGER_QUERY_PORT}"
+OTLP_HTTP_ENDPOINT = f"http://{HOST}:{OTLP_HTTP_PORT}"
+OTLP_GRPC_ENDPOINT = f"http://{HOST}:{OTLP_GRPC_PORT}"
+
+POSTGRES_PORT = 5432
+POSTGRES_CLUSTER = "streamflow"
+POSTGRES_USER = "streamflow"
+POSTGRES_PASSWORD = "streamflow"
+POSTGRES_DB = "streamflow"
+POSTGRES_DSN = (
+    f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
+)
+
+SERVICE_NAMES: tuple[str, ...] = ("kafka", "postgres", "jaeger")
+"""Start order: Kafka and Postgres are quick; Jaeger may compile for minutes the first time."""
+
+
+def cache_dir() -> Path:
+    """Root of everything downloaded or built (``$STREAMFLOW_CACHE`` overrides it)."""
+    override = os.environ.get("STREAMFLOW_CACHE")
+    return Path(override) if override else Path.home() / ".cache" / "streamflow"
+
+
+def run_dir(service: str) -> Path:
+    """Runtime state (logs, pid file, data) of one service; created on demand."""
+    path = cache_dir() / "run" / service
+    path.mkdir(parents=True, exist_ok=True)
+    return path

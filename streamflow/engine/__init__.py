@@ -1,0 +1,14 @@
+"""The worker: consumer loops, source and sink runners, stage execution, run outcomes,
+drain. It wires everything below it and implements the gates' ``RunRecorder``.
+
+May import every package except ``streamflow.cli``, ``streamflow.ops`` and
+``streamflow.backfill``.
+"""
+
+from ._worker import RunSummary, Worker, run_pipeline
+
+__all__ = [
+    "RunSummary",
+    "Worker",
+    "run_pipeline",
+]

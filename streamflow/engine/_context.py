@@ -1,0 +1,50 @@
+"""What every loop of a worker shares: its transport, tracing, metrics and counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from streamflow.connectors import ConnectorContext
+from streamflow.gates import Alerter
+from streamflow.model import Asset
+from streamflow.observability import Metrics, RunEvents, Tracing
+from streamflow.transports import Transport
+
+
+@dataclass
+class Counters:
+    records_in: int = 0
+    records_out: int = 0
+    dead_lettered: int = 0
+    runs: int = 0
+    retried: int = 0
+    deduped: int = 0
+
+
+@dataclass
+class Ctx:
+    transport: Transport
+    tracing: Tracing
+    counters: Counters
+    dlq_topic: str
+    poll_batch: int
+    namespace: str
+    metrics: Metrics
+    commit_interval_s: float = 0.1
+    alerter: Alerter | None = None
+    pipeline: str = ""
+    max_record_bytes: int = 256 * 1024
+    backfill_batch: int = 16
+    lineage: RunEvents | None = None
+    """OpenLineage run events, when ``Settings.lineage`` names a target."""
+
+    def topic(self, asset: Asset[Any]) -> str:
+        return asset.topic(self.namespace)
+
+
+def connector_context(
+    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str
+) -> ConnectorContext:
+    return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
+                            namespace=namespace, pipeline=pipeline)

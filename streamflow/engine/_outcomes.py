@@ -1,0 +1,368 @@
+"""A stage's runs: calling the stage, then recording each outcome.
+
+A run succeeds (its outputs published, the ledger told), is retried (parked on the stage's retry
+topic with its due time) or is dead-lettered; a barrier whose deadline passed fires, skips or
+dead-letters its run. Every final status marks the run fired, so it never runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any, Protocol
+
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel
+
+from streamflow.gates import RunRecorder, gate_run
+from streamflow.model import (
+    H_ATTEMPT,
+    H_PLANNED,
+    H_RETRY_AT,
+    H_TRACEPARENT,
+    Alert,
+    Arrival,
+    Asset,
+    DeadLetterKind,
+    Message,
+    OutMessage,
+    PlannedRun,
+    RunStatus,
+    StageSpec,
+    error_info,
+    stable_id,
+)
+from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span, traceparent_of
+from streamflow.state import record_message
+from streamflow.triggers import TriggerRuntime
+
+from ._context import Ctx
+
+log = logging.getLogger("streamflow.stage")
+
+
+class StageLike(RunRecorder, Protocol):
+    """The stage runner as its runs see it (``_stage.StageRunner`` implements it): these
+    functions are the run half of the runner, kept apart so each module stays one concern."""
+
+    ctx: Ctx
+    spec: StageSpec
+    gate: TriggerRuntime | None
+    fired: set[str]
+    topics: list[str]
+    out_topic: str
+    retry_topic: str
+
+    def published(self) -> None: ...
+
+    def plan_each(self, m: Message, arr: Arrival, record: BaseModel) -> PlannedRun: ...
+
+    def scope(self, partition: int) -> AbstractAsyncContextManager[bool]: ...
+
+
+async def execute(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
+                  out: list[OutMessage], spans: list[RecSpan | None],
+                  proc: RecSpan | None) -> None:
+    """Run ``plan``; then, if it released a gate's hold, the runs parked behind it."""
+    for parked in await _run(st, plan, attempt, m, out, spans, proc):
+        arr = Arrival.from_message(parked.key, parked.value, parked.headers)
+        try:
+            again = _unpark(st, parked, arr)
+        except (ValueError, LookupError) as e:  # a contract grew stricter meanwhile
+            reason = (f"stage {st.name!r}: a run parked behind the hold on partition "
+                      f"{plan.partition!r} cannot run: {type(e).__name__}: {e}")
+            out.append(st.dead_letter(reason, parked, arr, None, spans, e))
+            continue
+        await execute(st, again, 1, parked, out, spans, None)
+
+
+def _unpark(st: StageLike, parked: Message, arr: Arrival) -> PlannedRun:
+    if any(k == H_PLANNED for k, _ in parked.headers):
+        assert st.gate is not None, "a planned run parked at a stage without a trigger"
+        again = st.gate.replan(parked.value, arr)
+        if again is None:
+            raise ValueError("its planned inputs are unreadable")
+        again.kafka_partition = parked.partition
+        return again
+    asset = st.by_asset.get(arr.asset)
+    if asset is None:
+        raise LookupError(f"asset {arr.asset!r} is no input of this stage")
+    return st.plan_each(parked, arr, asset.contract.model_validate_json(parked.value))
+
+
+async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
+               out: list[OutMessage], spans: list[RecSpan | None],
+               proc: RecSpan | None) -> list[Message]:
+    tr, spec = st.ctx.tracing, st.spec
+    if plan.run_id in st.fired:
+        st.ctx.counters.deduped += 1
+        st.ctx.metrics.add(st.ctx.metrics.runs, (spec.name, "deduped"))
+        return []
+    attrs: dict[str, AttrValue] = {
+        "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
+        "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
+        "streamflow.attempt": attempt,
+    }
+    if plan.backfill:
+        attrs["streamflow.backfill_id"] = plan.backfill
+    run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
+                         attrs, links=plan.links)
+    spans.append(run)
+    started = time.time()
+    released: list[Message] = []
+    if st.keeper is not None:
+        go, released = await gate_run(st, plan, attempt, m, out, spans, run, started)
+        if not go:
+            return []
+    st.ctx.counters.runs += 1
+    if st.ctx.lineage is not None:
+        lineage(st, plan, attempt, started, None)
+    mt = st.ctx.metrics
+    if m is not None and attempt == 1 and m.timestamp_ms > 0:
+        mt.fire_latency.observe(st.name, max(0.0, started - m.timestamp_ms / 1000))
+    try:
+        with tr.run_context(run, plan.parent):
+            outputs = list(_outputs(await _call(st, plan.arg), spec.output))
+    except Exception as e:  # user code: a failure retries or dead-letters, never crashes
+        _failed(st, e, plan, attempt, m, out, spans, run, attrs, started)
+        return released
+    _succeeded(st, outputs, plan, attempt, out, spans, run, started)
+    return released
+
+
+def _failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Message | None,
+            out: list[OutMessage], spans: list[RecSpan | None], run: RecSpan | None,
+            attrs: dict[str, AttrValue], started: float) -> None:
+    """The attempt raised: retry it later, or dead-letter the run once retries are spent."""
+    tr, spec, mt = st.ctx.tracing, st.spec, st.ctx.metrics
+    policy = spec.retry
+    reason = f"stage {spec.name!r} failed in run {plan.run_id} (attempt {attempt} of " \
+             f"{policy.attempts}): {type(e).__name__}: {e}"
+    if run is None:  # not sampled: the failing run is exported all the same
+        run = tr.start_failure(f"run {spec.name}", plan.parent, SpanKind.INTERNAL,
+                               attrs, start_time=int(started * 1e9))
+        spans.append(run)
+    fail_span(run, e, reason)
+    if run is not None:
+        run.add_event("attempt", {"streamflow.attempt": attempt,
+                                  "streamflow.outcome": "failed"})
+    mt.stage_duration.observe(spec.name, time.time() - started)
+    mt.failed("stage", spec.name, reason, plan.run_id)
+    if policy.should_retry(e, attempt):
+        _retry(st, e, reason, plan, attempt, m, out, run, started)
+    else:
+        out.append(dead_letter_run(st, reason, plan, m, run, spans, e, attempt))
+        out.append(ledger_record(st, plan, "dead-lettered", attempt, started, [], e))
+        mt.add(mt.runs, (spec.name, "dead-lettered"))
+        st.fire(plan)
+        if st.ctx.lineage is not None:
+            lineage(st, plan, attempt, time.time(), "dead-lettered", reason)
+
+
+def _retry(st: StageLike, e: Exception, reason: str, plan: PlannedRun, attempt: int,
+           m: Message | None, out: list[OutMessage], run: RecSpan | None,
+           started: float) -> None:
+    """Park the run on the retry topic with the due time of its next attempt."""
+    spec, mt = st.spec, st.ctx.metrics
+    st.ctx.counters.retried += 1
+    mt.add(mt.retries, (spec.name,))
+    mt.add(mt.runs, (spec.name, "retrying"))
+    due = int((time.time() + spec.retry.delay_s(attempt)) * 1000)
+    keep = [(k, v) for k, v in _run_headers(plan, m)
+            if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED, H_TRACEPARENT)]
+    keep += [(H_ATTEMPT, str(attempt + 1).encode()), (H_RETRY_AT, str(due).encode())]
+    if plan.planned:
+        keep.append((H_PLANNED, b"1"))
+    tp = traceparent_of(run, plan.parent)
+    if tp is not None:
+        keep.append((H_TRACEPARENT, tp))
+    key = m.key if m is not None and not plan.planned else None
+    out.append(OutMessage(st.retry_topic, plan.payload, key, keep,
+                          partition_key=plan.partition.encode()))
+    out.append(ledger_record(st, plan, "retrying", attempt, started, [], e))
+    if st.ctx.lineage is not None:
+        lineage(st, plan, attempt, time.time(), "retrying", reason)
+
+
+def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attempt: int,
+               out: list[OutMessage], spans: list[RecSpan | None], run: RecSpan | None,
+               started: float) -> None:
+    spec, mt = st.spec, st.ctx.metrics
+    mt.stage_duration.observe(spec.name, time.time() - started)
+    mt.add(mt.runs, (spec.name, "succeeded"))
+    if run is not None:
+        run.add_event("attempt", {"streamflow.attempt": attempt,
+                                  "streamflow.outcome": "succeeded"})
+    produced = _emit(st, outputs, plan, run, out, spans)
+    if produced and spec.output is not None:
+        mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
+    out.append(ledger_record(st, plan, "succeeded", attempt, started, produced, None))
+    st.fire(plan)
+    if st.ctx.lineage is not None:
+        lineage(st, plan, attempt, time.time(), "succeeded")
+
+
+def lineage(st: StageLike, plan: PlannedRun, attempt: int, at: float, status: str | None,
+            error: str | None = None) -> None:
+    """START when ``status`` is None, else the attempt's end event."""
+    assert st.ctx.lineage is not None
+    kw: dict[str, Any] = dict(
+        stage=st.name, run_id=plan.run_id, partition=plan.partition, attempt=attempt,
+        mode=plan.mode, backfill=plan.backfill, inputs=[a.name for a in st.spec.inputs],
+        output=st.spec.output.name if st.spec.output is not None else None,
+        at_ms=int(at * 1000))
+    if status is None:
+        st.ctx.lineage.started(**kw)
+    else:
+        st.ctx.lineage.ended(**kw, status=status, error=error)
+
+
+def dead_letter_run(st: StageLike, reason: str, plan: PlannedRun, m: Message | None,
+                    parent: RecSpan | None, spans: list[RecSpan | None],
+                    exc: BaseException | None, attempt: int,
+                    kind: DeadLetterKind | None = None) -> OutMessage:
+    """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
+    arr = _plan_arrival(plan)
+    hdrs = [(k, v) for k, v in _run_headers(plan, m)
+            if k not in (H_ATTEMPT, H_RETRY_AT, H_PLANNED)]
+    if plan.planned:
+        hdrs.append((H_PLANNED, b"1"))
+    # A planned run's message is whichever arrival fired it, maybe of another key: its
+    # own partition number and key travel instead.
+    where = m if m is not None and not plan.planned else Message(
+        st.topics[0], plan.kafka_partition, -1, None, b"", [], 0)
+    dead = Message(where.topic, where.partition, where.offset, where.key, plan.payload,
+                   hdrs, where.timestamp_ms)
+    return st.dead_letter(reason, dead, arr, parent, spans, exc, plan.run_id, attempt, kind)
+
+
+def _plan_arrival(plan: PlannedRun) -> Arrival:
+    first = plan.inputs[0] if plan.inputs else None
+    return Arrival(first.arrival_id if first else plan.run_id,
+                   first.asset if first else "", plan.partition, 1, 0, plan.run_id,
+                   plan.mode, None, plan.payload, plan.parent, plan.replay, plan.backfill)
+
+
+def _run_headers(plan: PlannedRun, m: Message | None) -> list[tuple[str, bytes]]:
+    """What a retry or dead letter of the run carries: its input's headers, or for a
+    planned run (whose message may be another key's) headers built from the run."""
+    if m is not None and not plan.planned:
+        return m.headers
+    return _plan_arrival(plan).headers()
+
+
+async def _call(st: StageLike, arg: Any) -> Any:
+    fn, timeout = st.spec.fn, st.spec.retry.timeout_s
+    if st.spec.is_async:
+        result = fn(arg)
+        assert inspect.isawaitable(result)
+        return await (asyncio.wait_for(result, timeout) if timeout else result)
+    if timeout is None:
+        return fn(arg)
+    return await asyncio.wait_for(asyncio.to_thread(fn, arg), timeout)
+
+
+def _emit(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, run: RecSpan | None,
+          out: list[OutMessage], spans: list[RecSpan | None]) -> list[str]:
+    tr, out_asset = st.ctx.tracing, st.spec.output
+    if out_asset is None:
+        return []
+    ids = []
+    for i, rec in enumerate(outputs):
+        key = out_asset.key_of(rec)
+        key_b = key.encode() if key is not None else None
+        send = tr.start_child(f"send {st.out_topic}", run, SpanKind.PRODUCER,
+                              partial(tr.send_attributes, st.out_topic, key_b))
+        spans.append(send)
+        o = Arrival(stable_id(plan.run_id, i), out_asset.name, out_asset.partition_of(rec),
+                    out_asset.version, out_asset.event_time_ms(rec), plan.run_id,
+                    plan.mode, key_b, rec.model_dump_json().encode(),
+                    traceparent_of(send, plan.parent), backfill=plan.backfill)
+        out.append(o.message(st.out_topic))
+        ids.append(o.arrival_id)
+    return ids
+
+
+def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: int,
+                  started: float, outputs: list[str], exc: BaseException | None) -> OutMessage:
+    return record_message(
+        st.runs_topic, plan.run_id, st.spec.name, plan.partition, status, attempt,
+        st.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
+        plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
+        plan.parent[3:35].decode() if plan.parent else None, plan.checks,
+        plan.kafka_partition if plan.kafka_partition >= 0 else None, plan.backfill,
+        st.spec.output.name if st.spec.output is not None else None)
+
+
+def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
+    """Normalise what a stage returned and hold it to the output contract."""
+    if result is None:
+        return
+    items = [result] if isinstance(result, BaseModel | dict) else list(result)
+    for item in items:
+        if asset is None:
+            raise TypeError("stage has no output asset but returned a value")
+        if isinstance(item, asset.contract):
+            yield item
+        elif isinstance(item, BaseModel):
+            yield asset.contract.model_validate(item.model_dump())
+        else:
+            yield asset.contract.model_validate(item)
+
+
+async def expire(st: StageLike) -> None:
+    """Barriers whose deadline passed get their policy applied: fire, skip or fail."""
+    assert st.gate is not None
+    by_partition: dict[int, list[tuple[PlannedRun, str, OutMessage]]] = {}
+    for plan, policy, state_msg in st.gate.expired():
+        n = state_msg.partition if state_msg.partition is not None else -1
+        by_partition.setdefault(n, []).append((plan, policy, state_msg))
+    for n, due in by_partition.items():
+        async with st.scope(n) as owned:
+            if owned:
+                await _expire_partition(st, due)
+
+
+async def _expire_partition(st: StageLike,
+                            due: list[tuple[PlannedRun, str, OutMessage]]) -> None:
+    assert st.gate is not None
+    out: list[OutMessage] = []
+    spans: list[RecSpan | None] = []
+    mt = st.ctx.metrics
+    for plan, policy, state_msg in due:
+        out.append(state_msg)
+        plan.kafka_partition = state_msg.partition if state_msg.partition is not None else -1
+        mt.add(mt.barrier_deadlines, (st.name, policy))
+        if policy == "fire":
+            await execute(st, plan, 1, None, out, spans, None)
+        elif policy == "skip":
+            _deadline_alert(st, plan, "skipped")
+            mt.add(mt.runs, (st.name, "skipped"))
+            out.append(ledger_record(st, plan, "skipped", 1, time.time(), [], None))
+            st.fire(plan)
+        else:
+            _deadline_alert(st, plan, "failed")
+            reason = f"stage {st.name!r}: {st.gate.deadline_reason(plan)}"
+            out.append(dead_letter_run(st, reason, plan, None, None, spans, None, 1))
+            mt.add(mt.runs, (st.name, "dead-lettered"))
+            out.append(ledger_record(st, plan, "dead-lettered", 1, time.time(), [], None))
+            st.fire(plan)
+    if out:
+        await st.ctx.transport.publish(out)
+        st.published()
+        end_spans(reversed(spans))
+
+
+def _deadline_alert(st: StageLike, plan: PlannedRun, what: str) -> None:
+    assert st.gate is not None
+    text = st.gate.alert_text(plan, what)
+    if st.ctx.alerter is None:
+        log.warning("ALERT stage %s: %s", st.name, text)
+        return
+    st.ctx.alerter.emit(Alert("deadline", st.ctx.pipeline, st.name, plan.partition,
+                              plan.run_id, text, at_ms=int(time.time() * 1000)))

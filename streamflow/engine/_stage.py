@@ -1,0 +1,376 @@
+"""Running a stage: its trigger decides which runs to fire; each run is retried on its own lane
+and recorded in the run ledger.
+
+A failed attempt that may be retried is parked on the stage's retry topic with its due time and
+everything needed to run it again, and its input is committed, so the main input keeps flowing
+(other partitions are never held up by one run's backoff). A separate lane consumes the retry
+topic and waits for each due time. Run ids derive from the stage, the partition and the input
+arrival ids, so a run that already reached a final status is not run again when an arrival is
+redelivered or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, ValidationError
+
+from streamflow.gates import Gatekeeper
+from streamflow.model import (
+    H_ATTEMPT,
+    H_BACKFILL_STAGES,
+    H_PLANNED,
+    H_RETRY_AT,
+    Arrival,
+    Asset,
+    DeadLetterKind,
+    Message,
+    OnEach,
+    OutMessage,
+    PlannedRun,
+    RunInput,
+    RunStatus,
+    StageSpec,
+    Window,
+    describe_validation,
+    header_int,
+    lane_topic,
+    replay_topic,
+    run_id_of,
+    runs_topic,
+    stage_group,
+)
+from streamflow.observability import Metrics, RecSpan, Tracing, end_spans, fail_span
+from streamflow.state import fired_of, fold_raw
+from streamflow.transports import Subscription
+from streamflow.triggers import BarrierGate, Late, PartitionState, TriggerRuntime, WindowGate
+
+from . import _outcomes
+from ._consumer import _Consumer
+from ._context import Ctx
+from ._lanes import LanePolling
+
+log = logging.getLogger("streamflow.stage")
+
+
+class StageRunner(_Consumer):
+    """Consumes a stage's inputs (``retry_lane=False``) or its retry topic (``True``)."""
+
+    def __init__(self, spec: StageSpec, ctx: Ctx, fired: set[str], retry_lane: bool = False,
+                 keeper: Gatekeeper | None = None):
+        super().__init__(ctx)
+        self.keeper = keeper  # the stage's quality gate, shared by both lanes
+        self.spec = spec
+        self.name = spec.name
+        self.retry_lane = retry_lane
+        self.fired = fired  # run ids with a final status, shared by both lanes
+        self.retry_topic = replay_topic(ctx.namespace, spec.name)
+        self.runs_topic = runs_topic(ctx.namespace)
+        base = stage_group(ctx.namespace, spec.name)
+        self.group = base + ".retry" if retry_lane else base
+        self.topics = [self.retry_topic] if retry_lane else [ctx.topic(a) for a in spec.inputs]
+        self.input_topic = self.topics[0]
+        self.by_asset: dict[str, Asset[Any]] = {a.name: a for a in spec.inputs}
+        self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
+        # The backfill lane: replayed arrivals, read in small slices once live input is done.
+        self.live_topics = frozenset(self.topics)
+        self.lane_topics = frozenset() if retry_lane else frozenset(
+            lane_topic(ctx.namespace, a.name) for a in spec.inputs)
+        if self.lane_topics:
+            self.topics += [lane_topic(ctx.namespace, a.name) for a in spec.inputs]
+            self.by_topic.update({lane_topic(ctx.namespace, a.name): a for a in spec.inputs})
+        self._lanes = LanePolling(ctx, self.live_topics, self.lane_topics)
+        self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
+        self.gate: TriggerRuntime | None = None
+        # Run ids fired in a transaction not committed yet, per input partition number.
+        self._uncommitted: dict[int, list[str]] = {}
+        self._fresh: set[int] | None = None  # partitions whose fired runs are known
+        # Fired runs of partitions moved here, being loaded: (partitions, load).
+        self._loading: list[tuple[set[int], asyncio.Future[None]]] = []
+        if isinstance(spec.trigger, Window):
+            self.gate = WindowGate(spec, ctx.transport, ctx.namespace, self.by_asset)
+        elif not isinstance(spec.trigger, OnEach):
+            self.gate = BarrierGate(spec, ctx.transport, ctx.namespace, self.by_asset)
+        if self.gate is not None and keeper is not None:
+            self.gate.held = keeper.held
+
+    @property
+    def max_attempts(self) -> int:
+        return self.spec.retry.attempts
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    @property
+    def tracing(self) -> Tracing:
+        return self.ctx.tracing
+
+    def _stores(self) -> list[Any]:
+        return [] if self.retry_lane else [
+            g.store for g in (self.gate, self.keeper) if g is not None]
+
+    async def open(self) -> None:
+        stores = self._stores()
+
+        async def assign(partitions: set[int]) -> None:
+            # Loads start here and are awaited before the partition's first record is handled,
+            # not here: aiokafka heartbeats only once this callback has returned.
+            for st in stores:
+                st.prefetch(partitions)
+            if self._fresh is None:  # the first assignment: the worker read the whole ledger
+                self._fresh = set(partitions)
+            elif partitions - self._fresh:  # moved here: what its previous owner already ran
+                moved = partitions - self._fresh
+                self._loading.append((moved, asyncio.ensure_future(self._load_fired(moved))))
+                self._fresh |= partitions
+
+        async def revoke(partitions: set[int]) -> None:
+            for st in stores:
+                await st.forget(partitions)
+            # Its last commit may have failed (the broker away during the rebalance).
+            self._unfire(partitions)
+            if self._fresh is not None:
+                self._fresh -= partitions
+
+        self.sub = await self.ctx.transport.subscribe(
+            self.group, self.topics, on_assign=assign, on_revoke=revoke)
+
+    def fire(self, plan: PlannedRun) -> None:
+        """The run reached a final status: a redelivered or duplicated input skips it."""
+        self.fired.add(plan.run_id)
+        if self.sub is not None and self.sub.exactly_once:
+            self._uncommitted.setdefault(plan.kafka_partition, []).append(plan.run_id)
+
+    def committed(self) -> None:
+        self._uncommitted.clear()
+
+    def _unfire(self, partitions: set[int] | None = None) -> None:
+        """Fired runs whose transaction may be lost are forgotten; a partition that comes
+        back reloads what did commit from the ledger."""
+        for p in list(self._uncommitted) if partitions is None else partitions:
+            self.fired.difference_update(self._uncommitted.pop(p, ()))
+
+    async def rewound(self) -> None:
+        """The open transaction was discarded: so are its states and its fired runs."""
+        for st in self._stores():
+            await st.forget(set(st._restores))
+        self._unfire()
+        self._fresh = set()
+
+    async def _load_fired(self, partitions: set[int]) -> None:
+        """Runs that reached a final status on these partitions, from the ledger: a partition
+        that moved here brings what its previous owner already ran."""
+        msgs = await self.ctx.transport.read_topic(self.runs_topic, partitions)
+        self.fired.update(fired_of(fold_raw(msgs), self.name))
+
+    async def poll(self, sub: Subscription) -> tuple[list[Message], bool]:
+        """Live input first, then a slice of the backfill lane (see ``LanePolling``)."""
+        batch = self.ctx.poll_batch
+        if not self.lane_topics:
+            msgs = await sub.poll(batch, timeout=0.2)
+            return msgs, len(msgs) >= batch
+        return await self._lanes.poll(sub)
+
+    def busy(self) -> bool:
+        return self.gate is not None and not self.retry_lane and self.gate.any_expired()
+
+    def restoring(self) -> bool:
+        return self.gate is not None and not self.retry_lane and self.gate.store.restoring()
+
+    def next_deadline_s(self) -> float | None:
+        return None if self.gate is None or self.retry_lane else self.gate.next_deadline_s()
+
+    def has_gate(self) -> bool:
+        return self.gate is not None and not self.retry_lane
+
+    def open_states(self) -> list[PartitionState]:
+        if self.gate is None or self.retry_lane:
+            return []
+        return [st for st in self.gate.store.states.values() if st.fired is None and st.slots]
+
+    async def idle(self) -> None:
+        """Between polls: a barrier whose deadline passed gets its policy applied."""
+        if self.gate is None or self.retry_lane or not self.gate.any_expired():
+            return
+        async with self._locked():
+            await _outcomes.expire(self)
+
+    def published(self) -> None:
+        if self.keeper is not None:
+            self.keeper.published()
+
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A gated stage's two lanes decide and publish one at a time (they share its holds)."""
+        return self.keeper.lock if self.keeper is not None else contextlib.nullcontext()
+
+    async def _fired_loaded(self) -> None:
+        """Runs a partition's previous owner fired are known before its records run."""
+        while self._loading:
+            partitions, task = self._loading[0]
+            try:
+                await task
+            except Exception:  # the ledger could not be read (broker gone): read it again
+                log.warning("stage %s: loading fired runs failed; retrying", self.name,
+                            exc_info=True)
+                await asyncio.sleep(0.5)
+                self._loading[0] = (partitions,
+                                    asyncio.ensure_future(self._load_fired(partitions)))
+                continue
+            self._loading.pop(0)
+
+    async def handle(self, msgs: list[Message]) -> list[Message]:
+        if self._loading:
+            await self._fired_loaded()
+        if self.retry_lane and self.keeper is not None:
+            return await self._handle_each(msgs)
+        out: list[OutMessage] = []
+        spans: list[RecSpan | None] = []
+        done: list[Message] = []
+        async with self._locked():
+            for m in msgs:
+                if self.retry_lane and not await self._wait_until_due(m):
+                    break  # stopping: the rest stays uncommitted and comes back next run
+                await self._process(m, out, spans)
+                done.append(m)
+            if self.keeper is None:
+                await self.publish(out)
+            else:  # a gate's holds are decided on what is durable
+                await self.ctx.transport.publish(out)
+                self.published()
+        end_spans(reversed(spans))
+        return done
+
+    async def _handle_each(self, msgs: list[Message]) -> list[Message]:
+        """The retry lane of a gated stage: the lock is taken per message, after its due
+        time, so waiting never holds up the input lane."""
+        done: list[Message] = []
+        for m in msgs:
+            if not await self._wait_until_due(m):
+                break
+            out: list[OutMessage] = []
+            spans: list[RecSpan | None] = []
+            async with self._locked():
+                await self._process(m, out, spans)
+                await self.ctx.transport.publish(out)
+                self.published()
+            end_spans(reversed(spans))
+            done.append(m)
+        return done
+
+    async def wait_ready(self, msgs: list[Message]) -> bool:
+        """The retry lane waits for the last due time of a partition's batch before taking
+        the partition, so a rebalance never waits for a backoff."""
+        if not self.retry_lane:
+            return True
+        return await self._wait_until_due(max(msgs, key=_due_ms))
+
+    async def _wait_until_due(self, m: Message) -> bool:
+        delay = _due_ms(m) / 1000 - time.time()
+        if delay <= 0:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return not self._stop.is_set()
+
+    async def _process(self, m: Message, out: list[OutMessage],
+                       spans: list[RecSpan | None]) -> None:
+        tr = self.ctx.tracing
+        arr = Arrival.from_message(m.key, m.value, m.headers)
+        proc = tr.start_child(
+            f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
+            partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
+        spans.append(proc)
+        attempt = next((int(v) for k, v in m.headers if k == H_ATTEMPT), 1)
+        if any(k == H_PLANNED for k, _ in m.headers):
+            plan = self._replan(m, arr)
+            if plan is not None:
+                plan.kafka_partition = m.partition  # by its partition key, as the input's
+                await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
+            return
+        if m.topic in self.lane_topics and not self._targeted(m):
+            return  # a backfill of another stage reading the same asset
+        asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
+        if len(m.value) > self.ctx.max_record_bytes:
+            reason = (f"{m.topic}@{m.partition}:{m.offset}: record of {len(m.value)} bytes "
+                      f"exceeds max_record_bytes ({self.ctx.max_record_bytes}); raise "
+                      "STREAMFLOW_MAX_RECORD_BYTES if such records are expected")
+            fail_span(proc, None, reason)
+            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
+            return
+        if not self.retry_lane:
+            mt = self.ctx.metrics
+            mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
+        if asset is None:
+            reason = f"{m.topic}@{m.partition}:{m.offset}: asset {arr.asset!r} is no input of " \
+                     f"stage {self.name!r}"
+            fail_span(proc, None, reason)
+            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
+            return
+        try:
+            record = asset.contract.model_validate_json(m.value)
+        except ValidationError as e:
+            reason = (f"{m.topic}@{m.partition}:{m.offset}: "
+                      f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+            fail_span(proc, None, reason)
+            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
+            return
+        if self.gate is not None and not self.retry_lane:
+            await self.gate.ensure_restored(m.partition)
+            keeper = self.keeper  # the trigger asks whether the key is held
+            if keeper is not None and not keeper.store.loaded(m.partition):
+                await keeper.store.ensure_restored(m.partition)
+            try:
+                plans, state_msgs = self.gate.offer(m, arr, asset)
+            except Late as e:
+                fail_span(proc, None, str(e))
+                out.append(self.dead_letter(str(e), m, arr, proc, spans, None))
+                return
+            out.extend(state_msgs)
+        else:
+            plans = [self.plan_each(m, arr, record)]
+        for plan in plans:
+            if plan.kafka_partition < 0:
+                plan.kafka_partition = m.partition
+            await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
+
+    def _targeted(self, m: Message) -> bool:
+        stages = next((v for k, v in m.headers if k == H_BACKFILL_STAGES), None)
+        return stages is None or self.name in stages.decode("utf-8", "replace").split(",")
+
+    def plan_each(self, m: Message, arr: Arrival, record: BaseModel) -> PlannedRun:
+        inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
+                                           version=arr.version, arrival_id=arr.arrival_id)]
+        return PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
+                          arr.traceparent, mode=arr.mode, replay=arr.replay, payload=m.value,
+                          kafka_partition=m.partition, backfill=arr.backfill)
+
+    def _replan(self, m: Message, arr: Arrival) -> PlannedRun | None:
+        assert self.gate is not None, "a planned run reached a stage without a trigger"
+        plan = self.gate.replan(m.value, arr)
+        if plan is None:
+            self.ctx.counters.dead_lettered += 1
+        return plan
+
+    def ledger_record(self, plan: PlannedRun, status: RunStatus, attempt: int, started: float,
+                      outputs: list[str], exc: BaseException | None) -> OutMessage:
+        return _outcomes.ledger_record(self, plan, status, attempt, started, outputs, exc)
+
+    def dead_letter_run(self, reason: str, plan: PlannedRun, m: Message | None,
+                        parent: RecSpan | None, spans: list[RecSpan | None],
+                        exc: BaseException | None, attempt: int,
+                        kind: DeadLetterKind | None = None) -> OutMessage:
+        """Dead-letter a run: its payload replays it (a record, or the planned inputs)."""
+        return _outcomes.dead_letter_run(self, reason, plan, m, parent, spans, exc, attempt,
+                                         kind)
+
+
+def _due_ms(m: Message) -> int:
+    """When a retry may run (0: now); bad metadata from a foreign producer means now."""
+    return header_int(next((v for k, v in m.headers if k == H_RETRY_AT), None), 0)

@@ -1,0 +1,130 @@
+"""The pure model: assets, arrivals, headers, topic names, runs and run ids, dead letters,
+the pipeline declaration, trigger conditions, checks, retry policy and settings.
+
+No I/O and no clients: it may import the connector SDK's types and ``streamflow.errors``
+only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces it).
+"""
+
+from ._alerts import Alert, AlertSink
+from ._arrivals import Arrival, DeadLetter
+from ._assets import Asset, stable_id
+from ._check_kinds import (
+    AllowedValues,
+    Expect,
+    ExpectBatch,
+    Freshness,
+    NotNull,
+    Pattern,
+    Range,
+    RowCount,
+    Unique,
+)
+from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
+from ._deadletters import dead_letter_message, describe_validation, error_info
+from ._headers import (
+    H_ARRIVAL_ID,
+    H_ASSET,
+    H_ATTEMPT,
+    H_BACKFILL,
+    H_BACKFILL_STAGES,
+    H_MODE,
+    H_PARTITION,
+    H_PLANNED,
+    H_REPLAY,
+    H_RETRY_AT,
+    H_TRACEPARENT,
+    DeadLetterKind,
+    Mode,
+    header_int,
+    mode_of,
+)
+from ._messages import Message, OutMessage
+from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
+from ._retry import RetryPolicy
+from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
+from ._settings import Settings
+from ._topics import (
+    asset_topic,
+    contracts_topic,
+    hold_topic,
+    jobs_topic,
+    lane_topic,
+    replay_topic,
+    runs_topic,
+    sink_group,
+    stage_group,
+    state_topic,
+)
+from ._triggers import AllOf, AnyOf, Inputs, OnEach, Window, WindowRecords
+
+__all__ = [
+    "FINAL",
+    "H_ARRIVAL_ID",
+    "H_ASSET",
+    "H_ATTEMPT",
+    "H_BACKFILL",
+    "H_BACKFILL_STAGES",
+    "H_MODE",
+    "H_PARTITION",
+    "H_PLANNED",
+    "H_REPLAY",
+    "H_RETRY_AT",
+    "H_TRACEPARENT",
+    "MAX_VALUES",
+    "Alert",
+    "AlertSink",
+    "AllOf",
+    "AllowedValues",
+    "AnyOf",
+    "Arrival",
+    "Asset",
+    "Check",
+    "CheckResult",
+    "DeadLetter",
+    "DeadLetterKind",
+    "Expect",
+    "ExpectBatch",
+    "Freshness",
+    "Inputs",
+    "Message",
+    "Mode",
+    "NotNull",
+    "OnEach",
+    "OutMessage",
+    "Pattern",
+    "Pipeline",
+    "PlannedRun",
+    "Range",
+    "RetryPolicy",
+    "RowCount",
+    "RunInput",
+    "RunRecord",
+    "RunStatus",
+    "Settings",
+    "SinkSpec",
+    "SourceSpec",
+    "StageSpec",
+    "Unique",
+    "Window",
+    "WindowRecords",
+    "asset_topic",
+    "contracts_topic",
+    "dead_letter_message",
+    "describe_validation",
+    "error_info",
+    "header_int",
+    "hold_topic",
+    "jobs_topic",
+    "lane_topic",
+    "load_pipeline",
+    "mode_of",
+    "passed",
+    "replay_topic",
+    "run_checks",
+    "run_id_of",
+    "runs_topic",
+    "sink_group",
+    "stable_id",
+    "stage_group",
+    "state_topic",
+]

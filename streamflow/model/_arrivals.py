@@ -1,0 +1,110 @@
+"""Arrivals (one record of an asset, with its metadata) and dead letters."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._assets import stable_id
+from ._headers import (
+    H_ARRIVAL_ID,
+    H_ASSET,
+    H_BACKFILL,
+    H_EVENT_TIME,
+    H_MODE,
+    H_PARTITION,
+    H_REPLAY,
+    H_RERUN,
+    H_RUN,
+    H_TRACEPARENT,
+    H_VERSION,
+    DeadLetterKind,
+    Mode,
+    header_int,
+    mode_of,
+)
+from ._messages import Headers, OutMessage
+
+
+@dataclass(slots=True)
+class Arrival:
+    """Asset ``asset``, partition ``partition``, version ``version`` is available: one record."""
+
+    arrival_id: str
+    asset: str
+    partition: str
+    version: int
+    event_time_ms: int
+    run: str
+    mode: Mode
+    key: bytes | None
+    value: bytes
+    traceparent: bytes | None = None
+    replay: int = 0
+    backfill: str = ""
+    rerun: str = ""
+    """Set by a backfill with ``--reprocess failed|all``: the run happens again, as a new run."""
+
+    def headers(self) -> Headers:
+        h: Headers = [
+            (H_ARRIVAL_ID, self.arrival_id.encode()),
+            (H_ASSET, self.asset.encode()),
+            (H_VERSION, str(self.version).encode()),
+            (H_PARTITION, self.partition.encode()),
+            (H_EVENT_TIME, str(self.event_time_ms).encode()),
+            (H_RUN, self.run.encode()),
+            (H_MODE, self.mode.encode()),
+        ]
+        if self.traceparent is not None:
+            h.append((H_TRACEPARENT, self.traceparent))
+        if self.replay:
+            h.append((H_REPLAY, str(self.replay).encode()))
+        if self.backfill:
+            h.append((H_BACKFILL, self.backfill.encode()))
+        if self.rerun:
+            h.append((H_RERUN, self.rerun.encode()))
+        return h
+
+    def message(self, topic: str) -> OutMessage:
+        """As published: keyed by record key, placed by partition key (co-partitioning)."""
+        return OutMessage(topic, self.value, self.key, self.headers(),
+                          partition_key=self.partition.encode())
+
+    @classmethod
+    def from_message(cls, key: bytes | None, value: bytes, headers: Headers) -> Arrival:
+        d = {k: v for k, v in headers}
+        return cls(
+            arrival_id=d.get(H_ARRIVAL_ID, b"").decode("utf-8", "replace")
+            or stable_id("foreign", hashlib.blake2b(value, digest_size=16).hexdigest()),
+            asset=d.get(H_ASSET, b"").decode("utf-8", "replace"),
+            partition=d.get(H_PARTITION, b"default").decode("utf-8", "replace"),
+            version=header_int(d.get(H_VERSION), 1),
+            event_time_ms=header_int(d.get(H_EVENT_TIME), 0),
+            run=d.get(H_RUN, b"").decode("utf-8", "replace"),
+            mode=mode_of(d.get(H_MODE)),
+            key=key,
+            value=value,
+            traceparent=d.get(H_TRACEPARENT),
+            replay=header_int(d.get(H_REPLAY), 0),
+            backfill=d.get(H_BACKFILL, b"").decode("utf-8", "replace"),
+            rerun=d.get(H_RERUN, b"").decode("utf-8", "replace"),
+        )
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that could not go on, with where it came from and why."""
+
+    reason: str
+    stage: str
+    origin: dict[str, Any]
+    payload: str
+    error: dict[str, Any] = field(default_factory=dict)
+    arrival_id: str | None = None
+    run_id: str | None = None
+    attempts: int | None = None
+    arrival: dict[str, str] | None = None
+    """The arrival's headers, so ``streamflow dlq replay`` can re-inject it as it was."""
+    kind: DeadLetterKind = "stage"
+    """Who gave up on it: ``source``, ``stage`` or ``sink`` (only the last two can replay)."""

@@ -1,0 +1,64 @@
+"""Dead letters: nothing is dropped; a record that cannot go on is published with its reason."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ._arrivals import DeadLetter
+from ._headers import H_REASON, H_TRACEPARENT
+from ._messages import OutMessage
+
+
+def describe_validation(e: ValidationError, contract: str, version: int) -> str:
+    """One line naming each bad field, its value and the contract version."""
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "<missing>"
+        if not loc:  # the record as a whole: not JSON, or not an object
+            shown = repr(value[:80]) if isinstance(value, str | bytes) else shown
+            parts.append(f"the record is not a valid {contract}: {err['msg']} (got {shown})")
+        elif err["type"] == "missing":
+            parts.append(f"field {loc!r} is missing")
+        else:
+            parts.append(f"field {loc!r}: {err['msg']} (got {shown})")
+    return f"{'; '.join(parts)} [contract {contract} v{version}]"
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    checks = getattr(exc, "checks", None)  # a gate's results: the checks and offending values
+    if isinstance(checks, list):
+        info["checks"] = checks
+    return info
+
+
+def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:
+    body: dict[str, Any] = {
+        "reason": dl.reason,
+        "kind": dl.kind,
+        "stage": dl.stage,
+        "origin": dl.origin,
+        "payload": dl.payload,
+        "error": dl.error,
+        "arrival_id": dl.arrival_id,
+    }
+    if dl.run_id is not None:
+        body["run_id"] = dl.run_id
+        body["attempts"] = dl.attempts
+    if dl.arrival is not None:
+        body["arrival"] = dl.arrival
+    headers = [(H_REASON, dl.reason.encode()[:1024])]
+    if traceparent is not None:
+        headers.append((H_TRACEPARENT, traceparent))
+    key = (dl.arrival_id or orjson.dumps(dl.origin).decode()).encode()
+    return OutMessage(topic, orjson.dumps(body), key, headers)

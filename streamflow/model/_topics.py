@@ -1,0 +1,53 @@
+"""Every topic name StreamFlow derives, in one place: a namespace keeps deployments (or tests)
+apart on one broker."""
+
+from __future__ import annotations
+
+DEFAULT_NAMESPACE = "sf"
+
+
+def asset_topic(namespace: str, asset: str) -> str:
+    return f"{namespace}.{asset}"
+
+
+def lane_topic(namespace: str, asset: str) -> str:
+    """Where a backfill replays ``asset``: beside its live topic, read by the same consumer
+    group (so the same worker owns partition n of both) but only when live work is done."""
+    return f"{namespace}.backfill.{asset}"
+
+
+def replay_topic(namespace: str, consumer: str) -> str:
+    """Where a stage's retries and a stage's or sink's replayed dead letters go."""
+    return f"{namespace}.retry.{consumer}"
+
+
+def hold_topic(namespace: str, stage: str) -> str:
+    return f"{namespace}.holds.{stage}"
+
+
+def jobs_topic(namespace: str) -> str:
+    return f"{namespace}.backfills"
+
+
+def contracts_topic(namespace: str) -> str:
+    return f"{namespace}.contracts"
+
+
+def runs_topic(namespace: str) -> str:
+    return f"{namespace}.runs"
+
+
+def state_topic(namespace: str, stage: str) -> str:
+    return f"{namespace}.state.{stage}"
+
+
+def dead_letter_topic(namespace: str) -> str:
+    return f"{namespace}.dead-letters"
+
+
+def stage_group(namespace: str, stage: str) -> str:
+    return f"{namespace}.stage.{stage}"
+
+
+def sink_group(namespace: str, sink: str) -> str:
+    return f"{namespace}.sink.{sink}"

@@ -1,0 +1,14 @@
+"""Deprecated: the local development services moved to :mod:`streamflow.devservices`."""
+
+from typing import Any
+
+from streamflow._deprecated import moved
+
+_NAMES = ("JAEGER_QUERY_URL", "JAEGER_VERSION", "KAFKA_BOOTSTRAP", "KAFKA_VERSION",
+          "OTLP_GRPC_ENDPOINT", "OTLP_HTTP_ENDPOINT", "POSTGRES_DSN", "SERVICE_NAMES",
+          "ServiceError", "ServiceStatus", "check_port_free", "delete_topics", "down", "reset",
+          "status", "up")
+
+
+def __getattr__(name: str) -> Any:
+    return moved(__name__, name, dict.fromkeys(_NAMES, "streamflow.devservices"))

@@ -1,0 +1,121 @@
+"""Changelog-backed state: a local view of a compacted topic, one key per state, loaded per
+partition when the partition is assigned.
+
+Every change is written on the same partition number as the input that caused it, in the same
+publish as the run's outputs and before the input offset is committed. Because inputs are
+co-partitioned by partition key and consumed with the range assignor, a worker that is assigned
+input partition *n* reads changelog partition *n* first: the state moves with its partition.
+The local dictionary is a view; the changelog is the truth (on the embedded transport it is a
+table of the same log). Barriers, windows and gate holds all keep their state here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
+
+from streamflow.model import OutMessage
+from streamflow.transports import Transport
+
+log = logging.getLogger("streamflow.state")
+
+
+class Keyed(Protocol):
+    """What a changelog holds: JSON-able state that lives on one input partition number."""
+
+    kafka_partition: int
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=Keyed)
+
+
+class StateStore(Generic[S]):
+    """States of one stage: a local view of a changelog topic (barriers, windows, holds)."""
+
+    def __init__(self, transport: Transport, topic: str, stage: str,
+                 decode: Callable[[dict[str, Any]], S]) -> None:
+        self.transport, self.topic, self.stage, self.decode = transport, topic, stage, decode
+        self.states: dict[str, S] = {}
+        self._restores: dict[int, asyncio.Future[None]] = {}
+
+    async def restore(self, partitions: set[int]) -> None:
+        """Partitions were assigned to us: load their states from the changelog."""
+        self.prefetch(partitions)
+        for p in partitions:
+            await self.ensure_restored(p)
+
+    def prefetch(self, partitions: set[int]) -> None:
+        """Start loading these partitions without waiting: a rebalance callback must return
+        quickly, because aiokafka sends no heartbeat until it has (a callback longer than the
+        session timeout gets the member dropped, and its rejoin rebalances everyone again).
+        Every offer awaits ``ensure_restored`` first, so no input meets a partial state."""
+        for p in partitions:
+            self._task(p)
+
+    def _task(self, partition: int) -> asyncio.Future[None]:
+        task = self._restores.get(partition)
+        if task is None or (task.done() and not task.cancelled()
+                            and task.exception() is not None):  # failed (broker gone): again
+            task = asyncio.ensure_future(self._load(partition))
+            self._restores[partition] = task
+        return task
+
+    async def ensure_restored(self, partition: int) -> None:
+        """Load changelog partition ``partition`` once, before any of its inputs is offered.
+
+        aiokafka may hand out records of a new assignment before (or while) the rebalance
+        callback runs, so every offer waits here too; both share one load per partition.
+        """
+        while True:
+            task = self._task(partition)
+            await task
+            if self._restores.get(partition) is task:
+                return
+            # Forgotten and assigned again while loading: that load kept nothing; wait for
+            # the current one.
+
+    def loaded(self, partition: int) -> bool:
+        """Restored already: the hot path skips awaiting ``ensure_restored``."""
+        task = self._restores.get(partition)
+        return task is not None and task.done()
+
+    def restoring(self) -> bool:
+        return any(not t.done() for t in self._restores.values())
+
+    async def _load(self, partition: int) -> None:
+        t0 = time.perf_counter()
+        n = 0
+        msgs = await self.transport.read_topic(self.topic, {partition})
+        if self._restores.get(partition) is not asyncio.current_task():
+            return  # revoked (forgotten) while loading: the state belongs to its new owner
+        for m in msgs:
+            key = (m.key or b"").decode()
+            if not m.value:
+                self.states.pop(key, None)
+                continue
+            self.states[key] = self.decode(orjson.loads(m.value))
+            n += 1
+        log.info("stage %s: restored %d state records of partition %d in %.3fs",
+                 self.stage, n, partition, time.perf_counter() - t0)
+
+    async def forget(self, partitions: set[int]) -> None:
+        """Partitions were taken away: their state now belongs to another worker."""
+        for key in [k for k, s in self.states.items() if s.kafka_partition in partitions]:
+            del self.states[key]
+        for p in partitions:
+            self._restores.pop(p, None)
+
+    def message(self, key: str, state: S) -> OutMessage:
+        return OutMessage(self.topic, orjson.dumps(state.to_json()), key.encode(), [],
+                          partition=state.kafka_partition)
+
+    def tombstone(self, key: str, kafka_partition: int) -> OutMessage:
+        """The key's state is gone (an empty value; folding drops it)."""
+        return OutMessage(self.topic, b"", key.encode(), [], partition=kafka_partition)

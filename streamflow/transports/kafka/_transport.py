@@ -1,0 +1,222 @@
+"""The Kafka transport on aiokafka: idempotent producer with acks=all, read_committed consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Collection, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streamflow.errors import TransportError
+from streamflow.model import Message, OutMessage
+from streamflow.transports._aio import stop_quietly
+from streamflow.transports._protocol import AssignCallback
+from streamflow.transports._txn import CURRENT
+
+from ._client import KafkaClient, Listener
+from ._eos import KafkaEosSubscription
+from ._subscription import KafkaSubscription
+
+
+class KafkaTransport:
+    name = "kafka"
+    messaging_system = "kafka"
+
+    def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0,
+                 exactly_once: bool = False, session_timeout_s: float = 6.0,
+                 instance_id: str | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.exactly_once = exactly_once
+        self.client = KafkaClient(bootstrap, linger_ms, int(session_timeout_s * 1000),
+                                  instance_id)
+        self._producer: AIOKafkaProducer | None = None
+        self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
+        # Read offsets for end_offsets/committed, by group.
+        self._probes: dict[str | None, AIOKafkaConsumer] = {}
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**self.client.producer_config())
+        try:
+            await self._producer.start()
+        except KafkaConnectionError as e:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+            raise TransportError(
+                f"cannot reach Kafka at {self.bootstrap}: {e}. Start it with "
+                "`streamflow services up kafka`, or unset STREAMFLOW_KAFKA_BOOTSTRAP to use "
+                "the embedded transport."
+            ) from e
+
+    async def close(self) -> None:
+        for s in list(self._subs):
+            await s.close()
+        for probe in self._probes.values():
+            await stop_quietly(probe)
+        self._probes.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
+                            partitions: Mapping[str, int] | None = None) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            new = [
+                NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
+                         topic_configs={"cleanup.policy": "compact"} if t in compacted else None)
+                for t in dict.fromkeys([*topics, *compacted]) if t not in existing
+            ]
+            if new:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(new)
+        finally:
+            await admin.close()
+        if new:
+            await self._await_leaders([t.name for t in new])
+
+    async def _await_leaders(self, topics: Sequence[str], timeout: float = 30.0) -> None:
+        """New topics take a moment to elect leaders; consuming before that only logs errors."""
+        if self._producer is None:
+            return
+        client = self._producer.client
+        for t in topics:  # once it tracks topics, the client asks metadata for those only
+            client.add_topic(t)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await client.force_metadata_update()
+            cluster = client.cluster
+            missing = [
+                t for t in topics
+                if not cluster.partitions_for_topic(t)
+                or any(cluster.leader_for_partition(TopicPartition(t, p)) in (None, -1)
+                       for p in cluster.partitions_for_topic(t))
+            ]
+            if not missing:
+                break
+            if loop.time() > deadline:
+                raise TransportError(f"topics {missing} have no leader after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+        # Metadata names a leader a moment before it serves requests; a list-offsets round
+        # trip proves it does, so the workers' consumers start on a ready topic.
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await probe.start()
+        fetch_log = logging.getLogger("aiokafka.consumer.fetcher")
+        level = fetch_log.level
+        fetch_log.setLevel(logging.CRITICAL)
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in cluster.partitions_for_topic(t)]
+            await asyncio.wait_for(probe.end_offsets(tps), max(1.0, deadline - loop.time()))
+        finally:
+            fetch_log.setLevel(level)
+            await probe.stop()
+
+    async def publish(self, messages: Sequence[OutMessage]) -> None:
+        """Inside ``Subscription.partition(n)`` of an exactly-once subscription the messages
+        join that partition's transaction; otherwise they are sent and acknowledged now."""
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        if not messages:
+            return
+        txn = CURRENT.get()
+        if txn is not None and await txn.add(self, messages):
+            return
+        await self.client.send(self._producer, messages)
+
+    async def publish_nowait(self, messages: Sequence[OutMessage]) -> Awaitable[object] | None:
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        if not messages:
+            return None
+        txn = CURRENT.get()
+        if txn is not None and await txn.add(self, messages):
+            return None
+        return await self.client.send(self._producer, messages, wait=False)
+
+    async def partition_count(self, topic: str) -> int:
+        if self._producer is None:
+            raise RuntimeError("kafka transport used before start()")
+        return len(await self._producer.partitions_for(topic))
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return await self._offsets(None, topic)
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        return await self._offsets(group, topic)
+
+    async def _offsets(self, group: str | None, topic: str) -> dict[int, int]:
+        """End offsets (``group`` None) or a group's commits, read without joining it."""
+        consumer = self._probes.get(group)
+        if consumer is None:  # one per group (None: end offsets), never joining it
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                        enable_auto_commit=False,
+                                        isolation_level="read_committed")
+            await consumer.start()
+            self._probes[group] = consumer
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if group is None:
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: off for tp, off in ends.items()}
+        return {tp.partition: (await consumer.committed(tp)) or 0 for tp in tps}
+
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
+                         ) -> list[Message]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            isolation_level="read_committed", auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)
+                   if partitions is None or p in partitions]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            out: list[Message] = []
+            while True:
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    break
+                batches = await consumer.getmany(*tps, timeout_ms=500)
+                for records in batches.values():
+                    out.extend(Message(r.topic, r.partition, r.offset, r.key, r.value,
+                                       list(r.headers), r.timestamp) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    async def subscribe(
+        self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> KafkaSubscription | KafkaEosSubscription:
+        if self.exactly_once:
+            eos = KafkaEosSubscription(self.client, self._subs.remove, group, list(topics),
+                                       on_assign, on_revoke)
+            await eos.start()
+            self._subs.append(eos)
+            return eos
+        consumer = AIOKafkaConsumer(**self.client.consumer_config(group))
+        await consumer.start()
+        consumer.subscribe(topics, listener=Listener(topics[0], on_assign, on_revoke))
+        sub = KafkaSubscription(self.client, self._subs.remove, consumer, group, list(topics))
+        self._subs.append(sub)
+        return sub
+

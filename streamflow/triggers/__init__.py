@@ -1,0 +1,20 @@
+"""Stateful triggers: one :class:`TriggerRuntime` Protocol, implemented by the barrier
+(``AllOf``/``AnyOf``) and the event-time window.
+
+May import ``streamflow.state``, ``streamflow.transports`` and ``streamflow.model``.
+"""
+
+from ._barrier import BarrierGate
+from ._protocol import Late, TriggerRuntime
+from ._state import Barrier, PartitionState, Slot
+from ._window import WindowGate
+
+__all__ = [
+    "Barrier",
+    "BarrierGate",
+    "Late",
+    "PartitionState",
+    "Slot",
+    "TriggerRuntime",
+    "WindowGate",
+]
