@@ -37,13 +37,17 @@ from streamflow.model import (
     OnEach,
     OutMessage,
     Pipeline,
+    check_record,
     dead_letter_message,
-    describe_validation,
     jobs_topic,
     lane_topic,
+    reject_id,
     run_id_of,
     runs_topic,
+    source_arrival,
+    source_arrival_id,
     stable_id,
+    where,
 )
 from streamflow.observability import Tracing, traceparent_of
 from streamflow.state import fold_raw
@@ -275,12 +279,10 @@ class Planner:
         dead: list[OutMessage] = []
         late = 0
         for rec in batch.records:
-            arrival_id = stable_id(asset.name, rec.record_id)
-            try:
-                model = asset.contract.model_validate(rec.data)
-            except ValidationError as e:
-                reason = (f"backfill {job.id}, source {source} ({_where(rec.origin)}): "
-                          f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+            arrival_id = source_arrival_id(asset, rec)
+            model = check_record(asset, rec)
+            if isinstance(model, str):
+                reason = f"backfill {job.id}, source {source} ({where(rec.origin)}): {model}"
                 dead.append(self._dead(job, reason, rec.origin, orjson.dumps(rec.data).decode(),
                                        arrival_id))
                 continue
@@ -288,15 +290,12 @@ class Planner:
             if not start_ms <= t < end_ms:
                 late += 1
                 continue
-            key = asset.key_of(model)
-            out.append(Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
-                               t, f"source:{source}", "backfill",
-                               key.encode() if key is not None else None,
-                               model.model_dump_json().encode()))
+            out.append(source_arrival(asset, arrival_id, model, source, "backfill",
+                                      key=asset.key_bytes(model), event_time_ms=t))
         for rej in batch.rejects:
             reason = f"backfill {job.id}, source {source}: {rej.reason}"
             dead.append(self._dead(job, reason, rej.origin, rej.payload,
-                                   stable_id(asset.name, "reject", str(rej.origin))))
+                                   reject_id(asset, rej.origin)))
         return out, dead, late
 
     async def _from_topic(self, job: BackfillJob, asset: Asset[Any],
@@ -376,10 +375,6 @@ def _slices(groups: list[tuple[list[str], list[OutMessage], int, int]]
 
 def _ms(t: datetime) -> int:
     return int(t.timestamp() * 1000)
-
-
-def _where(origin: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in origin.items()) or "record"
 
 
 def new_id(asset: str, start: datetime, end: datetime) -> str:

@@ -37,7 +37,14 @@ from streamflow.model import (
     error_info,
     stable_id,
 )
-from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span, traceparent_of
+from streamflow.observability import (
+    AttrValue,
+    RecSpan,
+    end_spans,
+    fail_span,
+    trace_id_of,
+    traceparent_of,
+)
 from streamflow.state import record_message
 from streamflow.triggers import TriggerRuntime
 
@@ -294,7 +301,7 @@ def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: i
         st.runs_topic, plan.run_id, st.spec.name, plan.partition, status, attempt,
         st.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
         plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
-        plan.parent[3:35].decode() if plan.parent else None, plan.checks,
+        trace_id_of(plan.parent), plan.checks,
         plan.kafka_partition if plan.kafka_partition >= 0 else None, plan.backfill,
         st.spec.output.name if st.spec.output is not None else None)
 

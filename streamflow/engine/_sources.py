@@ -8,17 +8,18 @@ from typing import Any
 
 import orjson
 from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
 
 from streamflow.connectors import Source, SourceRecord
 from streamflow.model import (
-    Arrival,
     DeadLetter,
     OutMessage,
     SourceSpec,
+    check_record,
     dead_letter_message,
-    describe_validation,
-    stable_id,
+    reject_id,
+    source_arrival,
+    source_arrival_id,
+    where,
 )
 from streamflow.observability import (
     AttrValue,
@@ -46,26 +47,21 @@ class SourceRunner:
             for rec in batch.records:
                 root, root_tp = self._read_span(rec)
                 spans.append(root)
-                arrival_id = stable_id(asset.name, rec.record_id)
-                try:
-                    model = asset.contract.model_validate(rec.data)
-                except ValidationError as e:
-                    reason = (f"{_where(rec.origin)}: "
-                              f"{describe_validation(e, asset.contract.__name__, asset.version)}")
+                arrival_id = source_arrival_id(asset, rec)
+                model = check_record(asset, rec)
+                if isinstance(model, str):
+                    reason = f"{where(rec.origin)}: {model}"
                     root = root or self._failed_root(rec, root_tp, spans)
                     fail_span(root, None, reason)
                     out.append(self.dead_letter(reason, rec.origin, orjson.dumps(rec.data).decode(),
                                           arrival_id, root, spans))
                     continue
-                key = asset.key_of(model)
-                key_b = key.encode() if key is not None else None
+                key_b = asset.key_bytes(model)
                 send = tr.start_child(f"send {topic}", root, SpanKind.PRODUCER,
                                       partial(tr.send_attributes, topic, key_b))
                 spans.append(send)
-                arr = Arrival(arrival_id, asset.name, asset.partition_of(model), asset.version,
-                              asset.event_time_ms(model), f"source:{self.spec.name}", "live",
-                              key_b, model.model_dump_json().encode(),
-                              traceparent_of(send, root_tp))
+                arr = source_arrival(asset, arrival_id, model, self.spec.name, "live", key=key_b,
+                                     traceparent=traceparent_of(send, root_tp))
                 out.append(arr.message(topic))
             for rej in batch.rejects:
                 root, tp = tr.start_root(f"read {self.spec.name}",
@@ -75,8 +71,8 @@ class SourceRunner:
                                                 root=True)
                 spans.append(root)
                 fail_span(root, None, rej.reason)
-                rid = stable_id(asset.name, "reject", str(rej.origin))
-                out.append(self.dead_letter(rej.reason, rej.origin, rej.payload, rid, root, spans))
+                out.append(self.dead_letter(rej.reason, rej.origin, rej.payload,
+                                            reject_id(asset, rej.origin), root, spans))
             await self.ctx.transport.publish(out)
             end_spans(reversed(spans))
             # Counted from this batch's own messages: sources run concurrently.
@@ -129,9 +125,3 @@ class SourceRunner:
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
                         kind="source")
         return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))
-
-
-def _where(origin: dict[str, Any]) -> str:
-    if "file" in origin and "line" in origin:
-        return f"{origin['file']} line {origin['line']}"
-    return ", ".join(f"{k}={v}" for k, v in origin.items()) or "record"

@@ -43,6 +43,7 @@ from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
 from ._settings import Settings
+from ._sources import check_record, reject_id, source_arrival, source_arrival_id, where
 from ._topics import (
     asset_topic,
     contracts_topic,
@@ -108,6 +109,7 @@ __all__ = [
     "Window",
     "WindowRecords",
     "asset_topic",
+    "check_record",
     "contracts_topic",
     "dead_letter_message",
     "describe_validation",
@@ -119,12 +121,16 @@ __all__ = [
     "load_pipeline",
     "mode_of",
     "passed",
+    "reject_id",
     "replay_topic",
     "run_checks",
     "run_id_of",
     "runs_topic",
     "sink_group",
+    "source_arrival",
+    "source_arrival_id",
     "stable_id",
     "stage_group",
     "state_topic",
+    "where",
 ]

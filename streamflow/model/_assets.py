@@ -51,6 +51,10 @@ class Asset(Generic[M]):
     def key_of(self, record: BaseModel) -> str | None:
         return None if self.key is None else str(getattr(record, self.key))
 
+    def key_bytes(self, record: BaseModel) -> bytes | None:
+        """The record key as a message key."""
+        return None if self.key is None else str(getattr(record, self.key)).encode()
+
     def partition_of(self, record: BaseModel) -> str:
         fname = self.partition_by or self.key
         if fname is None:
