@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 from opentelemetry import trace
 from pydantic import BaseModel
 
+from streamflow.connectors.testing import MemorySink, MemorySource
 from streamflow.model import AllOf, Asset, Inputs, Message, Pipeline, RetryPolicy, Settings
 from streamflow.transports import make_transport
 
@@ -29,37 +31,16 @@ def values(msgs: list[Message]) -> list[dict[str, object]]:
     return [orjson.loads(m.value) for m in msgs]
 
 
-class ListSource:
-    """An in-memory source for engine tests: each inner list is one batch of raw records.
+def rec_id(record: dict[str, Any]) -> str:
+    """Records with the same ``id`` get the same record id, as a re-read would; a ``_rid`` field
+    overrides that (a corrected record: same key, new record)."""
+    return f"rec-{record.get('_rid', record['id'])}"
 
-    Records with the same ``id`` get the same record id, as a re-read would; a ``_rid`` field
-    overrides that (a corrected record: same key, new record).
-    """
 
-    location = "memory"
-
-    def __init__(self, batches: list[list[dict[str, object]]]) -> None:
-        self.batches = batches
-        self.acked = 0
-
-    async def setup(self, ctx: object) -> None:
-        return None
-
-    async def read(self):  # type: ignore[no-untyped-def]
-        from streamflow.connectors import SourceBatch, SourceRecord
-
-        for i, batch in enumerate(self.batches):
-            yield SourceBatch(
-                [SourceRecord(dict(r), {"batch": i}, f"rec-{r.get('_rid', r['id'])}")
-                 for r in batch],
-                position=str(i),
-            )
-
-    async def ack(self, batch: object) -> None:
-        self.acked += 1
-
-    async def stop(self) -> None:
-        return None
+def memory_source(batches: Iterable[Sequence[dict[str, Any]]]) -> MemorySource:
+    """An in-memory source (the SDK's test kit) for engine tests: each inner list is one batch
+    of raw records, with record ids from :func:`rec_id`."""
+    return MemorySource(batches, record_id=rec_id)
 
 
 class Order(BaseModel):
@@ -85,9 +66,9 @@ checked = Asset("checked", Order, key="id", partition_by="day")
 reports = Asset("reports", Report, key="day", partition_by="day")
 
 
-def order_pipeline(name: str, orders_src: object, payments_src: object, out: Path,
+def order_pipeline(name: str, orders_src: object, payments_src: object, sink: MemorySink,
                    user_span: bool = False) -> Pipeline:
-    """orders → check (order 4 always fails) → report ⟵ payments (fan-in per day) → files."""
+    """orders → check (order 4 always fails) → report ⟵ payments (fan-in per day) → sink."""
     p = Pipeline(name)
     p.source(orders_src, asset=orders, name="orders-src")  # type: ignore[arg-type]
     p.source(payments_src, asset=payments, name="payments-src")  # type: ignore[arg-type]
@@ -106,5 +87,5 @@ def order_pipeline(name: str, orders_src: object, payments_src: object, out: Pat
         return Report(day=x[checked].day, order=x[checked].id,  # type: ignore[attr-defined]
                       payment=x[payments].id)  # type: ignore[attr-defined]
 
-    p.sink("files", asset=reports, path=out)
+    p.sink(sink, asset=reports)
     return p

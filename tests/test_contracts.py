@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from pydantic import BaseModel, Field
 
+from streamflow.connectors import ConnectorContext
+from streamflow.connectors.testing import MemorySink, MemorySource
 from streamflow.engine import run_pipeline
 from streamflow.errors import ContractError
 from streamflow.model import Asset, OutMessage, Pipeline, Settings, contracts_topic
 from streamflow.state import check_contracts, compare, signature
 from streamflow.transports import make_transport
 
-from .helpers import ListSource, read_topic, values
+from .helpers import memory_source, read_topic, values
 
 
 class ReadingV1(BaseModel):
@@ -43,19 +43,15 @@ class Labelled(BaseModel):
     unit: str
 
 
-def rows(out: Path) -> list[dict[str, object]]:
-    return [orjson.loads(x) for f in sorted(out.glob("*.jsonl"))
-            for x in f.read_bytes().splitlines()]
-
-
 def producer(name: str, asset: Asset[Any], batch: list[dict[str, object]]) -> Pipeline:
     p = Pipeline(name)
-    p.source(ListSource([batch]), asset=asset)
+    p.source(memory_source([batch]), asset=asset)
     return p
 
 
-def labeller(name: str, readings: Asset[Any], source: ListSource, out: Path) -> Pipeline:
-    """readings → label (unit defaults to "none") → files."""
+def labeller(name: str, readings: Asset[Any], source: MemorySource,
+             out: MemorySink) -> Pipeline:
+    """readings → label (unit defaults to "none") → ``out``."""
     labelled = Asset(f"{readings.name}-labelled", Labelled, key="id")
     p = Pipeline(name)
     p.source(source, asset=readings)
@@ -64,7 +60,7 @@ def labeller(name: str, readings: Asset[Any], source: ListSource, out: Path) -> 
     def label(r: BaseModel) -> Labelled:
         return Labelled(id=r.id, unit=getattr(r, "unit", None) or "none")  # type: ignore[attr-defined]
 
-    p.sink("files", asset=labelled, path=out)
+    p.sink(out, asset=labelled)
     return p
 
 
@@ -121,7 +117,7 @@ def test_nested_models_compare_by_shape() -> None:
 
 
 async def test_compatible_evolution_registers_and_old_records_flow_on(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
     v1 = Asset("readings-evo", ReadingV1, key="id")
     v2 = Asset("readings-evo", ReadingV2, key="id", version=2)
@@ -130,12 +126,12 @@ async def test_compatible_evolution_registers_and_old_records_flow_on(
     assert first.records_in == 2
 
     # A v2 pipeline reads the v1 records already on the topic, and its own v2 ones.
-    out = tmp_path / "out"
-    source = ListSource([[{"id": 3, "value": 3.5, "unit": "C"}]])
+    out = MemorySink()
+    source = memory_source([[{"id": 3, "value": 3.5, "unit": "C"}]])
     summary = await run_pipeline(labeller("evo-v2", v2, source, out), settings)
 
     assert (summary.records_out, summary.dead_lettered) == (3, 0)
-    assert sorted((r["id"], r["unit"]) for r in rows(out)) == [
+    assert sorted((r["id"], r["unit"]) for r in out.values()) == [
         (1, "none"), (2, "none"), (3, "C")]
     registry = values(await read_topic(settings, contracts_topic(settings.namespace)))
     mine = {(r["version"], r["contract"]) for r in registry if r["asset"] == "readings-evo"}
@@ -146,21 +142,28 @@ async def test_compatible_evolution_registers_and_old_records_flow_on(
 
 
 async def test_incompatible_version_is_refused_before_anything_runs(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
     await run_pipeline(producer("bad-v1", Asset("readings-bad", ReadingV1, key="id"),
                                 [{"id": 1, "value": 1.5}]), settings)
 
-    source = ListSource([[{"id": 2, "value": "hot"}]])
+    class Watched(MemorySink):
+        set_up = False
+
+        async def setup(self, ctx: ConnectorContext) -> None:
+            self.set_up = True
+
+    source = memory_source([[{"id": 2, "value": "hot"}]])
+    out = Watched()
     v2 = Asset("readings-bad", ReadingBad, key="id", version=2)
     with pytest.raises(ContractError) as err:
-        await run_pipeline(labeller("bad-v2", v2, source, tmp_path / "out"), settings)
+        await run_pipeline(labeller("bad-v2", v2, source, out), settings)
 
     msg = str(err.value)
     assert "asset 'readings-bad': contract ReadingBad v2 is incompatible with the registered " \
            "v1: field 'value' changed type from number to string" in msg
     assert "add new ones as optional" in msg
-    assert source.acked == 0 and not (tmp_path / "out").exists()
+    assert source.acked == 0 and not out.set_up and not out.written and not out.rows
     on_topic = values(await read_topic(settings, f"{settings.namespace}.readings-bad"))
     assert on_topic == [{"id": 1, "value": 1.5}], "the refused run wrote nothing"
     registry = values(await read_topic(settings, contracts_topic(settings.namespace)))
@@ -168,16 +171,16 @@ async def test_incompatible_version_is_refused_before_anything_runs(
 
 
 async def test_a_changed_shape_without_a_version_bump_is_refused(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
     a1, b1 = Asset("same-a", ReadingV1), Asset("same-b", ReadingV1)
     p = producer("same-v1", a1, [{"id": 1, "value": 1.0}])
-    p.source(ListSource([[{"id": 1, "value": 1.0}]]), asset=b1)
+    p.source(memory_source([[{"id": 1, "value": 1.0}]]), asset=b1)
     await run_pipeline(p, settings)
 
     # Both problems are reported at once, one line each.
     p = producer("same-v1-again", Asset("same-a", ReadingV2), [{"id": 2, "value": 2.0}])
-    p.source(ListSource([[{"id": 2, "value": "x"}]]), asset=Asset("same-b", ReadingBad))
+    p.source(memory_source([[{"id": 2, "value": "x"}]]), asset=Asset("same-b", ReadingBad))
     with pytest.raises(ContractError) as err:
         await run_pipeline(p, settings)
 
@@ -211,7 +214,7 @@ async def test_older_versions_check_against_their_own_registration(settings: Set
 
 
 async def test_records_violating_the_contract_are_dead_lettered_and_good_ones_flow(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
     ns = settings.namespace
     readings = Asset("readings-rt", ReadingV1, key="id")
@@ -224,13 +227,13 @@ async def test_records_violating_the_contract_are_dead_lettered_and_good_ones_fl
                    [("sf-asset", b"readings-rt"), ("sf-contract-version", b"1")]),
     ])
     await transport.close()
-    source = ListSource([[{"id": 1, "value": 1.0}, {"id": "x", "value": 2.0}]])
+    source = memory_source([[{"id": 1, "value": 1.0}, {"id": "x", "value": 2.0}]])
+    out = MemorySink()
 
-    summary = await run_pipeline(labeller("runtime", readings, source, tmp_path / "out"),
-                                 settings)
+    summary = await run_pipeline(labeller("runtime", readings, source, out), settings)
 
     assert summary.drained and (summary.records_out, summary.dead_lettered) == (1, 3)
-    assert [r["id"] for r in rows(tmp_path / "out")] == [1]
+    assert [r["id"] for r in out.values()] == [1]
     dead = values(await read_topic(settings, settings.dead_letter_topic))
     reasons = sorted(str(d["reason"]) for d in dead)
     by_kind = {str(d["kind"]): d for d in dead if d["kind"] == "source"}

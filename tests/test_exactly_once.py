@@ -29,7 +29,7 @@ from streamflow.transports import KafkaTransport, TransactionalSubscription
 from streamflow.transports.kafka._eos import KafkaEosSubscription
 
 from . import faults
-from .helpers import ListSource, read_topic
+from .helpers import memory_source, read_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = str(ROOT / "tests" / "pipelines" / "settle.py") + ":pipeline"
@@ -269,8 +269,8 @@ async def test_an_oversized_record_is_dead_lettered_without_blocking_its_partiti
         settings: Settings) -> None:
     docs, kept = Asset("docs", Doc, key="id"), Asset("kept", Doc, key="id")
     p = Pipeline("big")
-    p.source(ListSource([[{"id": 1, "body": "a"}, {"id": 2, "body": "x" * 5000},
-                          {"id": 3, "body": "c"}]]), asset=docs, name="docs")
+    p.source(memory_source([[{"id": 1, "body": "a"}, {"id": 2, "body": "x" * 5000},
+                             {"id": 3, "body": "c"}]]), asset=docs, name="docs")
 
     @p.stage(inputs=[docs], output=kept)
     def keep(d: Doc) -> Doc:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from pydantic import BaseModel
 
+from streamflow.connectors.testing import MemorySink
 from streamflow.engine import Worker, run_pipeline
 from streamflow.model import (
     Alert,
@@ -34,7 +35,7 @@ from streamflow.model import (
 )
 from streamflow.ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
 
-from .helpers import ListSource, read_topic
+from .helpers import memory_source, read_topic
 
 
 class Order(BaseModel):
@@ -75,36 +76,38 @@ def order(i: int, day: str, amount: float | None = 10.0, sku: str = "SKU-1",
     return {"id": i, "day": day, "amount": amount, "sku": sku, **extra}
 
 
-def record_gate(batches: list[list[dict[str, object]]], out: Path, alerts: Collect,
+Out = dict[str, dict[str, Any]]
+"""What a test's memory sink stored, shared by its runs (restarts)."""
+
+
+def record_gate(batches: list[list[dict[str, object]]], out: Out, alerts: Collect,
                 checks: Sequence[Check]) -> Pipeline:
     p = Pipeline("gates", alerts=[alerts])
-    p.source(ListSource(batches), asset=orders, name="orders-src")
+    p.source(memory_source(batches), asset=orders, name="orders-src")
     p.stage(inputs=[orders], output=clean, name="clean", checks=checks)(lambda o: o)
-    p.sink("files", asset=clean, path=out)
+    p.sink(MemorySink(out), asset=clean)
     return p
 
 
-def window_gate(batches: list[list[dict[str, object]]], out: Path, alerts: Collect,
+def window_gate(batches: list[list[dict[str, object]]], out: Out, alerts: Collect,
                 checks: Sequence[Check]) -> Pipeline:
     """Orders per day in a window (closed by its deadline), gated as a batch."""
     p = Pipeline("wgates", alerts=[alerts])
-    p.source(ListSource(batches), asset=orders, name="orders-src")
+    p.source(memory_source(batches), asset=orders, name="orders-src")
 
     def total(w: WindowRecords) -> DayTotal:
         return DayTotal(day=w.partition, orders=sorted(o.id for o in w["orders"]))  # type: ignore[attr-defined]
 
     p.stage(inputs=[orders], output=totals, name="daily", checks=checks,
             trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire"))(total)
-    p.sink("files", asset=totals, path=out)
+    p.sink(MemorySink(out), asset=totals)
     return p
 
 
-def rows(out: Path) -> dict[str, list[dict[str, object]]]:
-    found: dict[str, list[dict[str, object]]] = {}
-    for f in sorted(out.glob("*.jsonl")):
-        for line in f.read_bytes().splitlines():
-            r = orjson.loads(line)
-            found.setdefault(str(r["day"]), []).append(r)
+def rows(out: Out) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for r in out.values():
+        found.setdefault(str(r["day"]), []).append(r)
     return found
 
 
@@ -127,9 +130,10 @@ RECORD_CHECKS: list[Check] = [
 
 
 async def test_failing_record_holds_only_its_partition_alerts_once_and_a_fix_releases(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     first = [[order(1, "d1"), order(2, "d1", amount=-5), order(3, "d1"),
               order(4, "d2"), order(5, "d2", sku="sku_x"), order(6, "d3")],
              [order(7, "d1"), order(8, "d3")]]
@@ -186,9 +190,10 @@ async def test_failing_record_holds_only_its_partition_alerts_once_and_a_fix_rel
 
 
 async def test_held_run_is_released_by_runs_retry_after_a_fix(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     known = {"SKU-1"}
     checks = [Expect(lambda o: o.sku in known, "known sku")]
     batches = [[order(1, "d1", sku="SKU-9"), order(2, "d1"), order(3, "d2")]]
@@ -208,9 +213,10 @@ async def test_held_run_is_released_by_runs_retry_after_a_fix(
 
 
 async def test_warn_level_checks_annotate_without_holding(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     checks = [Range("amount", max=100, level="warn")]
     await run_pipeline(record_gate([[order(1, "d1", amount=500), order(2, "d1")]], out,
                                    alerts, checks), settings)
@@ -226,9 +232,10 @@ async def test_warn_level_checks_annotate_without_holding(
 
 
 async def test_batch_gate_row_count_and_unique_hold_their_day_and_a_new_version_releases(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     checks: list[Check] = [Unique("id"), RowCount(max_spike=2.0, min_history=3)]
 
     def day(d: str, ids: range) -> list[dict[str, object]]:
@@ -282,10 +289,11 @@ OLD = "2020-01-01T00:00:00+00:00"
      order(2, "bad", sku="SKU-1")),
 ], ids=lambda v: getattr(v, "name", ""))
 async def test_each_check_kind_passes_and_fails(
-    settings: Settings, tmp_path: Path, check: Check, bad: dict[str, object]
+    settings: Settings, check: Check, bad: dict[str, object]
 ) -> None:
     """Partition 'good' passes the check; partition 'bad' fails it."""
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     now = datetime.now(UTC).isoformat()
     good = [order(10, "good", sku="SKU-1", at=now), order(11, "good", sku="SKU-2", at=now)]
     first_bad = order(1, "bad", sku="SKU-1", at=OLD if isinstance(check, Freshness) else now)
@@ -314,11 +322,11 @@ by_sku = Asset("by_sku", Order, key="id", partition_by="sku", event_time="at")
 sku_windows = Asset("sku_windows", SkuWindow, key="start", partition_by="sku")
 
 
-def sku_window_gate(batches: list[list[dict[str, object]]], out: Path,
+def sku_window_gate(batches: list[list[dict[str, object]]], out: Out,
                     alerts: Collect) -> Pipeline:
     """Daily windows per SKU: one partition key, many windows."""
     p = Pipeline("skugates", alerts=[alerts])
-    p.source(ListSource(batches), asset=by_sku, name="orders-src")
+    p.source(memory_source(batches), asset=by_sku, name="orders-src")
 
     def per_day(w: WindowRecords) -> SkuWindow:
         return SkuWindow(sku=w.partition, start=datetime.fromtimestamp(w.start_ms / 1000, UTC)
@@ -326,14 +334,16 @@ def sku_window_gate(batches: list[list[dict[str, object]]], out: Path,
 
     p.stage(inputs=[by_sku], output=sku_windows, name="per_day", checks=[Range("amount", min=0)],
             trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire"))(per_day)
-    p.sink("files", asset=sku_windows, path=out)
+    # A window's key (its start) is unique only within its SKU: store per partition.
+    p.sink(MemorySink(out, by_partition=True), asset=sku_windows)
     return p
 
 
 async def test_later_windows_of_a_held_key_are_parked_and_run_on_release(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     day1, day2 = datetime(2026, 11, 1, 9, tzinfo=UTC), datetime(2026, 11, 2, 9, tzinfo=UTC)
     batch = [order(1, "x", amount=-1, at=day1), order(2, "x", at=day1),
              order(4, "x", sku="SKU-2", at=day1), order(3, "x", at=day2)]
@@ -341,9 +351,7 @@ async def test_later_windows_of_a_held_key_are_parked_and_run_on_release(
     await run_pipeline(sku_window_gate([batch], out, alerts), settings)
 
     def windows() -> list[tuple[str, str, list[int]]]:
-        return sorted((str(r["sku"]), str(r["start"]), list(r["orders"]))  # type: ignore[call-overload]
-                      for f in out.glob("*.jsonl") for r in map(orjson.loads,
-                                                                  f.read_bytes().splitlines()))
+        return sorted((str(r["sku"]), str(r["start"]), list(r["orders"])) for r in out.values())
 
     # SKU-1's first day fails; its second day passes but waits behind the hold. SKU-2 flows.
     assert windows() == [("SKU-2", "2026-11-01", [4])]
@@ -379,12 +387,12 @@ matched = Asset("matched", Matched, key="day", partition_by="day")
 
 
 def barrier_gate(order_batches: list[list[dict[str, object]]],
-                 stock_batches: list[list[dict[str, object]]], out: Path,
+                 stock_batches: list[list[dict[str, object]]], out: Out,
                  alerts: Collect, trigger: AllOf | None = None) -> Pipeline:
     """A day's order total against the warehouse's units; a mismatch holds the day."""
     p = Pipeline("bgates", alerts=[alerts])
-    p.source(ListSource(order_batches), asset=day_orders, name="orders-src")
-    p.source(ListSource(stock_batches), asset=stock, name="stock-src")
+    p.source(memory_source(order_batches), asset=day_orders, name="orders-src")
+    p.source(memory_source(stock_batches), asset=stock, name="stock-src")
 
     def agree(records: Sequence[BaseModel]) -> bool | str:
         o = next(r for r in records if isinstance(r, Order))
@@ -399,14 +407,15 @@ def barrier_gate(order_batches: list[list[dict[str, object]]],
 
     p.stage(inputs=[day_orders, stock], output=matched, name="match", trigger=trigger or AllOf(),
             checks=[ExpectBatch(agree, "units agree")])(match)
-    p.sink("files", asset=matched, path=out)
+    p.sink(MemorySink(out), asset=matched)
     return p
 
 
 async def test_held_barrier_is_released_by_a_new_version_of_an_input(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     orders_in = [[order(5, "d1", _rid="o-d1"), order(7, "d2", _rid="o-d2")]]
     stock_in = [[{"id": "s-d1", "day": "d1", "units": 5}, {"id": "s-d2", "day": "d2", "units": 9}]]
 
@@ -428,9 +437,10 @@ async def test_held_barrier_is_released_by_a_new_version_of_an_input(
 
 
 async def test_held_window_is_released_by_runs_retry_after_a_fix(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     known = {"SKU-1"}
     checks = [Expect(lambda o: o.sku in known, "known sku")]
     batch = [order(1, "d1"), order(2, "d1", sku="SKU-7"), order(3, "d2")]
@@ -453,9 +463,10 @@ async def test_held_window_is_released_by_runs_retry_after_a_fix(
 
 
 async def test_barrier_fired_at_its_deadline_and_held_refires_when_the_input_comes(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     trigger = AllOf(deadline_s=0.3, on_deadline="fire", required=[day_orders])
     await run_pipeline(barrier_gate([[order(4, "d3", _rid="o-d3")]], [], out, alerts,
                                     trigger), settings)
@@ -470,9 +481,10 @@ async def test_barrier_fired_at_its_deadline_and_held_refires_when_the_input_com
 
 
 async def test_a_run_failing_again_for_the_same_input_replaces_the_held_one(
-    settings: Settings, tmp_path: Path
+    settings: Settings
 ) -> None:
-    out, alerts = tmp_path / "out", Collect()
+    out: Out = {}
+    alerts = Collect()
     runs: list[list[dict[str, object]]] = [
         [order(2, "d1", amount=-5)], [order(2, "d1", amount=-3, _rid="2b")],
         [order(2, "d1", amount=3, _rid="2c")]]

@@ -13,15 +13,19 @@ import pytest
 
 from streamflow.cli import main
 from streamflow.connectors import SourceBatch
+from streamflow.connectors.testing import MemorySink, MemorySource
 from streamflow.engine import Worker
 from streamflow.errors import ConfigError
 from streamflow.model import Pipeline, Settings
 
-from .helpers import ListSource, order_pipeline
+from .helpers import order_pipeline, rec_id
 
 
-class ThenIdle(ListSource):
+class ThenIdle(MemorySource):
     """Publishes its batches, then keeps the worker running until it is stopped."""
+
+    def __init__(self, batches: list[list[dict[str, object]]]) -> None:
+        super().__init__(batches, record_id=rec_id)
 
     async def read(self) -> AsyncGenerator[SourceBatch, None]:  # type: ignore[override]
         async for batch in super().read():
@@ -29,13 +33,13 @@ class ThenIdle(ListSource):
         await asyncio.Event().wait()
 
 
-def pipeline(tmp_path: Path) -> Pipeline:
+def pipeline() -> Pipeline:
     good = [{"id": i, "day": f"d{i % 3}"} for i in range(9)]
     orders_src = ThenIdle([good[:5], [*good[5:], {"id": "not-a-number", "day": "d0"}]])
     # Payments only for d0 and d1: the d2 barrier of the report stays open.
     payments_src = ThenIdle([[{"id": 100, "day": "d0"}, {"id": 101, "day": "d1"}]])
 
-    return order_pipeline("obs", orders_src, payments_src, tmp_path / "out")
+    return order_pipeline("obs", orders_src, payments_src, MemorySink())
 
 
 def sample(text: str, metric: str, /, **labels: str) -> float:
@@ -62,9 +66,9 @@ async def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def
 
 
 async def test_health_metrics_and_status_match_the_work_done(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    worker = Worker(pipeline(tmp_path), settings)
+    worker = Worker(pipeline(), settings)
     task = asyncio.create_task(worker.run())
     while worker.http_port is None:
         assert not task.done(), task
@@ -77,7 +81,7 @@ async def test_health_metrics_and_status_match_the_work_done(
             ready = await http.get("/readyz")
             assert ready.status_code == 200, ready.text
             text = (await http.get("/metrics")).text
-            assert sample(text, "streamflow_sink_records_total", sink="files-reports") == 2
+            assert sample(text, "streamflow_sink_records_total", sink="memorysink-reports") == 2
             assert sample(text, "streamflow_consumer_lag", group=f"{settings.namespace}"
                           ".stage.report") == 0
             return text
@@ -137,7 +141,7 @@ async def test_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
         settings = Settings(state_dir=tmp_path / "s", namespace="obsport", http_port=port)
         with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}.*--http-port"):
-            await Worker(pipeline(tmp_path), settings).run()
+            await Worker(pipeline(), settings).run()
 
 
 def test_status_without_a_worker_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:

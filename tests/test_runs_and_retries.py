@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from pydantic import BaseModel
 
 from streamflow.cli import main
+from streamflow.connectors.testing import MemorySink, MemorySource
 from streamflow.engine import run_pipeline
 from streamflow.model import Asset, Pipeline, RetryPolicy, Settings
 from streamflow.ops import list_dead_letters, list_runs, replay
 
-from .helpers import ListSource, read_topic, values
+from .helpers import memory_source, read_topic, values
 
 
 class Item(BaseModel):
@@ -26,24 +27,33 @@ items = Asset("items", Item, key="id", partition_by="day")
 done = Asset("done", Item, key="id", partition_by="day")
 
 
-def pipeline(fn: object, source: ListSource, tmp_path: Path, retry: RetryPolicy) -> Pipeline:
+Out = dict[str, dict[str, Any]]
+
+
+def pipeline(fn: object, source: MemorySource, out: Out, retry: RetryPolicy) -> Pipeline:
+    """items → work → a memory sink storing into ``out`` (shared by the runs of one test)."""
     p = Pipeline("runs")
     p.source(source, asset=items)
     p.stage(inputs=[items], output=done, name="work", retry=retry)(fn)  # type: ignore[arg-type]
-    p.sink("files", asset=done, path=tmp_path / "out")
+    p.sink(MemorySink(out), asset=done)
     return p
 
 
-def rows(tmp_path: Path) -> list[dict[str, object]]:
-    return [orjson.loads(x) for f in sorted((tmp_path / "out").glob("*.jsonl"))
-            for x in f.read_bytes().splitlines()]
+@pytest.fixture
+def out() -> Out:
+    """What the memory sink stored, shared by the runs (restarts) of one test."""
+    return {}
+
+
+def rows(out: Out) -> list[dict[str, Any]]:
+    return list(out.values())
 
 
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
 
 
 async def test_a_flaky_stage_succeeds_on_a_later_attempt(settings: Settings,
-                                                          tmp_path: Path) -> None:
+                                                          out: Out) -> None:
     tries: dict[int, int] = {}
 
     def flaky(x: Item) -> Item:
@@ -52,11 +62,11 @@ async def test_a_flaky_stage_succeeds_on_a_later_attempt(settings: Settings,
             raise ConnectionError(f"upstream busy for {x.id}")
         return x
 
-    src = ListSource([[{"id": i, "day": f"d{i % 2}"} for i in range(5)]])
-    summary = await run_pipeline(pipeline(flaky, src, tmp_path, FAST), settings)
+    src = memory_source([[{"id": i, "day": f"d{i % 2}"} for i in range(5)]])
+    summary = await run_pipeline(pipeline(flaky, src, out, FAST), settings)
 
     assert (summary.records_out, summary.dead_lettered, summary.retried) == (5, 0, 10)
-    assert sorted(int(r["id"]) for r in rows(tmp_path)) == list(range(5))  # type: ignore[call-overload]
+    assert sorted(int(r["id"]) for r in rows(out)) == list(range(5))
     runs = await list_runs(settings)
     assert len(runs) == 5
     assert {(r.status, r.attempt, r.max_attempts) for r in runs} == {("succeeded", 3, 3)}
@@ -64,13 +74,13 @@ async def test_a_flaky_stage_succeeds_on_a_later_attempt(settings: Settings,
 
 
 async def test_exhausted_retries_dead_letter_with_run_attempts_and_traceback(
-    settings: Settings, tmp_path: Path
+    settings: Settings, out: Out
 ) -> None:
     def broken(x: Item) -> Item:
         raise RuntimeError(f"cannot work on {x.id}")
 
-    src = ListSource([[{"id": 1, "day": "d1"}, {"id": 2, "day": "d2"}]])
-    summary = await run_pipeline(pipeline(broken, src, tmp_path, FAST), settings)
+    src = memory_source([[{"id": 1, "day": "d1"}, {"id": 2, "day": "d2"}]])
+    summary = await run_pipeline(pipeline(broken, src, out, FAST), settings)
 
     assert (summary.records_out, summary.dead_lettered, summary.retried) == (0, 2, 4)
     dead = sorted(values(await read_topic(settings, settings.dead_letter_topic)),
@@ -87,7 +97,7 @@ async def test_exhausted_retries_dead_letter_with_run_attempts_and_traceback(
 
 
 async def test_a_run_waiting_to_retry_does_not_hold_up_other_partitions(
-    settings: Settings, tmp_path: Path
+    settings: Settings, out: Out
 ) -> None:
     failed_once: set[int] = set()
 
@@ -98,8 +108,8 @@ async def test_a_run_waiting_to_retry_does_not_hold_up_other_partitions(
         return x
 
     policy = RetryPolicy(attempts=2, backoff_s=1.5, jitter=0)
-    src = ListSource([[{"id": i, "day": f"d{i}"} for i in range(6)]])
-    summary = await run_pipeline(pipeline(slow_to_heal, src, tmp_path, policy), settings)
+    src = memory_source([[{"id": i, "day": f"d{i}"} for i in range(6)]])
+    summary = await run_pipeline(pipeline(slow_to_heal, src, out, policy), settings)
 
     assert (summary.records_out, summary.retried) == (6, 1)
     runs = await list_runs(settings)
@@ -110,7 +120,7 @@ async def test_a_run_waiting_to_retry_does_not_hold_up_other_partitions(
     assert max(r.ended_ms for r in others) + 1000 < slow.ended_ms
 
 
-async def test_a_duplicated_arrival_never_runs_twice(settings: Settings, tmp_path: Path) -> None:
+async def test_a_duplicated_arrival_never_runs_twice(settings: Settings, out: Out) -> None:
     calls: list[int] = []
 
     def count(x: Item) -> Item:
@@ -118,32 +128,32 @@ async def test_a_duplicated_arrival_never_runs_twice(settings: Settings, tmp_pat
         return x
 
     same = {"id": 7, "day": "d7"}
-    src = ListSource([[same], [same, {"id": 8, "day": "d8"}]])
-    p = pipeline(count, src, tmp_path, FAST)
+    src = memory_source([[same], [same, {"id": 8, "day": "d8"}]])
+    p = pipeline(count, src, out, FAST)
     summary = await run_pipeline(p, settings)
     assert sorted(calls) == [7, 8] and summary.deduped == 1
 
     # A later worker (a restart) learns the fired runs from the ledger.
-    again = await run_pipeline(pipeline(count, ListSource([[same]]), tmp_path, FAST), settings)
+    again = await run_pipeline(pipeline(count, memory_source([[same]]), out, FAST), settings)
     assert again.deduped == 1 and sorted(calls) == [7, 8]
     assert len(await list_runs(settings)) == 2
 
 
 async def test_an_attempt_that_exceeds_its_timeout_fails(settings: Settings,
-                                                         tmp_path: Path) -> None:
+                                                         out: Out) -> None:
     async def hangs(x: Item) -> Item:
         await asyncio.sleep(30)
         return x
 
     policy = RetryPolicy(attempts=1, timeout_s=0.2)
     summary = await run_pipeline(
-        pipeline(hangs, ListSource([[{"id": 1, "day": "d"}]]), tmp_path, policy), settings)
+        pipeline(hangs, memory_source([[{"id": 1, "day": "d"}]]), out, policy), settings)
     assert summary.dead_lettered == 1
     (d,) = values(await read_topic(settings, settings.dead_letter_topic))
     assert d["error"]["type"] == "TimeoutError"  # type: ignore[index]
 
 
-async def test_replay_after_a_fix_runs_again_once(settings: Settings, tmp_path: Path,
+async def test_replay_after_a_fix_runs_again_once(settings: Settings, out: Out,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     fixed = False
 
@@ -152,8 +162,8 @@ async def test_replay_after_a_fix_runs_again_once(settings: Settings, tmp_path: 
             raise ValueError("no rate for this currency")
         return x
 
-    src = ListSource([[{"id": 1, "day": "d1"}, {"id": 2, "day": "d2"}]])
-    first = await run_pipeline(pipeline(needs_fix, src, tmp_path, FAST), settings)
+    src = memory_source([[{"id": 1, "day": "d1"}, {"id": 2, "day": "d2"}]])
+    first = await run_pipeline(pipeline(needs_fix, src, out, FAST), settings)
     assert first.dead_lettered == 2 and first.records_out == 0
 
     # The CLI (in a thread: it runs its own event loop) reads what the workers wrote.
@@ -176,19 +186,19 @@ async def test_replay_after_a_fix_runs_again_once(settings: Settings, tmp_path: 
     await replay(settings, [other])
     await replay(settings, [other])  # the same replay twice is one run
 
-    src_again = ListSource([])
-    second = await run_pipeline(pipeline(needs_fix, src_again, tmp_path, FAST), settings)
+    src_again = memory_source([])
+    second = await run_pipeline(pipeline(needs_fix, src_again, out, FAST), settings)
     assert (second.records_out, second.deduped) == (2, 1)
-    assert sorted(int(r["id"]) for r in rows(tmp_path)) == [1, 2]  # type: ignore[call-overload]
+    assert sorted(int(r["id"]) for r in rows(out)) == [1, 2]
     runs = await list_runs(settings)
     assert sorted((r.status, r.replay) for r in runs) == [
         ("dead-lettered", 0), ("dead-lettered", 0), ("succeeded", 1), ("succeeded", 1)]
 
 
 async def test_source_dead_letters_are_not_replayable(settings: Settings,
-                                                      tmp_path: Path) -> None:
-    src = ListSource([[{"id": "not-a-number", "day": "d"}]])
-    await run_pipeline(pipeline(lambda x: x, src, tmp_path, FAST), settings)
+                                                      out: Out) -> None:
+    src = memory_source([[{"id": "not-a-number", "day": "d"}]])
+    await run_pipeline(pipeline(lambda x: x, src, out, FAST), settings)
     (entry,) = await list_dead_letters(settings)
     assert entry.kind == "source" and not entry.replayable
     from streamflow.errors import OpsError
@@ -209,12 +219,12 @@ def test_retry_policy_backoff_and_validation() -> None:
 
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_the_ledger_topic_is_compacted_on_kafka(
-    settings: Settings, tmp_path: Path
+    settings: Settings, out: Out
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    await run_pipeline(pipeline(lambda x: x, ListSource([[{"id": 1, "day": "d"}]]), tmp_path,
+    await run_pipeline(pipeline(lambda x: x, memory_source([[{"id": 1, "day": "d"}]]), out,
                                 FAST), settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()

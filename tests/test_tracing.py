@@ -11,12 +11,13 @@ import orjson
 import pytest
 
 from streamflow.cli import main
+from streamflow.connectors.testing import MemorySink
 from streamflow.engine import run_pipeline
 from streamflow.model import Message, Pipeline, RetryPolicy, Settings
 from streamflow.observability import is_sampled
 from streamflow.ops import list_runs
 
-from .helpers import ListSource, Order, checked, order_pipeline, orders, read_topic
+from .helpers import Order, checked, memory_source, order_pipeline, orders, read_topic
 from .jaeger_client import chain, fetch_trace, search_service
 from .test_retail import run_cli, seed_landing
 
@@ -116,13 +117,13 @@ async def test_record_path_is_one_trace_in_jaeger(
     assert trace_id in as_json["traces"] and report_run.trace_id in as_json["traces"]
 
 
-def fan_in(tmp_path: Path, n_orders: int, payment_days: list[str]) -> Pipeline:
+def fan_in(n_orders: int, payment_days: list[str]) -> Pipeline:
     return order_pipeline(
         "fanin",
-        ListSource([[{"id": i, "day": f"d{i}"} for i in range(n_orders)]
-                    + [{"id": "NaN", "day": "d0"}]]),
-        ListSource([[{"id": 100 + i, "day": d} for i, d in enumerate(payment_days)]]),
-        tmp_path / "out", user_span=True)
+        memory_source([[{"id": i, "day": f"d{i}"} for i in range(n_orders)]
+                       + [{"id": "NaN", "day": "d0"}]]),
+        memory_source([[{"id": 100 + i, "day": d} for i, d in enumerate(payment_days)]]),
+        MemorySink(), user_span=True)
 
 
 def _otel(monkeypatch: pytest.MonkeyPatch, jaeger: dict[str, str], service: str,
@@ -138,13 +139,13 @@ def _trace_id(m: Message) -> str:
 
 
 async def test_fan_in_run_is_a_child_of_the_completing_input_and_links_the_other(
-    settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On both transports: trace context travels in the embedded log's headers too."""
     ns = settings.namespace
     _otel(monkeypatch, jaeger, f"sf-fanin-{ns}", "parentbased_always_on")
 
-    summary = await run_pipeline(fan_in(tmp_path, 2, ["d0", "d1"]), settings)
+    summary = await run_pipeline(fan_in(2, ["d0", "d1"]), settings)
     assert summary.records_out == 2
 
     out = {orjson.loads(m.value)["day"]: m for m in await read_topic(settings, f"{ns}.reports")}
@@ -161,12 +162,12 @@ async def test_fan_in_run_is_a_child_of_the_completing_input_and_links_the_other
     # ...and links to the other input's send span, in that input's own trace.
     other_tp = dict(other.headers)["traceparent"].decode().split("-")
     assert run.links == [(other_tp[1], other_tp[2])]
-    write = next(s for s in spans if s.name == "write files-reports")
+    write = next(s for s in spans if s.name == "write memorysink-reports")
     path = [(s.name, s.kind) for s in chain(spans, write)]
     assert path[-5:] == [
         (f"process {ns}.{completing[_trace_id(report_msg)]}", "CONSUMER"),
         ("run report", "INTERNAL"), (f"send {ns}.reports", "PRODUCER"),
-        (f"process {ns}.reports", "CONSUMER"), ("write files-reports", "INTERNAL")]
+        (f"process {ns}.reports", "CONSUMER"), ("write memorysink-reports", "INTERNAL")]
     assert run.attributes["streamflow.stage"] == "report"
     assert run.attributes["streamflow.partition"] == "d0"
     # A span that the stage function opened through the plain OpenTelemetry API is a child of
@@ -185,13 +186,13 @@ async def test_fan_in_run_is_a_child_of_the_completing_input_and_links_the_other
 
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_at_one_percent_sampling_failures_are_still_exported(
-    settings: Settings, tmp_path: Path, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, jaeger: dict[str, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ns = settings.namespace
     service = f"sf-sampled-{ns}"
     _otel(monkeypatch, jaeger, service, "parentbased_traceidratio", "0.01")
 
-    summary = await run_pipeline(fan_in(tmp_path, 60, ["d1", "d2"]), settings)
+    summary = await run_pipeline(fan_in(60, ["d1", "d2"]), settings)
     assert summary.dead_lettered == 2  # the malformed order at the source, order 4 in check
 
     dead = {orjson.loads(m.value)["stage"]: m
@@ -250,7 +251,7 @@ async def test_sql_sink_writes_carry_db_attributes_and_runs_their_attempts(
 
     table = f"t_{ns}"
     p = Pipeline("sql")
-    p.source(ListSource([[{"id": 7, "day": "d7"}]]), asset=orders)
+    p.source(memory_source([[{"id": 7, "day": "d7"}]]), asset=orders)
     p.stage(inputs=[orders], output=checked, name="flaky",
             retry=RetryPolicy(attempts=2, backoff_s=0.01))(flaky)
     p.sink("postgres", asset=checked, dsn=services.POSTGRES_DSN, table=table)

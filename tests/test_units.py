@@ -20,6 +20,7 @@ import streamflow.devservices
 import streamflow.gates
 from streamflow import ConnectorError
 from streamflow.connectors import build_source
+from streamflow.connectors.testing import MemorySource
 from streamflow.errors import ConfigError, PipelineError, TelemetryError
 from streamflow.model import Asset, Pipeline, Settings
 from streamflow.observability import (
@@ -248,7 +249,7 @@ def test_pipeline_checks_fail_at_declaration_or_start() -> None:
         Asset("items", Item, key="sku")
     items, other = Asset("items", Item, key="id"), Asset("other", Item)
     p = Pipeline("p")
-    p.source("files", asset=items, path="x")
+    p.source(MemorySource([]), asset=items)
 
     @p.stage(inputs=[other], output=items, name="s")
     def s(x: Item) -> Item:
@@ -257,7 +258,7 @@ def test_pipeline_checks_fail_at_declaration_or_start() -> None:
     with pytest.raises(PipelineError, match="stage 's' reads asset 'other', which no source"):
         p.validate()
     with pytest.raises(PipelineError, match="used twice"):
-        p.source("files", asset=items, path="y", name="s")
+        p.source(MemorySource([]), asset=items, name="s")
 
 
 def test_connectors_list_shows_builtins_through_entry_points(
@@ -347,8 +348,10 @@ def test_a_ledger_message_is_a_valid_run_record() -> None:
     from streamflow.state import record_message
 
     inputs = [RunInput.model_construct(asset="a", partition="d1", version=2, arrival_id="x")]
-    m = record_message("ns.runs", "r1", "s", "d1", "retrying", 1, 3, 10, 20, "live", 0, inputs,
-                       ["o1"], {"type": "ValueError"}, "ab" * 16)
+    m = record_message("ns.runs", run_id="r1", stage="s", partition="d1", status="retrying",
+                       attempt=1, max_attempts=3, started_ms=10, ended_ms=20, mode="live",
+                       replay=0, inputs=inputs, outputs=["o1"], error={"type": "ValueError"},
+                       trace_id="ab" * 16)
     rec = RunRecord.model_validate_json(m.value)
     assert m.key == b"r1" and m.topic == "ns.runs"
     assert rec == RunRecord(run_id="r1", stage="s", partition="d1", status="retrying", attempt=1,

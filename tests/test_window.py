@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-import orjson
 import pytest
 from pydantic import BaseModel
 
+from streamflow.connectors.testing import MemorySink
 from streamflow.engine import run_pipeline
 from streamflow.model import Asset, Pipeline, Settings, Window, WindowRecords
 from streamflow.ops import list_dead_letters, list_runs
 
-from .helpers import ListSource
+from .helpers import memory_source
 
 
 class Click(BaseModel):
@@ -45,23 +45,30 @@ def at(minute: int, second: int = 0) -> str:
     return datetime(2026, 11, 1, 10, minute, second, tzinfo=UTC).isoformat()
 
 
-def pipeline(batches: list[list[dict[str, object]]], tmp_path: Path) -> Pipeline:
+Out = dict[str, dict[str, Any]]
+
+
+@pytest.fixture
+def out() -> Out:
+    """What the memory sink stored, shared by the runs (restarts) of one test."""
+    return {}
+
+
+def pipeline(batches: list[list[dict[str, object]]], out: Out) -> Pipeline:
     p = Pipeline("windows")
-    p.source(ListSource(batches), asset=clicks)
+    p.source(memory_source(batches), asset=clicks)
     p.stage(inputs=[clicks], output=counts, name="per_minute",
             trigger=Window(size_s=60, allowed_lateness_s=10))(count)
-    p.sink("files", asset=counts, path=tmp_path / "out")
+    p.sink(MemorySink(out), asset=counts)
     return p
 
 
-def rows(tmp_path: Path) -> dict[str, int]:
-    out = [orjson.loads(x) for f in sorted((tmp_path / "out").glob("*.jsonl"))
-           for x in f.read_bytes().splitlines()]
-    return {str(r["key"]): int(r["clicks"]) for r in out}
+def rows(out: Out) -> dict[str, int]:
+    return {str(r["key"]): int(r["clicks"]) for r in out.values()}
 
 
 async def test_windows_close_on_the_watermark_and_late_records_are_dead_lettered(
-    settings: Settings, tmp_path: Path
+    settings: Settings, out: Out
 ) -> None:
     home = "home"
     batches = [
@@ -73,9 +80,9 @@ async def test_windows_close_on_the_watermark_and_late_records_are_dead_lettered
         [{"id": 6, "page": home, "at": at(0, 58)}],            # too late: dead letter
         [{"id": 7, "page": home, "at": at(3, 0)}],             # closes 10:01
     ]
-    summary = await run_pipeline(pipeline(batches, tmp_path), settings)
+    summary = await run_pipeline(pipeline(batches, out), settings)
 
-    assert rows(tmp_path) == {f"home@{at(0)}": 3, f"home@{at(1)}": 2}
+    assert rows(out) == {f"home@{at(0)}": 3, f"home@{at(1)}": 2}
     assert summary.runs == 2
     (late,) = await list_dead_letters(settings)
     assert str(late.body["reason"]).startswith("late: event time 2026-11-01T10:00:58")
@@ -86,21 +93,21 @@ async def test_windows_close_on_the_watermark_and_late_records_are_dead_lettered
     # A restart keeps the watermark: the open 10:03 window and the closed ones survive.
     again = await run_pipeline(pipeline([[{"id": 8, "page": home, "at": at(0, 1)}],
                                          [{"id": 9, "page": home, "at": at(5, 0)}]],
-                                        tmp_path), settings)
+                                        out), settings)
     assert again.dead_lettered == 1  # 10:00:01 is late for good
-    assert rows(tmp_path)[f"home@{at(3)}"] == 1
+    assert rows(out)[f"home@{at(3)}"] == 1
 
 
 @pytest.mark.parametrize("policy", ["fire", "skip", "fail"])
 async def test_a_window_whose_watermark_never_comes_meets_its_deadline(
-    settings: Settings, tmp_path: Path, policy: str, caplog: pytest.LogCaptureFixture
+    settings: Settings, out: Out, policy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     def quiet(batches: list[list[dict[str, object]]]) -> Pipeline:
         p = Pipeline("windows")
-        p.source(ListSource(batches), asset=clicks)
+        p.source(memory_source(batches), asset=clicks)
         window = Window(size_s=60, deadline_s=0.5, on_deadline=policy)  # type: ignore[arg-type]
         p.stage(inputs=[clicks], output=counts, name="per_minute", trigger=window)(count)
-        p.sink("files", asset=counts, path=tmp_path / "out")
+        p.sink(MemorySink(out), asset=counts)
         return p
 
     with caplog.at_level(logging.WARNING, logger="streamflow.alerts"):
@@ -111,9 +118,9 @@ async def test_a_window_whose_watermark_never_comes_meets_its_deadline(
 
     (run,) = await list_runs(settings)
     if policy == "fire":
-        assert run.status == "succeeded" and rows(tmp_path) == {f"home@{at(0)}": 2}
+        assert run.status == "succeeded" and rows(out) == {f"home@{at(0)}": 2}
     elif policy == "skip":
-        assert run.status == "skipped" and not rows(tmp_path)
+        assert run.status == "skipped" and not rows(out)
         assert "missed its deadline: the watermark never closed it" in caplog.text
     else:
         assert run.status == "dead-lettered"

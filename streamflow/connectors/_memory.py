@@ -90,13 +90,17 @@ class MemorySink:
 
     ``rows`` maps that key to the record's value plus ``_key``, ``_arrival_id`` and
     ``_partition``; pass your own dict to share it between instances (across restarts).
+    With ``by_partition`` the dict key is ``"<partition>/<key>"``: a key is unique only within
+    its partition, as in a sink that writes one file or table partition per asset partition.
     ``written`` lists every record of every flush, redeliveries included.
     """
 
     location = "memory"
 
-    def __init__(self, rows: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, rows: dict[str, dict[str, Any]] | None = None, *,
+                 by_partition: bool = False) -> None:
         self.rows: dict[str, dict[str, Any]] = rows if rows is not None else {}
+        self.by_partition = by_partition
         self.written: list[SinkRecord] = []
         self.flushes = 0
         self._pending: list[SinkRecord] = []
@@ -110,7 +114,8 @@ class MemorySink:
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         for r in pending:
-            self.rows[r.key or r.arrival_id] = {
+            key = r.key or r.arrival_id
+            self.rows[f"{r.partition}/{key}" if self.by_partition else key] = {
                 **r.value, "_key": r.key, "_arrival_id": r.arrival_id, "_partition": r.partition}
         self.written.extend(pending)
         self.flushes += 1

@@ -22,8 +22,10 @@ class Counters:
     deduped: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Ctx:
+    """What every loop of one worker shares: the log, telemetry, counters and settings."""
+
     transport: Transport
     tracing: Tracing
     counters: Counters

@@ -298,12 +298,15 @@ def _emit(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, run: RecSpa
 def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: int,
                   started: float, outputs: list[str], exc: BaseException | None) -> OutMessage:
     return record_message(
-        st.runs_topic, plan.run_id, st.spec.name, plan.partition, status, attempt,
-        st.spec.retry.attempts, int(started * 1000), int(time.time() * 1000), plan.mode,
-        plan.replay, plan.inputs, outputs, error_info(exc) if exc is not None else None,
-        trace_id_of(plan.parent), plan.checks,
-        plan.kafka_partition if plan.kafka_partition >= 0 else None, plan.backfill,
-        st.spec.output.name if st.spec.output is not None else None)
+        st.runs_topic, run_id=plan.run_id, stage=st.spec.name, partition=plan.partition,
+        status=status, attempt=attempt, max_attempts=st.spec.retry.attempts,
+        started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=plan.mode,
+        replay=plan.replay, inputs=plan.inputs, outputs=outputs,
+        error=error_info(exc) if exc is not None else None, trace_id=trace_id_of(plan.parent),
+        checks=plan.checks,
+        kafka_partition=plan.kafka_partition if plan.kafka_partition >= 0 else None,
+        backfill=plan.backfill,
+        output=st.spec.output.name if st.spec.output is not None else None)
 
 
 def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:

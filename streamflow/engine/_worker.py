@@ -113,10 +113,12 @@ class Worker:
         system = self.transport.messaging_system
         tracing = setup.tracing(system) if setup is not None else Tracing(None, system)
         alerter = Alerter([*alert_sinks_from_env(os.environ), *p.alerts])
-        ctx = Ctx(self.transport, tracing, self.counters, s.dead_letter_topic, s.poll_batch,
-                  s.namespace, self.metrics, s.commit_interval_s, alerter, p.name,
-                  s.max_record_bytes, s.backfill_batch)
-        ctx.lineage = run_events(s.lineage, s.namespace, p.name)
+        ctx = Ctx(transport=self.transport, tracing=tracing, counters=self.counters,
+                  dlq_topic=s.dead_letter_topic, poll_batch=s.poll_batch, namespace=s.namespace,
+                  metrics=self.metrics, commit_interval_s=s.commit_interval_s, alerter=alerter,
+                  pipeline=p.name, max_record_bytes=s.max_record_bytes,
+                  backfill_batch=s.backfill_batch,
+                  lineage=run_events(s.lineage, s.namespace, p.name))
         sources, sinks = self._build_connectors()
         http = await self._serve_http()
         gc_tuned: tuple[int, int, int] | None = None

@@ -177,7 +177,8 @@ def _released(runner: RunRecorder, run_id: str, by: PlannedRun, started: float,
     assert runner.keeper is not None
     inputs, checks = runner.keeper.held_runs.pop(run_id, ([], None))
     return record_message(
-        runner.runs_topic, run_id, runner.name, by.partition, "released", 1,
-        runner.max_attempts, int(started * 1000), int(time.time() * 1000), by.mode, 0,
-        inputs, [], {"message": why}, None, checks,
-        by.kafka_partition if by.kafka_partition >= 0 else None)
+        runner.runs_topic, run_id=run_id, stage=runner.name, partition=by.partition,
+        status="released", attempt=1, max_attempts=runner.max_attempts,
+        started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=by.mode,
+        replay=0, inputs=inputs, outputs=[], error={"message": why}, trace_id=None,
+        checks=checks, kafka_partition=by.kafka_partition if by.kafka_partition >= 0 else None)

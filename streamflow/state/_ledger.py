@@ -15,7 +15,7 @@ import orjson
 from streamflow.model import FINAL, Message, OutMessage, RunInput, RunRecord, RunStatus
 
 
-def record_message(topic: str, run_id: str, stage: str, partition: str, status: RunStatus,
+def record_message(topic: str, *, run_id: str, stage: str, partition: str, status: RunStatus,
                    attempt: int, max_attempts: int, started_ms: int, ended_ms: int, mode: str,
                    replay: int, inputs: Iterable[RunInput], outputs: list[str],
                    error: dict[str, Any] | None, trace_id: str | None,
