@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from streamflow import devservices as services
+from streamflow.cli._services import add_cli
 from streamflow.devservices import ServiceStatus
 from streamflow.errors import ServiceError
 
@@ -26,7 +27,7 @@ from streamflow.errors import ServiceError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    services.add_cli(sub)
+    add_cli(sub)
     return parser
 
 
