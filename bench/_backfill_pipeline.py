@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
+from streamflow import Asset, Pipeline
 from streamflow.connectors import ConnectorContext, SourceBatch, SourceRecord, TimeRange
-from streamflow.model import Asset, Pipeline
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 PER_HOUR = 2000

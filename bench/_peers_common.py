@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
-from streamflow.model import Arrival, stable_id
+from streamflow import Arrival, stable_id
 
 PARTITIONS = 4
 THROUGHPUT_WORKLOADS = ("passthrough", "map", "join")

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamflow import AllOf, Asset, Inputs, Pipeline, Settings, Worker
 from streamflow.connectors.testing import IdleSource
-from streamflow.engine import Worker
-from streamflow.model import AllOf, Asset, Inputs, Pipeline, Settings
 
 from ._peers_common import Payment, Priced, Sale, Settled, Spec, price, settle
 

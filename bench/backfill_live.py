@@ -28,10 +28,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from streamflow import Arrival, Settings, Worker, stable_id
 from streamflow import devservices as services
 from streamflow.devservices import delete_topics
-from streamflow.engine import Worker
-from streamflow.model import Arrival, Settings, stable_id
 
 from . import _backfill_pipeline as bp
 from .latency import percentile

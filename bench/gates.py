@@ -20,24 +20,12 @@ import time
 import uuid
 from typing import Any
 
+from streamflow import Arrival, Asset, Pipeline, Settings, Worker, stable_id
 from streamflow import devservices as services
 from streamflow.connectors.testing import IdleSource
 from streamflow.devservices import delete_topics
-from streamflow.engine import Worker
-from streamflow.model import (
-    AllowedValues,
-    Arrival,
-    Asset,
-    Check,
-    Expect,
-    NotNull,
-    Pattern,
-    Pipeline,
-    Range,
-    Settings,
-    run_checks,
-    stable_id,
-)
+from streamflow.gates import AllowedValues, Check, Expect, NotNull, Pattern, Range
+from streamflow.model import run_checks
 
 from .tracing import Filling, Priced, Sale, _watch, fill_topic, price
 

@@ -22,11 +22,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
+from streamflow import AllOf, Arrival, Asset, Inputs, Pipeline, Settings, Worker, stable_id
 from streamflow import devservices as services
 from streamflow.connectors.testing import IdleSource
 from streamflow.devservices import delete_topics
-from streamflow.engine import Worker
-from streamflow.model import AllOf, Arrival, Asset, Inputs, Pipeline, Settings, stable_id
 
 WARMUP_S = 5.0
 

@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamflow import Settings
 from streamflow import devservices as services
 from streamflow.devservices import delete_topics
-from streamflow.model import Settings
 
 from ._peers_common import THROUGHPUT_WORKLOADS, Spec
 from ._peers_latency import latency_run

@@ -29,10 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
+from streamflow import Asset, Pipeline, Settings, Worker
 from streamflow import devservices as services
 from streamflow.devservices import delete_topics
-from streamflow.engine import Worker
-from streamflow.model import Asset, Pipeline, Settings
 from streamflow.observability import get_trace
 
 VARIANTS = ("off", "1pct", "100pct", "raw")

@@ -1,15 +1,6 @@
-"""Deprecated alias of ``streamflow.connectors.testing``, kept for one release.
+"""Deprecated: moved to ``streamflow.connectors.testing``; re-exported here with a
+DeprecationWarning for one release."""
 
-Import ``streamflow.connectors.testing`` instead; this module re-exports it and warns."""
+from streamflow._deprecated import alias
 
-import warnings
-
-from .connectors.testing import *  # noqa: F403
-from .connectors.testing import __all__ as __all__
-
-warnings.warn(
-    "streamflow.testing is deprecated and will be removed in the next release; "
-    "import streamflow.connectors.testing instead",
-    DeprecationWarning,
-    stacklevel=2,
-)
+globals().update(alias(__name__, "streamflow.connectors.testing"))

@@ -11,8 +11,9 @@ import orjson
 from opentelemetry import trace
 from pydantic import BaseModel
 
+from streamflow import AllOf, Asset, Inputs, Pipeline, RetryPolicy, Settings
 from streamflow.connectors.testing import MemorySink, MemorySource
-from streamflow.model import AllOf, Asset, Inputs, Message, Pipeline, RetryPolicy, Settings
+from streamflow.model import Message
 from streamflow.transports import make_transport
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
+from streamflow import Settings, Worker
 from streamflow.backfill import load_jobs
 from streamflow.cli import main as cli_main
 from streamflow.cli._backfill import start_backfill
-from streamflow.engine import Worker
-from streamflow.model import H_BACKFILL, H_MODE, Message, Settings, lane_topic, runs_topic
+from streamflow.model import H_BACKFILL, H_MODE, Message, lane_topic, runs_topic
 from streamflow.state import fold_raw
 from streamflow.transports import make_transport
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from streamflow.engine import run_pipeline
-from streamflow.model import Asset, Pipeline, Settings
+from streamflow import Asset, Pipeline, Settings, run_pipeline
 
 from .helpers import read_topic, values
 from .pipelines.echo import Person

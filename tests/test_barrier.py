@@ -11,9 +11,19 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, computed_field
 
+from streamflow import (
+    AllOf,
+    AnyOf,
+    Arrival,
+    Asset,
+    Inputs,
+    Pipeline,
+    Settings,
+    Worker,
+    run_pipeline,
+    stable_id,
+)
 from streamflow.connectors.testing import IdleSource, MemorySink
-from streamflow.engine import Worker, run_pipeline
-from streamflow.model import AllOf, AnyOf, Arrival, Asset, Inputs, Pipeline, Settings, stable_id
 from streamflow.ops import list_dead_letters, list_runs, replay
 from streamflow.transports import make_transport
 
@@ -249,7 +259,7 @@ async def test_a_partition_moved_to_another_worker_mid_barrier_fires_once(
 @pytest.mark.parametrize("settings", ["kafka"], indirect=True)
 async def test_inputs_that_are_not_copartitioned_fail_at_start(settings: Settings,
                                                                out: Out) -> None:
-    from streamflow.errors import PipelineError
+    from streamflow import PipelineError
     from streamflow.transports import KafkaTransport
 
     assert settings.kafka_bootstrap is not None

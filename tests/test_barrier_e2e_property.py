@@ -10,8 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamflow.engine import run_pipeline
-from streamflow.model import AllOf, Settings
+from streamflow import AllOf, Settings, run_pipeline
 from streamflow.ops import list_runs
 
 from .test_barrier import barrier_pipeline, rate, sale

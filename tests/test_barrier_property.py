@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamflow.model import AllOf, AnyOf
+from streamflow import AllOf, AnyOf
 from streamflow.triggers import Barrier, PartitionState, Slot
 
 INPUTS = ["sales", "fx", "loyalty"]

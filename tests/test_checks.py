@@ -13,8 +13,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow.model import (
-    MAX_VALUES,
+from streamflow.gates import (
     AllowedValues,
     Check,
     CheckResult,
@@ -26,8 +25,8 @@ from streamflow.model import (
     Range,
     RowCount,
     Unique,
-    run_checks,
 )
+from streamflow.model import MAX_VALUES, run_checks
 
 
 class Order(BaseModel):

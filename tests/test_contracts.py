@@ -7,11 +7,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
+from streamflow import Asset, ContractError, Pipeline, Settings, run_pipeline
 from streamflow.connectors import ConnectorContext
 from streamflow.connectors.testing import MemorySink, MemorySource
-from streamflow.engine import run_pipeline
-from streamflow.errors import ContractError
-from streamflow.model import Asset, OutMessage, Pipeline, Settings, contracts_topic
+from streamflow.model import OutMessage, contracts_topic
 from streamflow.state import check_contracts, compare, signature
 from streamflow.transports import make_transport
 

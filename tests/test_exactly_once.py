@@ -22,9 +22,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from streamflow.engine import Worker
+from streamflow import Asset, Pipeline, Settings, Worker
 from streamflow.errors import TransactionFailed
-from streamflow.model import Asset, Message, OutMessage, Pipeline, Settings
+from streamflow.model import Message, OutMessage
 from streamflow.transports import KafkaTransport, TransactionalSubscription
 from streamflow.transports.kafka._eos import KafkaEosSubscription
 

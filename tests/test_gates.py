@@ -10,29 +10,32 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamflow.connectors.testing import MemorySink
-from streamflow.engine import Worker, run_pipeline
-from streamflow.model import (
-    Alert,
+from streamflow import (
     AllOf,
-    AllowedValues,
     Asset,
+    Inputs,
+    Pipeline,
+    Settings,
+    Window,
+    WindowRecords,
+    Worker,
+    run_pipeline,
+)
+from streamflow.connectors.testing import MemorySink
+from streamflow.gates import (
+    Alert,
+    AllowedValues,
     Check,
     Expect,
     ExpectBatch,
     Freshness,
-    Inputs,
     NotNull,
     Pattern,
-    Pipeline,
     Range,
     RowCount,
-    RunRecord,
-    Settings,
     Unique,
-    Window,
-    WindowRecords,
 )
+from streamflow.model import RunRecord
 from streamflow.ops import DeadLetterEntry, list_dead_letters, list_runs, retry_run
 
 from .helpers import memory_source, read_topic

@@ -11,12 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamflow import ConfigError, Pipeline, Settings, Worker
 from streamflow.cli import main
 from streamflow.connectors import SourceBatch
 from streamflow.connectors.testing import MemorySink, MemorySource
-from streamflow.engine import Worker
-from streamflow.errors import ConfigError
-from streamflow.model import Pipeline, Settings
 
 from .helpers import order_pipeline, rec_id
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamflow.model import Settings
+from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
 
 # Computed by hand from examples/retail/data: amount x usd_per_unit, rounded to cents.

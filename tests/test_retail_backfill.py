@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from streamflow.model import Settings
+from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
 
 FX = {"USD": Decimal("1.0"), "EUR": Decimal("1.08"), "GBP": Decimal("1.27"),

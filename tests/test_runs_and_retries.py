@@ -9,10 +9,9 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from streamflow import Asset, Pipeline, RetryPolicy, Settings, run_pipeline
 from streamflow.cli import main
 from streamflow.connectors.testing import MemorySink, MemorySource
-from streamflow.engine import run_pipeline
-from streamflow.model import Asset, Pipeline, RetryPolicy, Settings
 from streamflow.ops import list_dead_letters, list_runs, replay
 
 from .helpers import memory_source, read_topic, values

@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamflow import Pipeline, RetryPolicy, Settings, run_pipeline
 from streamflow.cli import main
 from streamflow.connectors.testing import MemorySink
-from streamflow.engine import run_pipeline
-from streamflow.model import Message, Pipeline, RetryPolicy, Settings
+from streamflow.model import Message
 from streamflow.observability import is_sampled
 from streamflow.ops import list_runs
 

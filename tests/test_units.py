@@ -18,11 +18,10 @@ from pydantic import BaseModel
 import streamflow
 import streamflow.devservices
 import streamflow.gates
-from streamflow import ConnectorError
+from streamflow import Asset, ConfigError, ConnectorError, Pipeline, PipelineError, Settings
 from streamflow.connectors import build_source
 from streamflow.connectors.testing import MemorySource
-from streamflow.errors import ConfigError, PipelineError, TelemetryError
-from streamflow.model import Asset, Pipeline, Settings
+from streamflow.errors import TelemetryError
 from streamflow.observability import (
     RecSpan,
     Sampling,

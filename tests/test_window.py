@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from streamflow import Asset, Pipeline, Settings, Window, WindowRecords, run_pipeline
 from streamflow.connectors.testing import MemorySink
-from streamflow.engine import run_pipeline
-from streamflow.model import Asset, Pipeline, Settings, Window, WindowRecords
 from streamflow.ops import list_dead_letters, list_runs
 
 from .helpers import memory_source

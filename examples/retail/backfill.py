@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from streamflow.model import Settings
+from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
 
 HERE = Path(__file__).resolve().parent

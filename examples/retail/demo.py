@@ -17,8 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from streamflow.engine import RunSummary, run_pipeline
-from streamflow.model import Settings, load_pipeline
+from streamflow import RunSummary, Settings, load_pipeline, run_pipeline
 from streamflow.ops import list_dead_letters, list_runs
 
 HERE = Path(__file__).resolve().parent

@@ -27,20 +27,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from streamflow.model import (
-    AllOf,
-    Asset,
-    ExpectBatch,
-    Inputs,
-    NotNull,
-    Pattern,
-    Pipeline,
-    Range,
-    RowCount,
-    Unique,
-    Window,
-    WindowRecords,
-)
+from streamflow import AllOf, Asset, Inputs, Pipeline, Window, WindowRecords
+from streamflow.gates import ExpectBatch, NotNull, Pattern, Range, RowCount, Unique
 
 HERE = Path(__file__).resolve().parent
 WORKDIR = Path(os.environ.get("RETAIL_WORKDIR", ".streamflow/retail")).resolve()

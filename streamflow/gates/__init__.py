@@ -5,12 +5,12 @@ May import ``streamflow.state``, ``streamflow.observability``, ``streamflow.tran
 and ``streamflow.model``; never the engine.
 """
 
-from streamflow.model import (
-    Alert,
-    AlertSink,
+from streamflow.model import Alert, AlertSink, Check, CheckResult
+
+# The check kinds are declared in the model (a stage's checks are part of its declaration);
+# this package is their public home.
+from streamflow.model._check_kinds import (
     AllowedValues,
-    Check,
-    CheckResult,
     Expect,
     ExpectBatch,
     Freshness,

@@ -8,17 +8,6 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 from ._alerts import Alert, AlertSink
 from ._arrivals import Arrival, DeadLetter
 from ._assets import Asset, stable_id
-from ._check_kinds import (
-    AllowedValues,
-    Expect,
-    ExpectBatch,
-    Freshness,
-    NotNull,
-    Pattern,
-    Range,
-    RowCount,
-    Unique,
-)
 from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
 from ._deadletters import dead_letter_message, describe_validation, error_info
 from ._headers import (
@@ -75,7 +64,6 @@ __all__ = [
     "Alert",
     "AlertSink",
     "AllOf",
-    "AllowedValues",
     "AnyOf",
     "Arrival",
     "Asset",
@@ -83,21 +71,14 @@ __all__ = [
     "CheckResult",
     "DeadLetter",
     "DeadLetterKind",
-    "Expect",
-    "ExpectBatch",
-    "Freshness",
     "Inputs",
     "Message",
     "Mode",
-    "NotNull",
     "OnEach",
     "OutMessage",
-    "Pattern",
     "Pipeline",
     "PlannedRun",
-    "Range",
     "RetryPolicy",
-    "RowCount",
     "RunInput",
     "RunRecord",
     "RunStatus",
@@ -105,7 +86,6 @@ __all__ = [
     "SinkSpec",
     "SourceSpec",
     "StageSpec",
-    "Unique",
     "Window",
     "WindowRecords",
     "asset_topic",

@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from streamflow.model import Arrival, stable_id
+from streamflow import Arrival, stable_id
 
 from .pipeline import total_of
 

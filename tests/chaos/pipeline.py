@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from streamflow import AllOf, Asset, Inputs, Pipeline
 from streamflow.connectors.testing import IdleSource
-from streamflow.model import AllOf, Asset, Inputs, Pipeline
 
 
 class Order(BaseModel):

@@ -15,8 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from pydantic import BaseModel
 
+from streamflow import Asset, Pipeline
 from streamflow.connectors import ConnectorContext, SourceBatch, SourceRecord, TimeRange
-from streamflow.model import Asset, Pipeline
 
 FIRST_DAY = date(2026, 10, 1)
 

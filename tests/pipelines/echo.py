@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from streamflow.model import Asset, Pipeline
+from streamflow import Asset, Pipeline
 
 WORKDIR = Path(os.environ.get("ECHO_WORKDIR", ".streamflow/echo"))
 WATCH = os.environ.get("ECHO_WATCH") == "1"

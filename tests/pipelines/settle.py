@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from streamflow.model import AllOf, Asset, Inputs, Pipeline
+from streamflow import AllOf, Asset, Inputs, Pipeline
 
 WORKDIR = Path(os.environ.get("SETTLE_WORKDIR", ".streamflow/settle"))
 
