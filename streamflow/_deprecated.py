@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def alias(module: str, new: str) -> dict[str, Any]:
+def alias(module: str, new: str, public: str | None = None) -> dict[str, Any]:
     """A whole module moved: warn once (at import), and return the new module's public names
-    for the old module's namespace (``globals().update(alias(__name__, "new.path"))``)."""
+    for the old module's namespace (``globals().update(alias(__name__, "new.path"))``);
+    ``public``: the path to name in the warning, when ``new`` is private."""
     warnings.warn(f"{module} is deprecated and will be removed in the next release; import "
-                  f"{new} instead", DeprecationWarning, stacklevel=3)
+                  f"{public or new} instead", DeprecationWarning, stacklevel=3)
     target = importlib.import_module(new)
     names = getattr(target, "__all__", [n for n in vars(target) if not n.startswith("_")])
     return {"__all__": list(names), **{n: getattr(target, n) for n in names}}

@@ -19,6 +19,9 @@ import pytest
 
 from streamflow import Settings
 
+# The fault seams' fixture (tests/faults.py), for every test.
+from tests.faults import faults as faults
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: every test needs its real services there."""

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from streamflow.errors import AlertDeliveryError
-from streamflow.gates import Alert, Alerter, LogAlerts, WebhookAlerts, alert_sinks_from_env
+from streamflow.gates import Alert, LogAlerts, WebhookAlerts
+from streamflow.gates.runtime import Alerter, alert_sinks_from_env
 
 ALERT = Alert(kind="gate-held", pipeline="retail", stage="orders_clean", partition="2024-05-01",
               run_id="r1", summary="2 of 3 checks failed",

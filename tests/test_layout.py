@@ -69,8 +69,6 @@ def test_no_import_inside_a_function_or_type_checking_closes_a_cycle() -> None:
     found: list[str] = []
     for path in _sources():
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith("streamflow/connectors/") and path.stem not in ("__init__", "_api"):
-            continue  # the deprecated streamflow.connectors.<name> shims re-export plugins
         text = path.read_text()
         tree = ast.parse(text)
         lines = text.splitlines()
@@ -86,7 +84,9 @@ def test_no_import_inside_a_function_or_type_checking_closes_a_cycle() -> None:
                     continue
                 own = isinstance(sub, ast.ImportFrom) and (
                     sub.level > 0 or (sub.module or "").startswith("streamflow"))
-                if own and "_lineage" not in (sub.module or ""):
+                # The one own module deferred: the OpenLineage client it wraps is slow to load.
+                if own and not (rel == "streamflow/observability/_run_events.py"
+                                and sub.module == "_lineage"):
                     found.append(f"{rel}:{sub.lineno} imports our own module in {fn.name}()")
                 elif not _deferred_comment(lines, sub):
                     found.append(f"{rel}:{sub.lineno} defers an import without a "

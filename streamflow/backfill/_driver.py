@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamflow.model import Settings, jobs_topic, lane_topic, runs_topic
+from streamflow.model import Settings, asset_topic, jobs_topic, lane_topic, runs_topic, stage_group
 from streamflow.state import fold_raw
 from streamflow.transports import Transport
 
@@ -51,7 +51,7 @@ class Driver:
         self.job, self.plan, self.t, self.s = job, plan, transport, settings
         self.ns = settings.namespace
         self.lane = lane_topic(self.ns, job.asset)
-        self.groups = [f"{self.ns}.stage.{st}" for st in job.stages]
+        self.groups = [stage_group(self.ns, st) for st in job.stages]
         self.on_progress = on_progress
         self.sent = 0
         self._stop = asyncio.Event()
@@ -67,7 +67,7 @@ class Driver:
         job = self.job
         await self.t.ensure_topics([jobs_topic(self.ns)], compacted=[jobs_topic(self.ns)])
         await self.t.ensure_topics([self.lane], partitions={self.lane: await self.t
-                                   .partition_count(f"{self.ns}.{job.asset}")})
+                                   .partition_count(asset_topic(self.ns, job.asset))})
         if self.plan.dead:
             await self.t.publish(self.plan.dead)
         job.status = "running"

@@ -41,13 +41,13 @@ from streamflow.model import (
     dead_letter_message,
     jobs_topic,
     lane_topic,
+    origin_text,
     reject_id,
     run_id_of,
     runs_topic,
     source_arrival,
     source_arrival_id,
     stable_id,
-    where,
 )
 from streamflow.observability import Tracing, traceparent_of
 from streamflow.state import fold_raw
@@ -282,7 +282,7 @@ class Planner:
             arrival_id = source_arrival_id(asset, rec)
             model = check_record(asset, rec)
             if isinstance(model, str):
-                reason = f"backfill {job.id}, source {source} ({where(rec.origin)}): {model}"
+                reason = f"backfill {job.id}, source {source} ({origin_text(rec.origin)}): {model}"
                 dead.append(self._dead(job, reason, rec.origin, orjson.dumps(rec.data).decode(),
                                        arrival_id))
                 continue

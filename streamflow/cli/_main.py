@@ -15,14 +15,7 @@ import orjson
 from streamflow import __version__
 from streamflow.connectors import ConnectorError, distribution_of, known_connectors, load_spec
 from streamflow.engine import RunSummary, Worker
-from streamflow.errors import (
-    BackfillError,
-    ConfigError,
-    OpsError,
-    PipelineError,
-    TelemetryError,
-    TransportError,
-)
+from streamflow.errors import StreamFlowError
 from streamflow.model import Settings, load_pipeline
 from streamflow.observability import configure_logging
 
@@ -163,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except (ConfigError, PipelineError, ConnectorError, TransportError, TelemetryError,
-            OpsError, BackfillError) as e:
+    except StreamFlowError as e:
         print(f"streamflow: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

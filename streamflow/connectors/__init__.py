@@ -4,7 +4,8 @@ A connector (built-in or third-party) imports only this package's ``__all__``; t
 live under the top-level ``connectors/`` folder as ``streamflow_connector_<name>`` packages,
 registered through the ``streamflow.connectors`` entry-point group and loaded only when a
 pipeline names them. ``streamflow.connectors.testing`` is the test kit. This package imports
-only the standard library and pydantic (and orjson in the kit), never the rest of streamflow.
+only the standard library, pydantic (and orjson in the kit) and ``streamflow.errors``, never
+the rest of streamflow.
 """
 
 from ._api import (

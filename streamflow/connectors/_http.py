@@ -36,7 +36,8 @@ async def post_with_retries(session: ClientSession, url: str, body: bytes, key: 
     """POST JSON with an ``Idempotency-Key``; retry 5xx, 408, 429, connection errors and
     timeouts with backoff (honouring ``Retry-After``); raise ``error`` when refused or out of
     attempts. Shared by the webhook sink and webhook alerts."""
-    import aiohttp  # imported by whoever built the session
+    # Deferred: aiohttp is an optional extra; whoever built the session has imported it.
+    import aiohttp
 
     headers = {"Content-Type": "application/json", "Idempotency-Key": key}
     last = ""

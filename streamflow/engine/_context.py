@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamflow.connectors import ConnectorContext
-from streamflow.gates import Alerter
+from streamflow.gates.runtime import Alerter
 from streamflow.model import Asset
 from streamflow.observability import Metrics, RunEvents, Tracing
 from streamflow.transports import Transport

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from streamflow.gates import RunRecorder, gate_run
+from streamflow.gates.runtime import RunRecorder, gate_run
 from streamflow.model import (
     H_ATTEMPT,
     H_PLANNED,
@@ -29,6 +29,7 @@ from streamflow.model import (
     Arrival,
     Asset,
     DeadLetterKind,
+    DeadlinePolicy,
     Message,
     OutMessage,
     PlannedRun,
@@ -214,7 +215,7 @@ def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attemp
         lineage(st, plan, attempt, time.time(), "succeeded")
 
 
-def lineage(st: StageLike, plan: PlannedRun, attempt: int, at: float, status: str | None,
+def lineage(st: StageLike, plan: PlannedRun, attempt: int, at: float, status: RunStatus | None,
             error: str | None = None) -> None:
     """START when ``status`` is None, else the attempt's end event."""
     assert st.ctx.lineage is not None
@@ -281,8 +282,7 @@ def _emit(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, run: RecSpa
         return []
     ids = []
     for i, rec in enumerate(outputs):
-        key = out_asset.key_of(rec)
-        key_b = key.encode() if key is not None else None
+        key_b = out_asset.key_bytes(rec)
         send = tr.start_child(f"send {st.out_topic}", run, SpanKind.PRODUCER,
                               partial(tr.send_attributes, st.out_topic, key_b))
         spans.append(send)
@@ -328,7 +328,7 @@ def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
 async def expire(st: StageLike) -> None:
     """Barriers whose deadline passed get their policy applied: fire, skip or fail."""
     assert st.gate is not None
-    by_partition: dict[int, list[tuple[PlannedRun, str, OutMessage]]] = {}
+    by_partition: dict[int, list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]] = {}
     for plan, policy, state_msg in st.gate.expired():
         n = state_msg.partition if state_msg.partition is not None else -1
         by_partition.setdefault(n, []).append((plan, policy, state_msg))
@@ -339,7 +339,7 @@ async def expire(st: StageLike) -> None:
 
 
 async def _expire_partition(st: StageLike,
-                            due: list[tuple[PlannedRun, str, OutMessage]]) -> None:
+                            due: list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]) -> None:
     assert st.gate is not None
     out: list[OutMessage] = []
     spans: list[RecSpan | None] = []

@@ -16,10 +16,10 @@ from streamflow.model import (
     SourceSpec,
     check_record,
     dead_letter_message,
+    origin_text,
     reject_id,
     source_arrival,
     source_arrival_id,
-    where,
 )
 from streamflow.observability import (
     AttrValue,
@@ -50,7 +50,7 @@ class SourceRunner:
                 arrival_id = source_arrival_id(asset, rec)
                 model = check_record(asset, rec)
                 if isinstance(model, str):
-                    reason = f"{where(rec.origin)}: {model}"
+                    reason = f"{origin_text(rec.origin)}: {model}"
                     root = root or self._failed_root(rec, root_tp, spans)
                     fail_span(root, None, reason)
                     out.append(self.dead_letter(reason, rec.origin, orjson.dumps(rec.data).decode(),

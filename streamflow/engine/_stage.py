@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
-from streamflow.gates import Gatekeeper
+from streamflow.gates.runtime import Gatekeeper
 from streamflow.model import (
     H_ATTEMPT,
     H_BACKFILL_STAGES,
@@ -47,7 +47,7 @@ from streamflow.model import (
     stage_group,
 )
 from streamflow.observability import Metrics, RecSpan, Tracing, end_spans, fail_span
-from streamflow.state import fired_of, fold_raw
+from streamflow.state import StateStore, fired_of, fold_raw
 from streamflow.transports import Subscription
 from streamflow.triggers import BarrierGate, Late, PartitionState, TriggerRuntime, WindowGate
 
@@ -112,7 +112,7 @@ class StageRunner(_Consumer):
     def tracing(self) -> Tracing:
         return self.ctx.tracing
 
-    def _stores(self) -> list[Any]:
+    def _stores(self) -> list[StateStore[Any]]:
         return [] if self.retry_lane else [
             g.store for g in (self.gate, self.keeper) if g is not None]
 
@@ -160,7 +160,7 @@ class StageRunner(_Consumer):
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""
         for st in self._stores():
-            await st.forget(set(st._restores))
+            await st.forget_all()
         self._unfire()
         self._fresh = set()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from streamflow.connectors import Sink, Source, build_sink, build_source
 from streamflow.errors import ConfigError, PipelineError
-from streamflow.gates import Alerter, Gatekeeper, alert_sinks_from_env
+from streamflow.gates.runtime import Alerter, Gatekeeper, alert_sinks_from_env
 from streamflow.model import (
     OnEach,
     Pipeline,

@@ -1,5 +1,6 @@
-"""Quality gates: checks (declared in the model, exported here), holds, the gate decision
-behind the :class:`RunRecorder` Protocol that the engine implements, and alerts.
+"""Quality gates: the checks a stage declares and where its alerts go (this package's public
+names); holds, the gate decision behind the ``RunRecorder`` Protocol that the engine implements,
+and alert delivery are the engine's, in :mod:`streamflow.gates.runtime`.
 
 May import ``streamflow.state``, ``streamflow.observability``, ``streamflow.transports``
 and ``streamflow.model``; never the engine.
@@ -21,31 +22,22 @@ from streamflow.model._check_kinds import (
     Unique,
 )
 
-from ._alerts import Alerter, LogAlerts, WebhookAlerts, alert_sinks_from_env
-from ._gatekeeper import GateFailed, Gatekeeper, Hold
-from ._lane import RunRecorder, gate_run
+from ._alerts import LogAlerts, WebhookAlerts
 
 __all__ = [
     "Alert",
     "AlertSink",
-    "Alerter",
     "AllowedValues",
     "Check",
     "CheckResult",
     "Expect",
     "ExpectBatch",
     "Freshness",
-    "GateFailed",
-    "Gatekeeper",
-    "Hold",
     "LogAlerts",
     "NotNull",
     "Pattern",
     "Range",
     "RowCount",
-    "RunRecorder",
     "Unique",
     "WebhookAlerts",
-    "alert_sinks_from_env",
-    "gate_run",
 ]

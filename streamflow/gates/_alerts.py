@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from streamflow.connectors import Retries, post_with_retries, redact
-from streamflow.errors import AlertDeliveryError
+from streamflow.errors import AlertDeliveryError, ConfigError
 from streamflow.model import Alert, AlertSink
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ class WebhookAlerts:
                  max_backoff_s: float = 30.0) -> None:
         location = redact(url)
         if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"alert webhook {location!r} must be an http:// or https:// URL")
+            raise ConfigError(f"alert webhook {location!r} must be an http:// or https:// URL")
         if timeout_s <= 0 or max_retries < 0 or retry_backoff_s < 0 or max_backoff_s < 0:
-            raise ValueError("WebhookAlerts needs timeout_s > 0 and max_retries, "
+            raise ConfigError("WebhookAlerts needs timeout_s > 0 and max_retries, "
                              "retry_backoff_s, max_backoff_s >= 0")
         _aiohttp()  # fail at startup, not on the first alert, when aiohttp is missing
         self.url, self.location, self.name = url, location, f"webhook {location}"
@@ -156,7 +156,7 @@ def _aiohttp() -> Any:
     try:  # Deferred: aiohttp is the optional `webhook` extra, needed only for webhook alerts.
         import aiohttp
     except ImportError as e:
-        raise RuntimeError(
+        raise ConfigError(
             "webhook alerts need aiohttp: pip install 'streamflow[webhook]'") from e
     return aiohttp
 

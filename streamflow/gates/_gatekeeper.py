@@ -24,9 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from streamflow.errors import StreamFlowError
 from streamflow.model import (
     H_PLANNED,
     Alert,
+    AlertKind,
     Check,
     CheckResult,
     Inputs,
@@ -54,7 +56,7 @@ MAX_PARKED_BYTES = 512 * 1024
 record at 1 MB. Beyond this, inputs go to dead letters (replayable) instead of the hold."""
 
 
-class GateFailed(Exception):
+class GateFailed(StreamFlowError):
     """Why a gate held a run; it travels as the dead letter's ``error``, with the results."""
 
     def __init__(self, message: str, checks: list[dict[str, Any]]) -> None:
@@ -241,7 +243,7 @@ class Gatekeeper:
                   for e in hold.parked]
         return cleared, parked, [self.store.tombstone(hold.partition, hold.kafka_partition)]
 
-    def alert(self, kind: str, plan: PlannedRun, summary: str,
+    def alert(self, kind: AlertKind, plan: PlannedRun, summary: str,
               checks: list[dict[str, Any]]) -> None:
         """Queue an alert; it goes out once the hold it reports is published (``sent``), so a
         crash in between re-decides it after restart instead of alerting twice."""

@@ -5,7 +5,7 @@ No I/O and no clients: it may import the connector SDK's types and ``streamflow.
 only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces it).
 """
 
-from ._alerts import Alert, AlertSink
+from ._alerts import Alert, AlertKind, AlertSink
 from ._arrivals import Arrival, DeadLetter
 from ._assets import Asset, stable_id
 from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
@@ -25,14 +25,13 @@ from ._headers import (
     DeadLetterKind,
     Mode,
     header_int,
-    mode_of,
 )
 from ._messages import Message, OutMessage
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
 from ._settings import Settings
-from ._sources import check_record, reject_id, source_arrival, source_arrival_id, where
+from ._sources import check_record, origin_text, reject_id, source_arrival, source_arrival_id
 from ._topics import (
     asset_topic,
     contracts_topic,
@@ -45,7 +44,7 @@ from ._topics import (
     stage_group,
     state_topic,
 )
-from ._triggers import AllOf, AnyOf, Inputs, OnEach, Window, WindowRecords
+from ._triggers import AllOf, AnyOf, DeadlinePolicy, Inputs, OnEach, Window, WindowRecords
 
 __all__ = [
     "FINAL",
@@ -62,6 +61,7 @@ __all__ = [
     "H_TRACEPARENT",
     "MAX_VALUES",
     "Alert",
+    "AlertKind",
     "AlertSink",
     "AllOf",
     "AnyOf",
@@ -71,6 +71,7 @@ __all__ = [
     "CheckResult",
     "DeadLetter",
     "DeadLetterKind",
+    "DeadlinePolicy",
     "Inputs",
     "Message",
     "Mode",
@@ -99,7 +100,7 @@ __all__ = [
     "jobs_topic",
     "lane_topic",
     "load_pipeline",
-    "mode_of",
+    "origin_text",
     "passed",
     "reject_id",
     "replay_topic",
@@ -112,5 +113,4 @@ __all__ = [
     "stable_id",
     "stage_group",
     "state_topic",
-    "where",
 ]

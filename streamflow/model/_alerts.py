@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+AlertKind = Literal["gate-held", "gate-released", "deadline"]
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    kind: str  # "gate-held", "gate-released", "deadline" ...
+    kind: AlertKind
     pipeline: str
     stage: str
     partition: str

@@ -9,6 +9,8 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from streamflow.errors import PipelineError
+
 from ._topics import DEFAULT_NAMESPACE, asset_topic
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,7 +33,7 @@ class Asset(Generic[M]):
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
-            raise ValueError(
+            raise PipelineError(
                 f"asset name {self.name!r} must be non-empty letters, digits, '_' or '-'"
             )
         # Computed fields count: a tick's day can be derived from its timestamp.
@@ -39,7 +41,7 @@ class Asset(Generic[M]):
         for role, fname in (("key", self.key), ("partition_by", self.partition_by),
                             ("event_time", self.event_time)):
             if fname is not None and fname not in fields:
-                raise ValueError(
+                raise PipelineError(
                     f"asset {self.name!r}: {role}={fname!r} is not a field of "
                     f"{self.contract.__name__} (fields: {', '.join(fields)})"
                 )

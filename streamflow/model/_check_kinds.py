@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from streamflow.errors import PipelineError
+
 from ._checks import (
     _SHOWN,
     CheckResult,
@@ -69,12 +71,13 @@ class Range(_FieldCheck):
 
     def __post_init__(self) -> None:
         if self.min is None and self.max is None:
-            raise ValueError(f"Range({self.field!r}) needs min, max or both")
+            raise PipelineError(f"Range({self.field!r}) needs min, max or both")
         try:
             if self.min is not None and self.max is not None and self.min > self.max:
-                raise ValueError(f"Range({self.field!r}): min {self.min} is above max {self.max}")
+                raise PipelineError(
+                    f"Range({self.field!r}): min {self.min} is above max {self.max}")
         except TypeError:
-            raise ValueError(f"Range({self.field!r}): min {self.min!r} and max {self.max!r} "
+            raise PipelineError(f"Range({self.field!r}): min {self.min!r} and max {self.max!r} "
                              "are not comparable") from None
         _FieldCheck.__post_init__(self)
 
@@ -100,13 +103,13 @@ class AllowedValues(_FieldCheck):
     def __post_init__(self) -> None:
         what = f"AllowedValues({self.field!r})"
         if isinstance(self.values, str | bytes) or not isinstance(self.values, Collection):
-            raise ValueError(f"{what}: values must be a collection, got {self.values!r}")
+            raise PipelineError(f"{what}: values must be a collection, got {self.values!r}")
         try:
             object.__setattr__(self, "values", frozenset(self.values))
         except TypeError:
-            raise ValueError(f"{what}: values must be hashable") from None
+            raise PipelineError(f"{what}: values must be hashable") from None
         if not self.values:
-            raise ValueError(f"{what} needs at least one value")
+            raise PipelineError(f"{what} needs at least one value")
         _FieldCheck.__post_init__(self)
 
     def _probe(self, v: Any) -> _Verdict:
@@ -131,7 +134,7 @@ class Pattern(_FieldCheck):
         try:
             object.__setattr__(self, "_compiled", re.compile(self.regex))
         except re.error as e:
-            raise ValueError(f"Pattern({self.field!r}): bad regex {self.regex!r}: {e}") from None
+            raise PipelineError(f"Pattern({self.field!r}): bad regex {self.regex!r}: {e}") from None
         _FieldCheck.__post_init__(self)
 
     def _probe(self, v: Any) -> _Verdict:
@@ -191,7 +194,7 @@ class Freshness(_FieldCheck):
 
     def __post_init__(self) -> None:
         if not self.max_age_s > 0:
-            raise ValueError(f"Freshness({self.field!r}): max_age_s must be > 0, "
+            raise PipelineError(f"Freshness({self.field!r}): max_age_s must be > 0, "
                              f"got {self.max_age_s}")
         _FieldCheck.__post_init__(self)
 
@@ -233,17 +236,17 @@ class RowCount:
 
     def __post_init__(self) -> None:
         if (self.min, self.max, self.max_spike, self.max_drop) == (None,) * 4:
-            raise ValueError("RowCount needs min, max, max_spike or max_drop")
+            raise PipelineError("RowCount needs min, max, max_spike or max_drop")
         if (self.min or 0) < 0 or (self.max or 0) < 0:
-            raise ValueError(f"RowCount: min and max must be >= 0, got {self.min}, {self.max}")
+            raise PipelineError(f"RowCount: min and max must be >= 0, got {self.min}, {self.max}")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"RowCount: min {self.min} is above max {self.max}")
+            raise PipelineError(f"RowCount: min {self.min} is above max {self.max}")
         if self.max_spike is not None and self.max_spike < 1:
-            raise ValueError(f"RowCount: max_spike is a ratio >= 1, got {self.max_spike}")
+            raise PipelineError(f"RowCount: max_spike is a ratio >= 1, got {self.max_spike}")
         if self.max_drop is not None and not 0 < self.max_drop <= 1:
-            raise ValueError(f"RowCount: max_drop is a ratio in (0, 1], got {self.max_drop}")
+            raise PipelineError(f"RowCount: max_drop is a ratio in (0, 1], got {self.max_drop}")
         if not 1 <= self.min_history <= self.history:
-            raise ValueError(f"RowCount: need 1 <= min_history <= history, got "
+            raise PipelineError(f"RowCount: need 1 <= min_history <= history, got "
                              f"min_history={self.min_history}, history={self.history}")
         _settle(self, "row_count")
 
@@ -283,9 +286,9 @@ def _verdict(out: Any) -> str | None:
 def _check_fn(check: Expect | ExpectBatch) -> None:
     kind = type(check).__name__
     if not check.name or not callable(check.fn):
-        raise ValueError(f"{kind} needs a callable fn and a non-empty name")
+        raise PipelineError(f"{kind} needs a callable fn and a non-empty name")
     if inspect.iscoroutinefunction(check.fn):  # its coroutine is truthy: it would always pass
-        raise ValueError(f"{kind}({check.name!r}): fn must be a plain function, not async")
+        raise PipelineError(f"{kind}({check.name!r}): fn must be a plain function, not async")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from streamflow.errors import PipelineError
+
 Level = Literal["error", "warn"]
 MAX_VALUES = 20  # offending values kept per result
 _SHOWN = 3  # distinct reasons (or duplicated values) quoted in a detail line
@@ -125,7 +127,7 @@ def run_checks(
 def _settle(check: Any, default: str) -> None:
     """Shared __post_init__: validate the level, fill in the default name."""
     if check.level not in ("error", "warn"):
-        raise ValueError(f"{type(check).__name__}: level must be 'error' or 'warn', "
+        raise PipelineError(f"{type(check).__name__}: level must be 'error' or 'warn', "
                          f"got {check.level!r}")
     if not check.name:
         object.__setattr__(check, "name", default)

@@ -58,7 +58,7 @@ class StageSpec:
     retry: RetryPolicy = NO_RETRY
     trigger: Trigger = field(default_factory=OnEach)
     checks: tuple[Check, ...] = ()
-    """The quality gate on this stage's inputs (see ``_gating``)."""
+    """The quality gate on this stage's inputs (see ``streamflow.gates``)."""
 
 
 @dataclass

@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streamflow.errors import PipelineError
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -26,13 +28,13 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+            raise PipelineError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
         if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
-            raise ValueError("RetryPolicy needs 0 <= backoff_s <= max_backoff_s")
+            raise PipelineError("RetryPolicy needs 0 <= backoff_s <= max_backoff_s")
         if not 0 <= self.jitter <= 1:
-            raise ValueError(f"RetryPolicy.jitter must be within 0..1, got {self.jitter}")
+            raise PipelineError(f"RetryPolicy.jitter must be within 0..1, got {self.jitter}")
         if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ValueError(f"RetryPolicy.timeout_s must be > 0, got {self.timeout_s}")
+            raise PipelineError(f"RetryPolicy.timeout_s must be > 0, got {self.timeout_s}")
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """After attempt number ``attempt`` (1-based) failed with ``exc``: go again?"""

@@ -20,8 +20,6 @@ RunStatus = Literal["succeeded", "retrying", "dead-lettered", "skipped", "held",
 FINAL: frozenset[str] = frozenset({"succeeded", "dead-lettered", "held", "released"})
 
 
-
-
 class RunInput(BaseModel):
     asset: str
     partition: str

@@ -16,7 +16,7 @@ from ._deadletters import describe_validation
 from ._headers import Mode
 
 
-def where(origin: dict[str, Any]) -> str:
+def origin_text(origin: dict[str, Any]) -> str:
     """Where a record came from, for a reason: ``file line n``, else its origin's fields."""
     if "file" in origin and "line" in origin:
         return f"{origin['file']} line {origin['line']}"

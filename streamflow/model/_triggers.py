@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from streamflow.errors import PipelineError
+
 from ._assets import Asset
 
 DeadlinePolicy = Literal["fire", "skip", "fail"]
@@ -50,7 +52,7 @@ class AllOf:
 
     def __post_init__(self) -> None:
         if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
+            raise PipelineError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
         object.__setattr__(self, "required", tuple(
             r if isinstance(r, str) else r.name for r in self.required))
 
@@ -74,9 +76,9 @@ class Window:
 
     def __post_init__(self) -> None:
         if self.size_s <= 0 or self.allowed_lateness_s < 0:
-            raise ValueError("Window needs size_s > 0 and allowed_lateness_s >= 0")
+            raise PipelineError("Window needs size_s > 0 and allowed_lateness_s >= 0")
         if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError(f"Window.deadline_s must be > 0, got {self.deadline_s}")
+            raise PipelineError(f"Window.deadline_s must be > 0, got {self.deadline_s}")
 
     def start_of(self, event_ms: int) -> int:
         size = int(self.size_s * 1000)

@@ -42,6 +42,7 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.transport.transport import Transport
 
 from streamflow.errors import ConfigError
+from streamflow.model import Mode, RunStatus
 
 log = logging.getLogger("streamflow.lineage")
 
@@ -205,14 +206,14 @@ class Lineage:
             return
         self._queue.put(item)
 
-    def started(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: str,
+    def started(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: Mode,
                 backfill: str, inputs: Sequence[str], output: str | None, at_ms: int) -> None:
         self._put((True, stage, run_id, partition, attempt, mode, backfill, tuple(inputs),
                    output, at_ms, "", None))
 
-    def ended(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: str,
+    def ended(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: Mode,
               backfill: str, inputs: Sequence[str], output: str | None, at_ms: int,
-              status: str, error: str | None) -> None:
+              status: RunStatus, error: str | None) -> None:
         """The attempt's end, by its ledger status:
 
         - ``succeeded`` -> COMPLETE;

@@ -9,17 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from streamflow.model import Mode, RunStatus
+
 
 class RunEvents(Protocol):
     """START, then COMPLETE or FAIL, for every run attempt (see :mod:`._lineage`)."""
 
-    def started(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: str,
+    def started(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: Mode,
                 backfill: str, inputs: Sequence[str], output: str | None,
                 at_ms: int) -> None: ...
 
-    def ended(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: str,
+    def ended(self, *, stage: str, run_id: str, partition: str, attempt: int, mode: Mode,
               backfill: str, inputs: Sequence[str], output: str | None, at_ms: int,
-              status: str, error: str | None) -> None: ...
+              status: RunStatus, error: str | None) -> None: ...
 
     def close(self, timeout: float = 5.0) -> None: ...
 

@@ -105,6 +105,10 @@ class StateStore(Generic[S]):
         log.info("stage %s: restored %d state records of partition %d in %.3fs",
                  self.stage, n, partition, time.perf_counter() - t0)
 
+    async def forget_all(self) -> None:
+        """Every partition's state is discarded (the open transaction that held it was)."""
+        await self.forget(set(self._restores))
+
     async def forget(self, partitions: set[int]) -> None:
         """Partitions were taken away: their state now belongs to another worker."""
         for key in [k for k, s in self.states.items() if s.kafka_partition in partitions]:

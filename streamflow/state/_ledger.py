@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from streamflow.model import FINAL, Message, OutMessage, RunInput, RunRecord, RunStatus
+from streamflow.model import FINAL, Message, Mode, OutMessage, RunInput, RunRecord, RunStatus
 
 
 def record_message(topic: str, *, run_id: str, stage: str, partition: str, status: RunStatus,
-                   attempt: int, max_attempts: int, started_ms: int, ended_ms: int, mode: str,
+                   attempt: int, max_attempts: int, started_ms: int, ended_ms: int, mode: Mode,
                    replay: int, inputs: Iterable[RunInput], outputs: list[str],
                    error: dict[str, Any] | None, trace_id: str | None,
                    checks: list[dict[str, Any]] | None = None,

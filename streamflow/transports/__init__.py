@@ -10,10 +10,8 @@ from aiokafka.errors import KafkaError as _KafkaError
 from streamflow.errors import TransactionFailed, TransportError
 from streamflow.model import Message, OutMessage
 
-from ._embedded import EmbeddedTransport
 from ._factory import make_transport
-from ._protocol import AssignCallback, Subscription, TransactionalSubscription, Transport
-from ._txn import last_offsets
+from ._protocol import Subscription, TransactionalSubscription, Transport
 from .kafka import KafkaTransport
 
 RECOVERABLE: tuple[type[BaseException], ...] = (TransactionFailed, _KafkaError, ConnectionError,
@@ -23,8 +21,6 @@ than dying: a lost transaction, or the broker going away mid-batch."""
 
 __all__ = [
     "RECOVERABLE",
-    "AssignCallback",
-    "EmbeddedTransport",
     "KafkaTransport",
     "Message",
     "OutMessage",
@@ -33,6 +29,5 @@ __all__ = [
     "TransactionalSubscription",
     "Transport",
     "TransportError",
-    "last_offsets",
     "make_transport",
 ]

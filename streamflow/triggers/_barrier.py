@@ -18,6 +18,7 @@ from streamflow.model import (
     AnyOf,
     Arrival,
     Asset,
+    DeadlinePolicy,
     Inputs,
     Message,
     Mode,
@@ -121,12 +122,12 @@ class BarrierGate:
             log.error("stage %s: unreadable planned run dropped: %s", self.spec.name, e)
             return None
 
-    def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]:
+    def expired(self) -> list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]:
         trigger = self.barrier.trigger
         if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
             return []
         now = int(time.time() * 1000)
-        due: list[tuple[PlannedRun, str, OutMessage]] = []
+        due: list[tuple[PlannedRun, DeadlinePolicy, OutMessage]] = []
         for state in self.states.values():
             if self.barrier.expired(state, now):
                 fire = self.barrier.on_deadline(state)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from streamflow.model import Arrival, Asset, Message, OutMessage, PlannedRun
+from streamflow.errors import StreamFlowError
+from streamflow.model import Arrival, Asset, DeadlinePolicy, Message, OutMessage, PlannedRun
 from streamflow.state import StateStore
 
 from ._state import PartitionState
 
 
-class Late(Exception):
+class Late(StreamFlowError):
     """An arrival for a window that has already closed."""
 
 
@@ -37,7 +38,7 @@ class TriggerRuntime(Protocol):
 
     def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None: ...
 
-    def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]: ...
+    def expired(self) -> list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]: ...
 
     def any_expired(self) -> bool: ...
 

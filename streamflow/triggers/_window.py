@@ -23,6 +23,7 @@ from streamflow.model import (
     H_TRACEPARENT,
     Arrival,
     Asset,
+    DeadlinePolicy,
     Message,
     Mode,
     OutMessage,
@@ -171,10 +172,10 @@ class WindowGate:
         return (d is not None and state.fired is None
                 and now_ms - state.first_seen_ms >= d * 1000)
 
-    def expired(self) -> list[tuple[PlannedRun, str, OutMessage]]:
+    def expired(self) -> list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]:
         """Windows still open at their wall-clock deadline (their watermark never came)."""
         now = int(time.time() * 1000)
-        due: list[tuple[PlannedRun, str, OutMessage]] = []
+        due: list[tuple[PlannedRun, DeadlinePolicy, OutMessage]] = []
         for key, state in self.store.states.items():
             if self._overdue(state, now):
                 state.fired = stable_id(self.spec.name, key, *sorted(state.slots), "deadline")

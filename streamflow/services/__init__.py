@@ -1,4 +1,5 @@
-"""Deprecated: the local development services moved to :mod:`streamflow.devservices`."""
+"""Deprecated: the local development services moved to :mod:`streamflow.devservices`; the old
+names and submodules resolve for one release, with a ``DeprecationWarning``."""
 
 from typing import Any
 
@@ -10,5 +11,9 @@ _NAMES = ("JAEGER_QUERY_URL", "JAEGER_VERSION", "KAFKA_BOOTSTRAP", "KAFKA_VERSIO
           "status", "up")
 
 
+_MOVED = {**dict.fromkeys(_NAMES, "streamflow.devservices"),
+          "port_holder": "streamflow.observability", "add_cli": "streamflow.cli._services"}
+
+
 def __getattr__(name: str) -> Any:
-    return moved(__name__, name, dict.fromkeys(_NAMES, "streamflow.devservices"))
+    return moved(__name__, name, _MOVED)
