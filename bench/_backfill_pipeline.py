@@ -1,8 +1,9 @@
 """The pipeline of ``python -m bench backfill-live``: one map stage over an hourly event
 stream whose history a backfill replays (2,000 events an hour, synthetic and deterministic).
 
-The stage notes, for each event it runs, when it ran: the benchmark reads ``RAN`` in the
-worker's process. The backfill driver loads this module in its own process.
+The stage notes, for each event it runs, when it ran and its id: the benchmark reads ``RAN`` in
+the worker's process (and counts every id, so that a lost or twice-run event shows). The
+backfill driver loads this module in its own process.
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ class Scored(BaseModel):
     score: float
 
 
-RAN: list[tuple[int, int, bool]] = []
-"""(sent_ns, ran_ns, live) per run, in the worker's process."""
+RAN: list[tuple[int, int, bool, str]] = []
+"""(sent_ns, ran_ns, live, event id) per run, in the worker's process."""
+
+
+def history_id(hour: int, i: int) -> str:
+    return f"h{hour:03d}-{i:04d}"
+
+
+def history_ids(first_hour: int, end_hour: int) -> set[str]:
+    """The ids of every event of history in hours [first_hour, end_hour)."""
+    return {history_id(h, i) for h in range(first_hour, end_hour) for i in range(PER_HOUR)}
 
 
 class History:
@@ -60,9 +70,9 @@ class History:
                 continue
             hour = start.isoformat()
             yield SourceBatch([SourceRecord(
-                {"id": f"h{h:03d}-{i:04d}", "hour": hour,
+                {"id": history_id(h, i), "hour": hour,
                  "at": (start + timedelta(seconds=i)).isoformat(), "value": float(i)},
-                {"hour": h, "i": i}, f"h{h:03d}-{i:04d}") for i in range(PER_HOUR)])
+                {"hour": h, "i": i}, history_id(h, i)) for i in range(PER_HOUR)])
 
     async def ack(self, batch: SourceBatch) -> None:
         return None
@@ -80,5 +90,5 @@ pipeline.source(History(), asset=events, name="history")
 
 @pipeline.stage(inputs=[events], output=scored)
 def score(e: Event) -> Scored:
-    RAN.append((e.sent_ns, time.time_ns(), e.sent_ns > 0))
+    RAN.append((e.sent_ns, time.time_ns(), e.sent_ns > 0, e.id))
     return Scored(id=e.id, hour=e.hour, score=e.value * 0.5)

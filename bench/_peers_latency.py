@@ -31,7 +31,7 @@ from ._peers_common import (
     sale_json,
     traceparent,
 )
-from ._peers_measure import spawn
+from ._peers_measure import Child, spawn
 
 WARMUP_S = 3.0
 _MARK = 1_999_999_999_999_999_999  # stands in for the stamp in a prepared record
@@ -86,57 +86,74 @@ class Reader:
         self._stop.set()
 
 
-async def latency_run(spec: Spec, rate: float, seconds: float, logdir: Path) -> dict[str, Any]:
-    topic = spec.topic(spec.inputs[0])
-    await create_topics(spec.bootstrap, [topic, spec.topic(spec.output)])
-    child = spawn(spec, logdir)
-    reader = Reader(spec)
-    reading = asyncio.create_task(reader.run())
-    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=0)
-    await producer.start()
-    rnd = random.Random(11)
-    total = int(rate * seconds)
-    sent_at: list[float] = []
-    result: dict[str, Any] = {"records_per_s": None, "p50_ms": None, "p99_ms": None,
-                              "p999_ms": None, "sustained": False, "rss_mb": None,
-                              "cpu_s_per_million": None}
-    try:
-        def prepared(prefix: str, i: int) -> tuple[bytes, bytes, bytes, Headers, int]:
-            """Everything but the stamp, built ahead so the generator keeps its rate."""
-            key = f"{prefix}{i:09d}"
-            head, _, tail = sale_json(i, _MARK, rnd, prefix).partition(str(_MARK).encode())
-            tp = traceparent(rnd, spec.trace_ratio) if spec.trace_ratio else None
-            k = key.encode()
-            return k, head, tail, arrival_headers("in", key, tp), partition_of(k)
+class _Generator:
+    """Prepares records (everything but the stamp, so the generator keeps its rate) and sends
+    them, stamped just before each is handed to the producer."""
 
-        async def send(rec: tuple[bytes, bytes, bytes, Headers, int]) -> None:
-            k, head, tail, headers, part = rec
-            stamp = time.time_ns()
-            await producer.send(topic, b"%s%d%s" % (head, stamp, tail), key=k,
-                                headers=headers, partition=part)
+    def __init__(self, spec: Spec, producer: AIOKafkaProducer) -> None:
+        self.spec, self.producer = spec, producer
+        self.topic = spec.topic(spec.inputs[0])
+        self.rnd = random.Random(11)
 
+    def prepared(self, prefix: str, i: int) -> tuple[bytes, bytes, bytes, Headers, int]:
+        key = f"{prefix}{i:09d}"
+        head, _, tail = sale_json(i, _MARK, self.rnd, prefix).partition(str(_MARK).encode())
+        ratio = self.spec.trace_ratio
+        tp = traceparent(self.rnd, ratio) if ratio else None
+        k = key.encode()
+        return k, head, tail, arrival_headers("in", key, tp), partition_of(k)
+
+    async def send(self, rec: tuple[bytes, bytes, bytes, Headers, int]) -> None:
+        k, head, tail, headers, part = rec
+        stamp = time.time_ns()
+        await self.producer.send(self.topic, b"%s%d%s" % (head, stamp, tail), key=k,
+                                 headers=headers, partition=part)
+
+    async def probe(self, reader: Reader, child: Child) -> bool:
+        """Send probe records until the system answers one (its group joins are over)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         j = 0
         while reader.probes == 0 and child.alive() and time.monotonic() < deadline:
-            await send(prepared("P", j))
+            await self.send(self.prepared("P", j))
             j += 1
             await asyncio.sleep(0.25)
-        if reader.probes == 0:
-            child.notes.append("never answered a probe record")
-            return result
-        records = [prepared("S", i) for i in range(total)]
-        cpu0 = child.cpu_s()
+        return reader.probes > 0
+
+    async def open_loop(self, total: int, rate: float) -> tuple[list[float], float]:
+        """Send ``total`` records at ``rate``; (when each was sent, seconds it took)."""
+        records = [self.prepared("S", i) for i in range(total)]
+        sent_at: list[float] = []
         start = time.perf_counter()
         i = 0
         while i < total:
             due = min(total, int((time.perf_counter() - start) * rate) + 1)
             while i < due:
                 sent_at.append(time.perf_counter() - start)
-                await send(records[i])
+                await self.send(records[i])
                 i += 1
             await asyncio.sleep(0.001)
-        elapsed = time.perf_counter() - start
+        return sent_at, time.perf_counter() - start
+
+
+async def latency_run(spec: Spec, rate: float, seconds: float, logdir: Path) -> dict[str, Any]:
+    await create_topics(spec.bootstrap, [spec.topic(spec.inputs[0]), spec.topic(spec.output)])
+    child = spawn(spec, logdir)
+    reader = Reader(spec)
+    reading = asyncio.create_task(reader.run())
+    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=0)
+    await producer.start()
+    gen = _Generator(spec, producer)
+    total = int(rate * seconds)
+    result: dict[str, Any] = {"records_per_s": None, "p50_ms": None, "p99_ms": None,
+                              "p999_ms": None, "sustained": False, "rss_mb": None,
+                              "cpu_s_per_million": None, "expected": total, "capped": False}
+    try:
+        if not await gen.probe(reader, child):
+            child.notes.append("never answered a probe record")
+            return result
+        cpu0 = child.cpu_s()
+        sent_at, elapsed = await gen.open_loop(total, rate)
         await producer.flush()
         for _ in range(int(DRAIN_S / 0.05)):  # until every output is in, or DRAIN_S
             if len(reader.latency_ms) >= total:
@@ -149,9 +166,14 @@ async def latency_run(spec: Spec, rate: float, seconds: float, logdir: Path) -> 
         return result
     finally:
         await producer.stop()
+        await child.stop()
+        await asyncio.sleep(1.0)  # outputs (duplicates, say) the child wrote as it stopped
         reader.stop()
         await reading
-        await child.stop()
+        # Counted once the child is gone, so a duplicate written at shutdown shows too.
+        result.update(outputs=len(reader.latency_ms) + reader.duplicates,
+                      distinct=len(reader.latency_ms), duplicates=reader.duplicates,
+                      **child.report())
         notes = [*child.notes, *([result["note"]] if result.get("note") else [])]
         result["note"] = "; ".join(notes) or None
 

@@ -7,7 +7,8 @@ output at 2% of the run to the last one (start-up and group joins excluded), and
 records (two per output for the join). CPU is the child's user+system time over the same
 stretch (sampled from /proc as the output offsets pass 2% and stop moving), per million input
 records; memory is its peak RSS (VmHWM). Every output is read back under read_committed and
-counted, with distinct keys, so lost or duplicated records show.
+counted, with distinct keys, so lost or duplicated records show; the child's log is scanned
+for ERROR lines. What makes a run not count: ``bench/_met.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ._met import log_errors
 from ._peers_common import Spec, create_topics, seed
+from ._readback import read_back
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_OUTPUT_TIMEOUT_S = 120.0
@@ -57,6 +60,12 @@ class Child:
         except OSError:
             return None
         return None
+
+    def report(self) -> dict[str, Any]:
+        """After ``stop``: its ERROR lines (from its log) and its exit status."""
+        errors = log_errors(self.log)
+        return {"errors": len(errors), "error_lines": errors[:3], "log": str(self.log),
+                "exit_status": self.proc.returncode}
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -105,32 +114,6 @@ def spawn(spec: Spec, logdir: Path) -> Child:
 
 async def _end_total(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
     return int(sum((await consumer.end_offsets(tps)).values()))
-
-
-async def read_back(bootstrap: str, topic: str, partitions: int) -> tuple[int, int, list[int]]:
-    """(records, distinct keys, sorted append times in ms) of ``topic``, read_committed."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
-                                enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
-                                fetch_max_bytes=32 << 20)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        count, keys, stamps = 0, set[bytes](), list[int]()
-        idle = 0
-        while idle < 4 and any([await consumer.position(tp) < end[tp] for tp in tps]):
-            got = await consumer.getmany(timeout_ms=500, max_records=20_000)
-            idle = 0 if got else idle + 1
-            for msgs in got.values():
-                count += len(msgs)
-                keys.update(m.key for m in msgs)
-                stamps += [m.timestamp for m in msgs]
-        stamps.sort()
-        return count, len(keys), stamps
-    finally:
-        await consumer.stop()
 
 
 def rate_from_stamps(stamps: list[int], per_output: int) -> float | None:
@@ -192,12 +175,9 @@ async def throughput_run(spec: Spec, n: int, logdir: Path, profile_to: Path | No
     cpu = None
     if low is not None and last[0] > low[0]:
         cpu = (last[2] - low[1]) / ((last[0] - low[0]) * per_output) * 1e6
-    notes = list(child.notes)
-    if distinct < spec.expect and not capped:
-        notes.append(f"MISSING {spec.expect - distinct:,} of {spec.expect:,} outputs at the end")
-    if count > distinct:
-        notes.append(f"{count - distinct} duplicate outputs")
+    notes = list(child.notes)  # loss and duplicates: the row's problems (_met.run_problems)
     return {"records_per_s": rate_from_stamps(stamps, per_output), "rss_mb": rss,
             "cpu_s_per_million": cpu, "outputs": count, "distinct": distinct,
-            "expected": spec.expect, "note": "; ".join(notes) or None}
+            "expected": spec.expect, "capped": capped, **child.report(),
+            "note": "; ".join(notes) or None}
 

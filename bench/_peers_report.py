@@ -18,6 +18,8 @@ import orjson
 
 import streamflow
 
+from ._met import describe, verdict
+
 GOALS = (("aiokafka-raw", 0.7), ("faust", 2.0), ("quix", 1.0))
 
 
@@ -51,23 +53,53 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def rps(system: str, settings: str) -> float | None:
-        r = next((r for r in rows if r["workload"] == "map" and r["system"] == system
-                  and r["settings"] == settings), None)
-        return None if r is None else r["records_per_s"]
+def _map_row(rows: list[dict[str, Any]], system: str, settings: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["workload"] == "map" and r["system"] == system
+                 and r["settings"] == settings), None)
 
-    sf = rps("streamflow", "defaults")
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The map ratios against the goals, and whether the run counts (``_met.verdict``): a
+    broken StreamFlow row, or a broken row a goal compares with, makes ``met`` false."""
+    sf_row = _map_row(rows, "streamflow", "defaults")
+    sf = None if sf_row is None else sf_row["records_per_s"]
     out: dict[str, Any] = {}
-    met = True
+    ratios_met = True
+    baselines = []
     for peer, goal in GOALS:
-        x = ratio(sf, rps(peer, "at-least-once"))
+        base = _map_row(rows, peer, "at-least-once")
+        if base is not None:
+            baselines.append(base)
+        x = ratio(sf, None if base is None else base["records_per_s"])
         out[f"map_vs_{peer.split('-')[0]}"] = x
-        met = met and x is not None and x >= goal
+        ratios_met = ratios_met and x is not None and x >= goal
+    v = verdict(rows, baselines)
     out["target"] = ("on map, StreamFlow at shipped defaults >= 0.7 x aiokafka-raw, >= 2 x "
-                     "faust, >= 1 x quix")
-    out["met"] = met
+                     "faust, >= 1 x quix; and the run counts: no StreamFlow row with missing "
+                     "or duplicated outputs, capped, unsustained or with an ERROR logged, and "
+                     "no compared row that lost, duplicated or failed")
+    out["ratios_met"] = ratios_met
+    out["run_counts"] = v["valid"]
+    out.update({k: v[k] for k in ("broken_rows", "void_comparisons", "flagged_rows")})
+    out["met"] = ratios_met and v["valid"]
     return out
+
+
+def _validity(g: dict[str, Any]) -> list[str]:
+    """results.md's account of whether the run counts, and why not."""
+    md = ["## Does the run count?", ""]
+    if g["run_counts"]:
+        md.append("Yes: every StreamFlow row has all its outputs, once each, uncapped, "
+                  "sustained, with no ERROR logged; no compared row lost or duplicated.")
+    for b in g["broken_rows"]:
+        md.append(f"- **broken StreamFlow row** {b['row']}: {b['why']}")
+    for b in g["void_comparisons"]:
+        md.append(f"- **comparison void**, the row compared with is broken: {b['row']}: "
+                  f"{b['why']}")
+    if g["flagged_rows"]:
+        md += ["", "Other rows' problems (informational unless listed above):"]
+        md += [f"- {b['row']}: {b['why']}" for b in g["flagged_rows"]]
+    return [*md, ""]
 
 
 def _n(v: float | None, digits: int = 0) -> str:
@@ -89,8 +121,14 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {wl} | {r['system']} | {r['settings']} | {_n(r['records_per_s'])} "
             f"| {_n(x, 2)} | {_n(r['p50_ms'], 1)} | {_n(r['p99_ms'], 1)} "
             f"| {_n(r['p999_ms'], 1)} | {sus} | {_n(r['rss_mb'])} "
-            f"| {_n(r['cpu_s_per_million'], 1)} | {r['note'] or ''} |")
+            f"| {_n(r['cpu_s_per_million'], 1)} | {_notes(r)} |")
     return lines
+
+
+def _notes(r: dict[str, Any]) -> str:
+    bad = describe(r.get("problems") or [])
+    note = r["note"] or ""
+    return f"{'**does not count**: ' + bad + ('; ' if note else '') if bad else ''}{note}"
 
 
 def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,7 +154,9 @@ def write_reports(rows: list[dict[str, Any]], args: argparse.Namespace, seconds:
           "", *_table(rows), "",
           f"Goal ({g['target']}): {'met' if g['met'] else 'NOT met'}; "
           f"map ratios: vs aiokafka-raw {g['map_vs_aiokafka']}, vs faust {g['map_vs_faust']}, "
-          f"vs quix {g['map_vs_quix']}.", ""]
+          f"vs quix {g['map_vs_quix']}; ratios "
+          f"{'met' if g['ratios_met'] else 'not met'}, run "
+          f"{'counts' if g['run_counts'] else 'does NOT count'}.", "", *_validity(g)]
     (out / "results.md").write_text("\n".join(md))
     chart(rows, out / "chart.png")
     return {**g, "elapsed_s": round(elapsed_s)}

@@ -9,8 +9,13 @@ within each repeat, in rotating order; figures are medians over repeats. Through
 bench/_peers_measure.py; latency method: bench/_peers_latency.py.
 
 Writes DIR/results.json, DIR/results.md and DIR/chart.png (and the child logs under DIR/logs).
-``--quick``: one repeat of 200,000 records per throughput workload and 15 s per latency rate,
-over StreamFlow at shipped defaults, raw aiokafka, Faust and Quix (at-least-once).
+``--quick``: 200,000 records per throughput workload and 15 s per latency rate, over StreamFlow
+at shipped defaults, raw aiokafka, Faust and Quix (at-least-once); one repeat unless
+``--repeats`` says otherwise.
+
+``met`` holds only if the run counts (``bench/_met.py``): no StreamFlow row lost or duplicated
+an output, was capped, failed to sustain a latency rate or logged an ERROR, and no row a goal
+compares with lost, duplicated or failed. Other rows' problems are listed, informational.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from streamflow import Settings
 from streamflow import devservices as services
 from streamflow.devservices import delete_topics
 
+from ._met import describe, row_problems, run_problems
 from ._peers_common import THROUGHPUT_WORKLOADS, Spec
 from ._peers_latency import latency_run
 from ._peers_measure import throughput_run
@@ -45,11 +51,13 @@ RATES = (1000.0, 10000.0)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="1 repeat, 200k records, 15 s per rate, at-least-once rows only")
+                        help="200k records, 15 s per rate, at-least-once rows only, "
+                             "1 repeat unless --repeats is given")
     parser.add_argument("--out", type=Path, default=Path("bench-peers"), help="output folder")
     parser.add_argument("--records", type=int, default=200_000,
                         help="input records per throughput run")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats (default 3; 1 with --quick)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="seconds per latency rate (default 30; 15 with --quick)")
     parser.add_argument("--workloads", default="passthrough,map,join,latency")
@@ -93,7 +101,7 @@ async def _one(args: argparse.Namespace, system: str, settings: str, workload: s
                rate: float | None, seconds: float) -> dict[str, Any]:
     if settings == "exactly-once" and system == "streamflow" \
             and "exactly_once" not in Settings.model_fields:
-        return {"note": "this StreamFlow has no exactly_once setting yet"}
+        return {"note": "this StreamFlow has no exactly_once setting yet", "skipped": True}
     spec = _spec(system, settings, "map" if rate else workload, args.records)
     logdir = args.out / "logs"
     try:
@@ -124,24 +132,22 @@ def _say(msg: str) -> None:
     print(f"peers: {msg}", file=sys.stderr, flush=True)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.quick:
-        args.repeats, args.records = 1, 200_000
-        args.cap_seconds = args.cap_seconds or 30.0
-    seconds = args.seconds or (15.0 if args.quick else 30.0)
-    # Fresh topics answer "not found"/"not leader" for a moment; aiokafka retries and warns.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    configs = _configs(args)
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    services.up(["kafka", "jaeger"] if any(c[1] == "tracing-1pct" for c in configs)
-                else ["kafka"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    t_start = time.monotonic()
-    runs: dict[tuple[str, str, str, float | None], list[dict[str, Any]]] = {}
+def _plan(workloads: list[str]) -> list[tuple[str, float | None]]:
     plan: list[tuple[str, float | None]] = [(w, None) for w in THROUGHPUT_WORKLOADS
                                             if w in workloads]
     if "latency" in workloads:
         plan += [("latency", r) for r in RATES]
+    return plan
+
+
+Runs = dict[tuple[str, str, str, float | None], list[dict[str, Any]]]
+
+
+async def _measure(args: argparse.Namespace, configs: list[tuple[str, str]],
+                   plan: list[tuple[str, float | None]], seconds: float) -> Runs:
+    """Every (workload, rate) of ``plan`` for every config, ``args.repeats`` times,
+    interleaved in rotating order."""
+    runs: Runs = {}
     for rep in range(args.repeats):
         for k, (workload, rate) in enumerate(plan):
             for system, settings in _rotate(configs, rep + k):
@@ -150,11 +156,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 runs.setdefault((workload, system, settings, rate), []).append(res)
                 what = f"{workload}{f' {rate:.0f}/s' if rate else ''}"
                 rps = res.get("records_per_s")
+                bad = describe(run_problems(res, rate is not None))
                 _say(f"repeat {rep + 1}/{args.repeats} {what:<14} {system}:{settings:<14} "
                      f"{f'{rps:,.0f} records/s' if rps else '-':>18}  "
                      f"p99={res.get('p99_ms')} cpu/M={_f(res.get('cpu_s_per_million'))} "
                      f"rss={res.get('rss_mb')} ({time.monotonic() - t_run:.0f} s) "
-                     f"{res.get('note') or ''}")
+                     f"{res.get('note') or ''}{f' [does not count: {bad}]' if bad else ''}")
+    return runs
+
+
+def apply_defaults(args: argparse.Namespace) -> float:
+    """Fill in what ``--quick`` (or its absence) implies; the seconds per latency rate.
+    ``--repeats`` counts under ``--quick`` too: only its default differs (1, not 3)."""
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.quick:
+        args.records = 200_000
+        args.cap_seconds = args.cap_seconds or 30.0
+    return float(args.seconds or (15.0 if args.quick else 30.0))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    seconds = apply_defaults(args)
+    # Fresh topics answer "not found"/"not leader" for a moment; aiokafka retries and warns.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    configs = _configs(args)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    services.up(["kafka", "jaeger"] if any(c[1] == "tracing-1pct" for c in configs)
+                else ["kafka"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    runs = await _measure(args, configs, _plan(workloads), seconds)
     rows = [_row(key, rs) for key, rs in runs.items()]
     vers = versions()
     for row in rows:
@@ -191,6 +223,11 @@ def _row(key: tuple[str, str, str, float | None], rs: list[dict[str, Any]]) -> d
         "sustained": sustained, "repeats": len(rs),
         "runs_records_per_s": [None if r.get("records_per_s") is None
                                else round(r["records_per_s"]) for r in rs],
-        "outputs": [r.get("outputs") for r in rs], "expected": rs[0].get("expected"),
+        "outputs": [r.get("outputs") for r in rs],
+        "distinct": [r.get("distinct") for r in rs], "expected": rs[0].get("expected"),
+        "capped": [bool(r.get("capped")) for r in rs],
+        "errors": [r.get("errors") for r in rs],
+        "logs": [r.get("log") for r in rs if r.get("log")],
+        "problems": row_problems(rs, latency),
         "note": "; ".join(notes) or None,
     }
