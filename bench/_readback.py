@@ -14,18 +14,15 @@ from ._met import count_check
 Batch = list[ConsumerRecord[bytes, bytes]]
 
 
-async def read_all(bootstrap: str, topic: str, partitions: int | None,
+async def read_all(bootstrap: str, topic: str, partitions: int,
                    on_batch: Callable[[Batch], None]) -> None:
     """Hand every committed record of ``topic``, up to its end offsets now, to ``on_batch``.
-    ``partitions``: the topic's partition count (None: ask the broker)."""
+    ``partitions``: the topic's partition count (the benchmark created it)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
                                 enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
                                 fetch_max_bytes=32 << 20)
     await consumer.start()
     try:
-        if partitions is None:
-            await consumer.topics()  # fetches the cluster's metadata
-            partitions = len(consumer.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -54,8 +51,7 @@ async def read_back(bootstrap: str, topic: str, partitions: int) -> tuple[int, i
     return len(stamps), len(keys), stamps
 
 
-async def key_counts(bootstrap: str, topic: str, partitions: int | None = None
-                     ) -> Counter[bytes]:
+async def key_counts(bootstrap: str, topic: str, partitions: int) -> Counter[bytes]:
     """How many times each key is in ``topic`` (a record without a key counts as b"")."""
     counts: Counter[bytes] = Counter()
 

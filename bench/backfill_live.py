@@ -146,9 +146,10 @@ async def _backfill(settings: Settings, hours: tuple[int, int], args: argparse.N
     return phase(bp.RAN, hours)
 
 
-async def _outputs(ns: str, live_sent: int, hours: int) -> dict[str, dict[str, int]]:
+async def _outputs(ns: str, partitions: int, live_sent: int,
+                   hours: int) -> dict[str, dict[str, int]]:
     """Every output of the run, read back by key."""
-    counts = await key_counts(services.KAFKA_BOOTSTRAP, f"{ns}.scored")
+    counts = await key_counts(services.KAFKA_BOOTSTRAP, f"{ns}.scored", partitions)
     return output_completion([k.decode() for k, c in counts.items() for _ in range(c)],
                              live_sent, hours)
 
@@ -233,7 +234,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         worker.request_stop()
         await asyncio.wait_for(task, 120)
     try:  # the worker is gone: every output it wrote, and every run it made, is in
-        outputs = await _outputs(ns, ph["live_sent"], bp.HOURS)
+        outputs = await _outputs(ns, settings.partitions, ph["live_sent"], bp.HOURS)
     finally:
         await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
     half = bp.HOURS // 2
