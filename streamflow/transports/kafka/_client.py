@@ -19,6 +19,13 @@ from streamflow.model import Message, OutMessage
 from streamflow.transports._protocol import AssignCallback
 
 REBALANCE_TIMEOUT_MS = 120_000
+# aiokafka sends no fetch to a broker while any partition it leads still holds fetched records
+# nobody has polled, for up to the fetcher's prefetch backoff (100 ms; no consumer setting).
+# A stage reading its backfill lane in small slices always leaves lane records waiting, so
+# without a shorter backoff its live records waited up to 100 ms for their fetch. Split polls
+# (``topics`` given) happen only while a lane is busy: only they shorten it.
+PREFETCH_BACKOFF_S = 0.1
+SPLIT_PREFETCH_BACKOFF_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,8 @@ class KafkaClient:
     async def poll(self, consumer: AIOKafkaConsumer, max_records: int,
                     timeout: float, topics: Collection[str] | None = None) -> list[Message]:
         tps: list[TopicPartition] = []
+        set_prefetch_backoff(
+            consumer, PREFETCH_BACKOFF_S if topics is None else SPLIT_PREFETCH_BACKOFF_S)
         if topics is not None:
             tps = [tp for tp in consumer.assignment() if tp.topic in topics]
             if not tps:  # nothing of those assigned (yet): getmany() would read everything
@@ -147,3 +156,11 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         if self.on_assign is not None:
             await self.on_assign({tp.partition for tp in assigned if tp.topic == self.topic})
+
+
+def set_prefetch_backoff(consumer: AIOKafkaConsumer, seconds: float) -> None:
+    """Set aiokafka's private prefetch backoff (see ``SPLIT_PREFETCH_BACKOFF_S``); aiokafka is
+    pinned, and ``tests/test_kafka_client.py`` fails if the attribute goes away."""
+    fetcher = consumer._fetcher
+    if fetcher is not None and fetcher._prefetch_backoff != seconds:
+        fetcher._prefetch_backoff = seconds

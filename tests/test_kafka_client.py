@@ -1,0 +1,47 @@
+"""The Kafka client's one reach into aiokafka's internals, on the real broker: a poll split by
+topic (a stage reading its backfill lane apart from live input) shortens the fetcher's
+prefetch backoff, so live records are fetched while lane records wait; a whole poll restores
+aiokafka's default. aiokafka is pinned; if it renames the attribute, this fails."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from aiokafka.consumer.fetcher import Fetcher
+
+from streamflow.model import OutMessage
+from streamflow.transports import KafkaTransport
+from streamflow.transports.kafka._client import PREFETCH_BACKOFF_S, SPLIT_PREFETCH_BACKOFF_S
+
+pytestmark = pytest.mark.kafka
+
+
+def test_the_default_we_restore_is_aiokafkas() -> None:
+    params = inspect.signature(Fetcher.__init__).parameters
+    assert params["prefetch_backoff"].default == PREFETCH_BACKOFF_S
+    assert SPLIT_PREFETCH_BACKOFF_S < PREFETCH_BACKOFF_S
+
+
+async def test_split_polls_shorten_the_prefetch_backoff_and_whole_polls_restore_it(
+        kafka_bootstrap: str, namespace: str) -> None:
+    live, lane = f"{namespace}.live", f"{namespace}.backfill.live"
+    t = KafkaTransport(kafka_bootstrap, partitions=1)
+    await t.start()
+    try:
+        await t.ensure_topics([live, lane])
+        await t.publish([OutMessage(live, b"1", b"k"), OutMessage(lane, b"2", b"k")])
+        sub = await t.subscribe(f"{namespace}.stage.s", [live, lane])
+        fetcher = sub.consumer._fetcher  # type: ignore[union-attr]
+        got = []
+        for _ in range(40):  # until assigned and both records fetched
+            got += await sub.poll(10, timeout=0.25, topics={lane})
+            if got:
+                break
+        assert [m.topic for m in got] == [lane]
+        assert fetcher._prefetch_backoff == SPLIT_PREFETCH_BACKOFF_S
+        rest = await sub.poll(10, timeout=1.0)
+        assert [m.topic for m in rest] == [live]
+        assert fetcher._prefetch_backoff == PREFETCH_BACKOFF_S
+    finally:
+        await t.close()
