@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from streamflow.connectors import ConnectorError
 
-from ._codecs import quote_ident
+from ._codecs import qualified
 
 log = logging.getLogger("streamflow.connectors.postgres")
 T = TypeVar("T")
@@ -52,7 +52,7 @@ def endpoint(dsn: str) -> str:
 def table_ref(table: str) -> str:
     """``schema.table`` or ``table`` as a quoted SQL reference."""
     schema, _, name = table.rpartition(".")
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+    return qualified(name, schema or None)
 
 
 def _transient(e: BaseException) -> bool:
