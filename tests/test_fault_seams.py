@@ -33,7 +33,7 @@ async def test_every_exactly_once_commit_passes_the_before_commit_seam(
     summary = await run_pipeline(p, settings.model_copy(update={"exactly_once": True}))
 
     assert summary.records_out == 20 and len(sink.rows) == 20
-    # The stage's transactions produced its 20 outputs and 20 ledger records (and maybe
-    # empty commits, which fault hooks ignore).
-    assert sum(produced) >= 40
+    # The stage's transactions produced its 20 outputs and at least one ledger message (one
+    # per handled batch and input partition; and maybe empty commits, which hooks ignore).
+    assert sum(produced) >= 21
     assert all(n >= 0 for n in produced)

@@ -346,7 +346,7 @@ def test_a_ledger_message_is_a_valid_run_record() -> None:
     from streamflow.model import RunInput, RunRecord
     from streamflow.state import record_message
 
-    inputs = [RunInput.model_construct(asset="a", partition="d1", version=2, arrival_id="x")]
+    inputs = [RunInput(asset="a", partition="d1", version=2, arrival_id="x")]
     m = record_message("ns.runs", run_id="r1", stage="s", partition="d1", status="retrying",
                        attempt=1, max_attempts=3, started_ms=10, ended_ms=20, mode="live",
                        replay=0, inputs=inputs, outputs=["o1"], error={"type": "ValueError"},
@@ -357,4 +357,4 @@ def test_a_ledger_message_is_a_valid_run_record() -> None:
                             max_attempts=3, started_ms=10, ended_ms=20, mode="live", replay=0,
                             inputs=inputs, outputs=["o1"], error={"type": "ValueError"},
                             trace_id="ab" * 16)
-    assert set(orjson.loads(m.value)) == set(RunRecord.model_fields)
+    assert set(orjson.loads(m.value)) == {"v", *RunRecord.model_fields}

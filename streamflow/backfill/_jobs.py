@@ -77,7 +77,12 @@ class Slice(BaseModel):
     """Lane end offsets once published: done when each stage's group has committed past."""
 
 
+JOB_VERSION = 1
+
+
 class BackfillJob(BaseModel):
+    v: int = JOB_VERSION
+    """The record's format (absent: written before the field, the same format)."""
     id: str
     target: str
     """``module:pipeline`` as given, so ``resume`` can load it again."""
@@ -151,6 +156,10 @@ async def load_jobs(transport: Transport, namespace: str) -> dict[str, BackfillJ
         try:
             job = BackfillJob.model_validate_json(m.value)
         except ValidationError:
+            continue
+        if job.v > JOB_VERSION:
+            log.warning("backfill job %s is of format v%d, newer than this StreamFlow's v%d; "
+                        "skipped (upgrade to manage it)", job.id, job.v, JOB_VERSION)
             continue
         jobs[job.id] = job
     return jobs

@@ -25,31 +25,31 @@ from streamflow.model import (
     H_PLANNED,
     H_RETRY_AT,
     H_TRACEPARENT,
-    Alert,
     Arrival,
     Asset,
     DeadLetterKind,
-    DeadlinePolicy,
     Message,
+    Mode,
     OutMessage,
     PlannedRun,
     RunStatus,
     StageSpec,
+    arrival_headers,
     error_info,
-    stable_id,
+    output_id,
 )
 from streamflow.observability import (
     AttrValue,
     RecSpan,
-    end_spans,
     fail_span,
     trace_id_of,
     traceparent_of,
 )
-from streamflow.state import record_message
+from streamflow.state import LedgerBatch, compact_inputs, record_message, run_entry
 from streamflow.triggers import TriggerRuntime
 
 from ._context import Ctx
+from ._fired import FiredRuns
 
 log = logging.getLogger("streamflow.stage")
 
@@ -61,10 +61,13 @@ class StageLike(RunRecorder, Protocol):
     ctx: Ctx
     spec: StageSpec
     gate: TriggerRuntime | None
-    fired: set[str]
+    fired: FiredRuns
     topics: list[str]
     out_topic: str
+    out_asset_b: bytes
+    out_version_b: bytes
     retry_topic: str
+    book: LedgerBatch
 
     def published(self) -> None: ...
 
@@ -111,13 +114,7 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         st.ctx.counters.deduped += 1
         st.ctx.metrics.add(st.ctx.metrics.runs, (spec.name, "deduped"))
         return []
-    attrs: dict[str, AttrValue] = {
-        "streamflow.stage": spec.name, "streamflow.run_id": plan.run_id,
-        "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
-        "streamflow.attempt": attempt,
-    }
-    if plan.backfill:
-        attrs["streamflow.backfill_id"] = plan.backfill
+    attrs = _run_attrs(st, plan, attempt)
     run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
                          attrs, links=plan.links)
     spans.append(run)
@@ -135,12 +132,29 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         mt.fire_latency.observe(st.name, max(0.0, started - m.timestamp_ms / 1000))
     try:
         with tr.run_context(run, plan.parent):
-            outputs = list(_outputs(await _call(st, plan.arg), spec.output))
+            outputs = list(outputs_of(await _call(st, plan.arg), spec.output))
     except Exception as e:  # user code: a failure retries or dead-letters, never crashes
         _failed(st, e, plan, attempt, m, out, spans, run, attrs, started)
         return released
     _succeeded(st, outputs, plan, attempt, out, spans, run, started)
     return released
+
+
+def failed_unsampled(st: StageLike, e: Exception, plan: PlannedRun, m: Message,
+                     out: list[OutMessage], spans: list[RecSpan | None], started: float) -> None:
+    """A first attempt without a span raised (``_each``'s runs): as ``_failed``."""
+    _failed(st, e, plan, 1, m, out, spans, None, _run_attrs(st, plan, 1), started)
+
+
+def _run_attrs(st: StageLike, plan: PlannedRun, attempt: int) -> dict[str, AttrValue]:
+    attrs: dict[str, AttrValue] = {
+        "streamflow.stage": st.spec.name, "streamflow.run_id": plan.run_id,
+        "streamflow.partition": plan.partition, "streamflow.mode": plan.mode,
+        "streamflow.attempt": attempt,
+    }
+    if plan.backfill:
+        attrs["streamflow.backfill_id"] = plan.backfill
+    return attrs
 
 
 def _failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Message | None,
@@ -206,10 +220,13 @@ def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attemp
     if run is not None:
         run.add_event("attempt", {"streamflow.attempt": attempt,
                                   "streamflow.outcome": "succeeded"})
-    produced = _emit(st, outputs, plan, run, out, spans)
+    produced = _emit(st, outputs, plan, run, out, spans, started)
     if produced and spec.output is not None:
         mt.add(mt.arrivals_out, (spec.output.name,), len(produced))
-    out.append(ledger_record(st, plan, "succeeded", attempt, started, produced, None))
+    st.book.add(plan.kafka_partition, run_entry(
+        plan.run_id, plan.partition, attempt, int(started * 1000), int(time.time() * 1000),
+        compact_inputs(plan.inputs), produced, mode=plan.mode, replay=plan.replay,
+        trace_id=trace_id_of(plan.parent), backfill=plan.backfill, checks=plan.checks))
     st.fire(plan)
     if st.ctx.lineage is not None:
         lineage(st, plan, attempt, time.time(), "succeeded")
@@ -276,23 +293,40 @@ async def _call(st: StageLike, arg: Any) -> Any:
 
 
 def _emit(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, run: RecSpan | None,
-          out: list[OutMessage], spans: list[RecSpan | None]) -> list[str]:
+          out: list[OutMessage], spans: list[RecSpan | None], started: float) -> list[str]:
     tr, out_asset = st.ctx.tracing, st.spec.output
     if out_asset is None:
         return []
     ids = []
     for i, rec in enumerate(outputs):
-        key_b = out_asset.key_bytes(rec)
         send = tr.start_child(f"send {st.out_topic}", run, SpanKind.PRODUCER,
-                              partial(tr.send_attributes, st.out_topic, key_b))
+                              partial(tr.send_attributes, st.out_topic, out_asset.key_bytes(rec)))
         spans.append(send)
-        o = Arrival(stable_id(plan.run_id, i), out_asset.name, out_asset.partition_of(rec),
-                    out_asset.version, out_asset.event_time_ms(rec), plan.run_id,
-                    plan.mode, key_b, rec.model_dump_json().encode(),
-                    traceparent_of(send, plan.parent), backfill=plan.backfill)
-        out.append(o.message(st.out_topic))
-        ids.append(o.arrival_id)
+        msg, oid = output_message(st, rec, i, plan.run_id, plan.mode, plan.backfill,
+                                  traceparent_of(send, plan.parent), int(started * 1000))
+        out.append(msg)
+        ids.append(oid)
     return ids
+
+
+def output_message(st: StageLike, rec: BaseModel, i: int, run_id: str, mode: Mode,
+                   backfill: str, traceparent: bytes | None, started_ms: int,
+                   placed: tuple[bytes, int] | None = None) -> tuple[OutMessage, str]:
+    """Output ``i`` of run ``run_id`` as an arrival of the stage's output asset, and its id.
+    ``placed`` is the input's (partition key, partition number) when the output topic has as
+    many partitions as the input's: an output with the same partition key goes to the same
+    number without hashing it again (murmur2 is pure Python in aiokafka: 5 µs a record)."""
+    asset = st.spec.output
+    assert asset is not None
+    oid = output_id(run_id, i)
+    key, pkey = asset.key_and_partition(rec)
+    hdrs = arrival_headers(oid.encode(), st.out_asset_b, st.out_version_b, pkey,
+                           asset.event_time_ms(rec, started_ms), run_id, mode, traceparent,
+                           backfill=backfill)
+    partition = placed[1] if placed is not None and placed[0] == pkey else None
+    return OutMessage(st.out_topic, rec.__pydantic_serializer__.to_json(rec), key, hdrs,
+                      partition_key=pkey,
+                      partition=partition), oid
 
 
 def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: int,
@@ -309,7 +343,7 @@ def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: i
         output=st.spec.output.name if st.spec.output is not None else None)
 
 
-def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
+def outputs_of(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
     """Normalise what a stage returned and hold it to the output contract."""
     if result is None:
         return
@@ -323,56 +357,3 @@ def _outputs(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
             yield asset.contract.model_validate(item.model_dump())
         else:
             yield asset.contract.model_validate(item)
-
-
-async def expire(st: StageLike) -> None:
-    """Barriers whose deadline passed get their policy applied: fire, skip or fail."""
-    assert st.gate is not None
-    by_partition: dict[int, list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]] = {}
-    for plan, policy, state_msg in st.gate.expired():
-        n = state_msg.partition if state_msg.partition is not None else -1
-        by_partition.setdefault(n, []).append((plan, policy, state_msg))
-    for n, due in by_partition.items():
-        async with st.scope(n) as owned:
-            if owned:
-                await _expire_partition(st, due)
-
-
-async def _expire_partition(st: StageLike,
-                            due: list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]) -> None:
-    assert st.gate is not None
-    out: list[OutMessage] = []
-    spans: list[RecSpan | None] = []
-    mt = st.ctx.metrics
-    for plan, policy, state_msg in due:
-        out.append(state_msg)
-        plan.kafka_partition = state_msg.partition if state_msg.partition is not None else -1
-        mt.add(mt.barrier_deadlines, (st.name, policy))
-        if policy == "fire":
-            await execute(st, plan, 1, None, out, spans, None)
-        elif policy == "skip":
-            _deadline_alert(st, plan, "skipped")
-            mt.add(mt.runs, (st.name, "skipped"))
-            out.append(ledger_record(st, plan, "skipped", 1, time.time(), [], None))
-            st.fire(plan)
-        else:
-            _deadline_alert(st, plan, "failed")
-            reason = f"stage {st.name!r}: {st.gate.deadline_reason(plan)}"
-            out.append(dead_letter_run(st, reason, plan, None, None, spans, None, 1))
-            mt.add(mt.runs, (st.name, "dead-lettered"))
-            out.append(ledger_record(st, plan, "dead-lettered", 1, time.time(), [], None))
-            st.fire(plan)
-    if out:
-        await st.ctx.transport.publish(out)
-        st.published()
-        end_spans(reversed(spans))
-
-
-def _deadline_alert(st: StageLike, plan: PlannedRun, what: str) -> None:
-    assert st.gate is not None
-    text = st.gate.alert_text(plan, what)
-    if st.ctx.alerter is None:
-        log.warning("ALERT stage %s: %s", st.name, text)
-        return
-    st.ctx.alerter.emit(Alert("deadline", st.ctx.pipeline, st.name, plan.partition,
-                              plan.run_id, text, at_ms=int(time.time() * 1000)))

@@ -47,13 +47,16 @@ from streamflow.model import (
     stage_group,
 )
 from streamflow.observability import Metrics, RecSpan, Tracing, end_spans, fail_span
-from streamflow.state import StateStore, fired_of, fold_raw
+from streamflow.state import LedgerBatch, StateStore
 from streamflow.transports import Subscription
 from streamflow.triggers import BarrierGate, Late, PartitionState, TriggerRuntime, WindowGate
 
 from . import _outcomes
 from ._consumer import _Consumer
 from ._context import Ctx
+from ._deadlines import expire
+from ._each import handle_each, lean
+from ._fired import FiredRuns
 from ._lanes import LanePolling
 
 log = logging.getLogger("streamflow.stage")
@@ -69,7 +72,7 @@ class StageRunner(_Consumer):
         self.spec = spec
         self.name = spec.name
         self.retry_lane = retry_lane
-        self.fired = fired  # run ids with a final status, shared by both lanes
+        self.fired = FiredRuns(fired, ctx.transport, runs_topic(ctx.namespace), spec.name)
         self.retry_topic = replay_topic(ctx.namespace, spec.name)
         self.runs_topic = runs_topic(ctx.namespace)
         base = stage_group(ctx.namespace, spec.name)
@@ -87,18 +90,20 @@ class StageRunner(_Consumer):
             self.by_topic.update({lane_topic(ctx.namespace, a.name): a for a in spec.inputs})
         self._lanes = LanePolling(ctx, self.live_topics, self.lane_topics)
         self.out_topic = ctx.topic(spec.output) if spec.output is not None else ""
+        out = spec.output
+        self.out_asset_b = out.name.encode() if out is not None else b""
+        self.out_version_b = str(out.version).encode() if out is not None else b""
+        self.placed_topics: frozenset[str] = frozenset()  # set at open
+        self.book = LedgerBatch(self.runs_topic, spec.name, spec.retry.attempts,
+                                out.name if out is not None else None)
         self.gate: TriggerRuntime | None = None
-        # Run ids fired in a transaction not committed yet, per input partition number.
-        self._uncommitted: dict[int, list[str]] = {}
-        self._fresh: set[int] | None = None  # partitions whose fired runs are known
-        # Fired runs of partitions moved here, being loaded: (partitions, load).
-        self._loading: list[tuple[set[int], asyncio.Future[None]]] = []
         if isinstance(spec.trigger, Window):
             self.gate = WindowGate(spec, ctx.transport, ctx.namespace, self.by_asset)
         elif not isinstance(spec.trigger, OnEach):
             self.gate = BarrierGate(spec, ctx.transport, ctx.namespace, self.by_asset)
         if self.gate is not None and keeper is not None:
             self.gate.held = keeper.held
+        self._lean = not retry_lane and lean(self)
 
     @property
     def max_attempts(self) -> int:
@@ -124,51 +129,41 @@ class StageRunner(_Consumer):
             # not here: aiokafka heartbeats only once this callback has returned.
             for st in stores:
                 st.prefetch(partitions)
-            if self._fresh is None:  # the first assignment: the worker read the whole ledger
-                self._fresh = set(partitions)
-            elif partitions - self._fresh:  # moved here: what its previous owner already ran
-                moved = partitions - self._fresh
-                self._loading.append((moved, asyncio.ensure_future(self._load_fired(moved))))
-                self._fresh |= partitions
+            self.fired.assigned(partitions)
 
         async def revoke(partitions: set[int]) -> None:
             for st in stores:
                 await st.forget(partitions)
-            # Its last commit may have failed (the broker away during the rebalance).
-            self._unfire(partitions)
-            if self._fresh is not None:
-                self._fresh -= partitions
+            self.fired.revoked(partitions)
 
         self.sub = await self.ctx.transport.subscribe(
             self.group, self.topics, on_assign=assign, on_revoke=revoke)
+        self.placed_topics = await self._placed_topics()
+
+    async def _placed_topics(self) -> frozenset[str]:
+        """Live inputs whose partition count is the output topic's: an output with its
+        input's partition key goes to the input's partition number (``output_message``)."""
+        if not self.out_topic or self.retry_lane:
+            return frozenset()
+        t = self.ctx.transport
+        n = await t.partition_count(self.out_topic)
+        return frozenset([x for x in self.live_topics if await t.partition_count(x) == n])
 
     def fire(self, plan: PlannedRun) -> None:
         """The run reached a final status: a redelivered or duplicated input skips it."""
-        self.fired.add(plan.run_id)
-        if self.sub is not None and self.sub.exactly_once:
-            self._uncommitted.setdefault(plan.kafka_partition, []).append(plan.run_id)
+        self.fire_id(plan.run_id, plan.kafka_partition)
+
+    def fire_id(self, run_id: str, kafka_partition: int) -> None:
+        self.fired.add(run_id, kafka_partition, self.sub is not None and self.sub.exactly_once)
 
     def committed(self) -> None:
-        self._uncommitted.clear()
-
-    def _unfire(self, partitions: set[int] | None = None) -> None:
-        """Fired runs whose transaction may be lost are forgotten; a partition that comes
-        back reloads what did commit from the ledger."""
-        for p in list(self._uncommitted) if partitions is None else partitions:
-            self.fired.difference_update(self._uncommitted.pop(p, ()))
+        self.fired.committed()
 
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""
         for st in self._stores():
             await st.forget_all()
-        self._unfire()
-        self._fresh = set()
-
-    async def _load_fired(self, partitions: set[int]) -> None:
-        """Runs that reached a final status on these partitions, from the ledger: a partition
-        that moved here brings what its previous owner already ran."""
-        msgs = await self.ctx.transport.read_topic(self.runs_topic, partitions)
-        self.fired.update(fired_of(fold_raw(msgs), self.name))
+        self.fired.rewound()
 
     async def poll(self, sub: Subscription) -> tuple[list[Message], bool]:
         """Live input first, then a slice of the backfill lane (see ``LanePolling``)."""
@@ -200,7 +195,7 @@ class StageRunner(_Consumer):
         if self.gate is None or self.retry_lane or not self.gate.any_expired():
             return
         async with self._locked():
-            await _outcomes.expire(self)
+            await expire(self)
 
     def published(self) -> None:
         if self.keeper is not None:
@@ -210,35 +205,25 @@ class StageRunner(_Consumer):
         """A gated stage's two lanes decide and publish one at a time (they share its holds)."""
         return self.keeper.lock if self.keeper is not None else contextlib.nullcontext()
 
-    async def _fired_loaded(self) -> None:
-        """Runs a partition's previous owner fired are known before its records run."""
-        while self._loading:
-            partitions, task = self._loading[0]
-            try:
-                await task
-            except Exception:  # the ledger could not be read (broker gone): read it again
-                log.warning("stage %s: loading fired runs failed; retrying", self.name,
-                            exc_info=True)
-                await asyncio.sleep(0.5)
-                self._loading[0] = (partitions,
-                                    asyncio.ensure_future(self._load_fired(partitions)))
-                continue
-            self._loading.pop(0)
-
     async def handle(self, msgs: list[Message]) -> list[Message]:
-        if self._loading:
-            await self._fired_loaded()
+        if self.fired.loading:
+            await self.fired.loaded()
         if self.retry_lane and self.keeper is not None:
             return await self._handle_each(msgs)
         out: list[OutMessage] = []
         spans: list[RecSpan | None] = []
         done: list[Message] = []
         async with self._locked():
-            for m in msgs:
-                if self.retry_lane and not await self._wait_until_due(m):
-                    break  # stopping: the rest stays uncommitted and comes back next run
-                await self._process(m, out, spans)
-                done.append(m)
+            if self._lean:
+                await handle_each(self, msgs, out, spans)
+                done = msgs
+            else:
+                for m in msgs:
+                    if self.retry_lane and not await self._wait_until_due(m):
+                        break  # stopping: the rest stays uncommitted, comes back next run
+                    await self.process_one(m, out, spans)
+                    done.append(m)
+            out.extend(self.book.drain())
             if self.keeper is None:
                 await self.publish(out)
             else:  # a gate's holds are decided on what is durable
@@ -257,7 +242,8 @@ class StageRunner(_Consumer):
             out: list[OutMessage] = []
             spans: list[RecSpan | None] = []
             async with self._locked():
-                await self._process(m, out, spans)
+                await self.process_one(m, out, spans)
+                out.extend(self.book.drain())
                 await self.ctx.transport.publish(out)
                 self.published()
             end_spans(reversed(spans))
@@ -279,8 +265,9 @@ class StageRunner(_Consumer):
             await asyncio.wait_for(self._stop.wait(), delay)
         return not self._stop.is_set()
 
-    async def _process(self, m: Message, out: list[OutMessage],
-                       spans: list[RecSpan | None]) -> None:
+    async def process_one(self, m: Message, out: list[OutMessage],
+                          spans: list[RecSpan | None]) -> None:
+        """One record, whatever it is: the general path (``_each`` takes the common case)."""
         tr = self.ctx.tracing
         arr = Arrival.from_message(m.key, m.value, m.headers)
         proc = tr.start_child(
@@ -297,40 +284,20 @@ class StageRunner(_Consumer):
         if m.topic in self.lane_topics and not self._targeted(m):
             return  # a backfill of another stage reading the same asset
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
-        if len(m.value) > self.ctx.max_record_bytes:
-            reason = (f"{m.topic}@{m.partition}:{m.offset}: record of {len(m.value)} bytes "
-                      f"exceeds max_record_bytes ({self.ctx.max_record_bytes}); raise "
-                      "STREAMFLOW_MAX_RECORD_BYTES if such records are expected")
-            fail_span(proc, None, reason)
-            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
-            return
-        if not self.retry_lane:
-            mt = self.ctx.metrics
-            mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
-        if asset is None:
-            reason = f"{m.topic}@{m.partition}:{m.offset}: asset {arr.asset!r} is no input of " \
-                     f"stage {self.name!r}"
-            fail_span(proc, None, reason)
-            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
-            return
-        try:
-            record = asset.contract.model_validate_json(m.value)
-        except ValidationError as e:
-            reason = (f"{m.topic}@{m.partition}:{m.offset}: "
-                      f"{describe_validation(e, asset.contract.__name__, asset.version)}")
-            fail_span(proc, None, reason)
-            out.append(self.dead_letter(reason, m, arr, proc, spans, None))
+        record = self._checked(m, arr, asset)
+        if isinstance(record, str):
+            self._reject(record, m, arr, proc, out, spans)
             return
         if self.gate is not None and not self.retry_lane:
             await self.gate.ensure_restored(m.partition)
             keeper = self.keeper  # the trigger asks whether the key is held
             if keeper is not None and not keeper.store.loaded(m.partition):
                 await keeper.store.ensure_restored(m.partition)
+            assert asset is not None
             try:
                 plans, state_msgs = self.gate.offer(m, arr, asset)
             except Late as e:
-                fail_span(proc, None, str(e))
-                out.append(self.dead_letter(str(e), m, arr, proc, spans, None))
+                self._reject(str(e), m, arr, proc, out, spans)
                 return
             out.extend(state_msgs)
         else:
@@ -340,13 +307,35 @@ class StageRunner(_Consumer):
                 plan.kafka_partition = m.partition
             await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
 
+    def _checked(self, m: Message, arr: Arrival, asset: Asset[Any] | None) -> BaseModel | str:
+        """The record under its contract, or why it must be dead-lettered."""
+        where = f"{m.topic}@{m.partition}:{m.offset}"
+        if len(m.value) > self.ctx.max_record_bytes:
+            return (f"{where}: record of {len(m.value)} bytes exceeds max_record_bytes "
+                    f"({self.ctx.max_record_bytes}); raise STREAMFLOW_MAX_RECORD_BYTES if such "
+                    "records are expected")
+        if not self.retry_lane:
+            mt = self.ctx.metrics
+            mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
+        if asset is None:
+            return f"{where}: asset {arr.asset!r} is no input of stage {self.name!r}"
+        try:
+            record: BaseModel = asset.contract.model_validate_json(m.value)
+        except ValidationError as e:
+            return f"{where}: {describe_validation(e, asset.contract.__name__, asset.version)}"
+        return record
+
+    def _reject(self, reason: str, m: Message, arr: Arrival, proc: RecSpan | None,
+                out: list[OutMessage], spans: list[RecSpan | None]) -> None:
+        fail_span(proc, None, reason)
+        out.append(self.dead_letter(reason, m, arr, proc, spans, None))
+
     def _targeted(self, m: Message) -> bool:
         stages = next((v for k, v in m.headers if k == H_BACKFILL_STAGES), None)
         return stages is None or self.name in stages.decode("utf-8", "replace").split(",")
 
     def plan_each(self, m: Message, arr: Arrival, record: BaseModel) -> PlannedRun:
-        inputs = [RunInput.model_construct(asset=arr.asset, partition=arr.partition,
-                                           version=arr.version, arrival_id=arr.arrival_id)]
+        inputs = [RunInput(arr.asset, arr.partition, arr.version, arr.arrival_id)]
         return PlannedRun(run_id_of(self.name, arr), arr.partition, record, inputs,
                           arr.traceparent, mode=arr.mode, replay=arr.replay, payload=m.value,
                           kafka_partition=m.partition, backfill=arr.backfill)

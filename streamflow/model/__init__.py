@@ -6,8 +6,8 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 """
 
 from ._alerts import Alert, AlertKind, AlertSink
-from ._arrivals import Arrival, DeadLetter
-from ._assets import Asset, stable_id
+from ._arrivals import Arrival, DeadLetter, arrival_headers
+from ._assets import Asset, output_id, stable_id, stable_id3
 from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
 from ._deadletters import dead_letter_message, describe_validation, error_info
 from ._headers import (
@@ -20,11 +20,14 @@ from ._headers import (
     H_PARTITION,
     H_PLANNED,
     H_REPLAY,
+    H_RERUN,
     H_RETRY_AT,
     H_TRACEPARENT,
+    H_VERSION,
     DeadLetterKind,
     Mode,
     header_int,
+    mode_of,
 )
 from ._messages import Message, OutMessage
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
@@ -57,8 +60,10 @@ __all__ = [
     "H_PARTITION",
     "H_PLANNED",
     "H_REPLAY",
+    "H_RERUN",
     "H_RETRY_AT",
     "H_TRACEPARENT",
+    "H_VERSION",
     "MAX_VALUES",
     "Alert",
     "AlertKind",
@@ -89,6 +94,7 @@ __all__ = [
     "StageSpec",
     "Window",
     "WindowRecords",
+    "arrival_headers",
     "asset_topic",
     "check_record",
     "contracts_topic",
@@ -100,7 +106,9 @@ __all__ = [
     "jobs_topic",
     "lane_topic",
     "load_pipeline",
+    "mode_of",
     "origin_text",
+    "output_id",
     "passed",
     "reject_id",
     "replay_topic",
@@ -111,6 +119,7 @@ __all__ = [
     "source_arrival",
     "source_arrival_id",
     "stable_id",
+    "stable_id3",
     "stage_group",
     "state_topic",
 ]

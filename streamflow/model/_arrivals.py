@@ -12,6 +12,7 @@ from ._headers import (
     H_ASSET,
     H_BACKFILL,
     H_EVENT_TIME,
+    H_FORMAT,
     H_MODE,
     H_PARTITION,
     H_REPLAY,
@@ -19,6 +20,7 @@ from ._headers import (
     H_RUN,
     H_TRACEPARENT,
     H_VERSION,
+    HEADERS_VERSION,
     DeadLetterKind,
     Mode,
     header_int,
@@ -47,24 +49,10 @@ class Arrival:
     """Set by a backfill with ``--reprocess failed|all``: the run happens again, as a new run."""
 
     def headers(self) -> Headers:
-        h: Headers = [
-            (H_ARRIVAL_ID, self.arrival_id.encode()),
-            (H_ASSET, self.asset.encode()),
-            (H_VERSION, str(self.version).encode()),
-            (H_PARTITION, self.partition.encode()),
-            (H_EVENT_TIME, str(self.event_time_ms).encode()),
-            (H_RUN, self.run.encode()),
-            (H_MODE, self.mode.encode()),
-        ]
-        if self.traceparent is not None:
-            h.append((H_TRACEPARENT, self.traceparent))
-        if self.replay:
-            h.append((H_REPLAY, str(self.replay).encode()))
-        if self.backfill:
-            h.append((H_BACKFILL, self.backfill.encode()))
-        if self.rerun:
-            h.append((H_RERUN, self.rerun.encode()))
-        return h
+        return arrival_headers(self.arrival_id.encode(), self.asset.encode(),
+                               str(self.version).encode(), self.partition.encode(),
+                               self.event_time_ms, self.run, self.mode, self.traceparent,
+                               self.replay, self.backfill, self.rerun)
 
     def message(self, topic: str) -> OutMessage:
         """As published: keyed by record key, placed by partition key (co-partitioning)."""
@@ -90,6 +78,32 @@ class Arrival:
             backfill=d.get(H_BACKFILL, b"").decode("utf-8", "replace"),
             rerun=d.get(H_RERUN, b"").decode("utf-8", "replace"),
         )
+
+
+def arrival_headers(arrival_id: bytes, asset: bytes, version: bytes, partition: bytes,
+                    event_time_ms: int, run: str, mode: Mode, traceparent: bytes | None,
+                    replay: int = 0, backfill: str = "", rerun: str = "") -> Headers:
+    """An arrival's headers, the format's one definition: ``Arrival.headers`` and the engine's
+    per-batch path (which has most of them as bytes already) both build them here."""
+    h: Headers = [
+        (H_FORMAT, HEADERS_VERSION),
+        (H_ARRIVAL_ID, arrival_id),
+        (H_ASSET, asset),
+        (H_VERSION, version),
+        (H_PARTITION, partition),
+        (H_EVENT_TIME, b"%d" % event_time_ms),
+        (H_RUN, run.encode()),
+        (H_MODE, b"backfill" if mode == "backfill" else b"live"),
+    ]
+    if traceparent is not None:
+        h.append((H_TRACEPARENT, traceparent))
+    if replay:
+        h.append((H_REPLAY, b"%d" % replay))
+    if backfill:
+        h.append((H_BACKFILL, backfill.encode()))
+    if rerun:
+        h.append((H_RERUN, rerun.encode()))
+    return h
 
 
 @dataclass(slots=True)

@@ -57,6 +57,16 @@ class Asset(Generic[M]):
         """The record key as a message key."""
         return None if self.key is None else str(getattr(record, self.key)).encode()
 
+    def key_and_partition(self, record: BaseModel) -> tuple[bytes | None, bytes]:
+        """``key_bytes`` and ``partition_of`` (encoded) at once: the partition key is most often
+        the key itself."""
+        if self.partition_by is None and self.key is not None:
+            key = getattr(record, self.key)
+            if isinstance(key, str | int):
+                k = str(key).encode()
+                return k, k
+        return self.key_bytes(record), self.partition_of(record).encode()
+
     def partition_of(self, record: BaseModel) -> str:
         fname = self.partition_by or self.key
         if fname is None:
@@ -64,12 +74,13 @@ class Asset(Generic[M]):
         value = getattr(record, fname)
         return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
-    def event_time_ms(self, record: BaseModel) -> int:
+    def event_time_ms(self, record: BaseModel, now_ms: int | None = None) -> int:
+        """Its event-time field, else ``now_ms`` (the run's start), else the time now."""
         if self.event_time is not None:
             value = getattr(record, self.event_time)
             if hasattr(value, "timestamp"):
                 return int(value.timestamp() * 1000)
-        return int(time.time() * 1000)
+        return int(time.time() * 1000) if now_ms is None else now_ms
 
 
 def stable_id(*parts: str | int) -> str:
@@ -79,3 +90,13 @@ def stable_id(*parts: str | int) -> str:
         h.update(str(p).encode())
         h.update(b"\x1f")
     return h.hexdigest()
+
+
+def stable_id3(a: str, b: str, c: str) -> str:
+    """``stable_id`` of three strings in one hash call (the same id): a run id per record."""
+    return hashlib.blake2b(f"{a}\x1f{b}\x1f{c}\x1f".encode(), digest_size=16).hexdigest()
+
+
+def output_id(run_id: str, i: int) -> str:
+    """``stable_id(run_id, i)`` in one hash call: the id of a run's i-th output."""
+    return hashlib.blake2b(f"{run_id}\x1f{i}\x1f".encode(), digest_size=16).hexdigest()

@@ -42,8 +42,13 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     return info
 
 
+DEAD_LETTER_VERSION = 1
+"""The dead-letter JSON's format, as ``"v"`` (absent: written before the field, the same)."""
+
+
 def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:
     body: dict[str, Any] = {
+        "v": DEAD_LETTER_VERSION,
         "reason": dl.reason,
         "kind": dl.kind,
         "stage": dl.stage,

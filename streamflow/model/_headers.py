@@ -11,6 +11,8 @@ from typing import Literal
 from ._messages import Headers
 
 H_TRACEPARENT = "traceparent"
+H_FORMAT = "sf-format"  # the version of this set of headers (absent: 1, before it was written)
+HEADERS_VERSION = b"1"
 H_ARRIVAL_ID = "sf-arrival-id"
 H_ASSET = "sf-asset"
 H_VERSION = "sf-contract-version"

@@ -24,6 +24,10 @@ from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.state")
 
+STATE_VERSION = 1
+"""The changelog format: each state's JSON carries it as ``"v"`` (absent: written before the
+field existed, the same format). A newer one is skipped with a warning, never misread."""
+
 
 class Keyed(Protocol):
     """What a changelog holds: JSON-able state that lives on one input partition number."""
@@ -100,7 +104,14 @@ class StateStore(Generic[S]):
             if not m.value:
                 self.states.pop(key, None)
                 continue
-            self.states[key] = self.decode(orjson.loads(m.value))
+            d = orjson.loads(m.value)
+            v = d.pop("v", 1)
+            if v != STATE_VERSION:
+                log.warning("stage %s: state %r on %s is of format v%s, not this worker's v%d; "
+                            "skipped (upgrade StreamFlow to read it)", self.stage, key,
+                            self.topic, v, STATE_VERSION)
+                continue
+            self.states[key] = self.decode(d)
             n += 1
         log.info("stage %s: restored %d state records of partition %d in %.3fs",
                  self.stage, n, partition, time.perf_counter() - t0)
@@ -117,7 +128,9 @@ class StateStore(Generic[S]):
             self._restores.pop(p, None)
 
     def message(self, key: str, state: S) -> OutMessage:
-        return OutMessage(self.topic, orjson.dumps(state.to_json()), key.encode(), [],
+        d = state.to_json()
+        d["v"] = STATE_VERSION
+        return OutMessage(self.topic, orjson.dumps(d), key.encode(), [],
                           partition=state.kafka_partition)
 
     def tombstone(self, key: str, kafka_partition: int) -> OutMessage:

@@ -8,6 +8,7 @@ records already on the topic, and other pipelines reading it, rely on the regist
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +27,8 @@ _NAMED = frozenset({"properties", "patternProperties", "$defs"})
 """Keys whose children are names (a field may be called ``title``), not schema keywords."""
 
 Signature = dict[str, dict[str, Any]]
+
+log = logging.getLogger("streamflow.state")
 
 
 def signature(model: type[BaseModel]) -> Signature:
@@ -141,6 +144,10 @@ def fold(messages: Iterable[Message]) -> dict[str, dict[int, dict[str, Any]]]:
     for m in messages:
         try:
             rec = orjson.loads(m.value)
+            if rec.get("v", 1) != 1:  # a newer StreamFlow's registration: not ours to judge
+                log.warning("contract registry: skipping %s of format v%s (upgrade StreamFlow "
+                            "to read it)", m.key, rec.get("v"))
+                continue
             out.setdefault(str(rec["asset"]), {})[int(rec["version"])] = rec
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
@@ -196,7 +203,7 @@ async def check_contracts(transport: Transport, namespace: str,
             problems.append(problem)
         elif note is not None:
             notes.append(note)
-            body = {"asset": asset.name, "version": asset.version,
+            body = {"v": 1, "asset": asset.name, "version": asset.version,
                     "contract": asset.contract.__name__, "fields": sig, "registered_ms": now}
             out.append(OutMessage(topic, orjson.dumps(body),
                                   f"{asset.name}@v{asset.version}".encode(), []))

@@ -1,0 +1,204 @@
+"""An ``OnEach`` stage's input lane, a polled batch at a time: the common case, kept lean.
+
+Every record gets what the general path (``StageRunner.process_one``) gives it: its contract
+checked, a run id that dedupes redelivery, a ledger entry with its inputs and outputs, metrics,
+the trace context passed on. What can be decided once per batch is decided once (tracing on,
+labels, the output's placement); metrics are counted per batch, the ledger written per batch and
+input partition. Anything unusual for a record (a sampled trace, a replay or rerun, a backfill
+lane, a bad record, a failing run) goes the general way, where it is handled one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from streamflow.model import (
+    H_ARRIVAL_ID,
+    H_ASSET,
+    H_ATTEMPT,
+    H_BACKFILL,
+    H_MODE,
+    H_PARTITION,
+    H_PLANNED,
+    H_REPLAY,
+    H_RERUN,
+    H_TRACEPARENT,
+    H_VERSION,
+    Arrival,
+    Asset,
+    Message,
+    OutMessage,
+    header_int,
+    mode_of,
+    stable_id,
+    stable_id3,
+)
+from streamflow.observability import RecSpan, is_sampled, trace_id_of
+from streamflow.state import run_entry
+from streamflow.transports import Subscription
+
+from . import _outcomes
+from ._outcomes import StageLike
+
+# Headers that send a record the general way: a planned or retried run, a replay, a rerun.
+_UNUSUAL = frozenset((H_PLANNED, H_ATTEMPT, H_REPLAY, H_RERUN))
+
+
+class EachStage(StageLike, Protocol):
+    by_topic: dict[str, Asset[Any]]
+    lane_topics: frozenset[str]
+    placed_topics: frozenset[str]
+    sub: Subscription | None
+    """Inputs with as many partitions as the output topic (see ``output_message``)."""
+
+    def fire_id(self, run_id: str, kafka_partition: int) -> None: ...
+
+    async def process_one(self, m: Message, out: list[OutMessage],
+                          spans: list[RecSpan | None]) -> None: ...
+
+
+class _Tally:
+    """A batch's metrics, added to the registry once at its end."""
+
+    __slots__ = ("arrivals", "deduped", "durations", "fire_latency", "outputs", "runs")
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, int] = {}
+        self.runs = self.deduped = self.outputs = 0
+        self.fire_latency: list[float] = []
+        self.durations: list[float] = []
+
+    def flush(self, st: EachStage) -> None:
+        mt, c, name = st.ctx.metrics, st.ctx.counters, st.name
+        for asset, n in self.arrivals.items():
+            mt.add(mt.arrivals_in, (asset, name), n)
+        if self.runs:
+            c.runs += self.runs
+            mt.add(mt.runs, (name, "succeeded"), self.runs)
+        if self.deduped:
+            c.deduped += self.deduped
+            mt.add(mt.runs, (name, "deduped"), self.deduped)
+        if self.outputs and st.spec.output is not None:
+            mt.add(mt.arrivals_out, (st.spec.output.name,), self.outputs)
+        mt.fire_latency.observe_many(name, self.fire_latency)
+        mt.stage_duration.observe_many(name, self.durations)
+
+
+def lean(st: EachStage) -> bool:
+    """Whether the stage's input lane may take this path: per-run lineage events, a timeout
+    (a thread per call) and gates need the general one."""
+    return (st.gate is None and st.keeper is None and st.ctx.lineage is None
+            and st.spec.retry.timeout_s is None)
+
+
+async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
+                      spans: list[RecSpan | None]) -> None:
+    """Run every record of ``msgs``; outputs and dead letters go to ``out``, ledger entries to
+    ``st.book``."""
+    b = _Batch(st, out)
+    fn, out_asset, tr = st.spec.fn, st.spec.output, st.ctx.tracing
+    for m in msgs:
+        ready = b.admit(m)
+        if ready is True:
+            await st.process_one(m, out, spans)
+            continue
+        if ready is False:
+            continue
+        h, record, run_id = ready
+        started = time.time()
+        if m.timestamp_ms > 0:
+            b.tally.fire_latency.append(max(0.0, started - m.timestamp_ms / 1000))
+        try:
+            if b.traced:  # user code logs under the record's trace id
+                with tr.run_context(None, h.get(H_TRACEPARENT)):
+                    result = fn(record)
+            else:
+                result = fn(record)
+            if inspect.isawaitable(result):
+                result = await result
+            outputs = list(_outcomes.outputs_of(result, out_asset))
+        except Exception as e:  # user code: retried or dead-lettered, as on the general path
+            plan = st.plan_each(m, Arrival.from_message(m.key, m.value, m.headers), record)
+            st.ctx.counters.runs += 1
+            _outcomes.failed_unsampled(st, e, plan, m, out, spans, started)
+            continue
+        b.succeeded(m, h, run_id, outputs, started)
+    b.tally.flush(st)
+
+
+class _Batch:
+    """What a batch decides once, and the per-record steps around the stage function."""
+
+    def __init__(self, st: EachStage, out: list[OutMessage]) -> None:
+        self.st, self.out, self.tally = st, out, _Tally()
+        self.traced = st.ctx.tracing.enabled
+        self.max_bytes = st.ctx.max_record_bytes
+        self.fired = st.fired.ids
+        self.in_txn = st.sub is not None and st.sub.exactly_once
+        self.name = st.name
+
+    def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str] | bool:
+        """(headers, record, run id) of a record to run here; False if it already ran, True
+        if it takes the general path."""
+        st = self.st
+        h = dict(m.headers)
+        asset = st.by_topic.get(m.topic)
+        if (asset is None or len(m.value) > self.max_bytes or m.topic in st.lane_topics
+                or not _UNUSUAL.isdisjoint(h)):
+            return True
+        if self.traced:
+            tp = h.get(H_TRACEPARENT)
+            if tp is not None and is_sampled(tp):
+                return True
+        try:
+            record = asset.contract.model_validate_json(m.value)
+        except ValidationError:  # dead-lettered there, with the reason
+            return True
+        arrivals = self.tally.arrivals
+        arrivals[asset.name] = arrivals.get(asset.name, 0) + 1
+        raw_id = h.get(H_ARRIVAL_ID)
+        if not raw_id:  # a foreign producer's record: its id from its content
+            raw_id = stable_id("foreign", hashlib.blake2b(
+                m.value, digest_size=16).hexdigest()).encode()
+            h[H_ARRIVAL_ID] = raw_id
+        run_id = stable_id3(self.name, h.get(H_PARTITION, b"default").decode("utf-8", "replace"),
+                            raw_id.decode("utf-8", "replace"))
+        if run_id in self.fired:
+            self.tally.deduped += 1
+            return False
+        return h, record, run_id
+
+    def succeeded(self, m: Message, h: dict[str, bytes], run_id: str, outputs: list[Any],
+                  started: float) -> None:
+        st, tally = self.st, self.tally
+        pkey = h.get(H_PARTITION, b"default")
+        partition = pkey.decode("utf-8", "replace")
+        mode = mode_of(h.get(H_MODE))
+        backfill = h[H_BACKFILL].decode("utf-8", "replace") if H_BACKFILL in h else ""
+        tp = h.get(H_TRACEPARENT)
+        started_ms = int(started * 1000)
+        placed = (pkey, m.partition) if m.topic in st.placed_topics else None
+        ids = []
+        for i, rec in enumerate(outputs):
+            msg, oid = _outcomes.output_message(st, rec, i, run_id, mode, backfill, tp,
+                                                started_ms, placed)
+            self.out.append(msg)
+            ids.append(oid)
+        ended = time.time()
+        tally.durations.append(ended - started)
+        tally.runs += 1
+        tally.outputs += len(ids)
+        asset = h[H_ASSET].decode("utf-8", "replace") if H_ASSET in h else ""
+        st.book.add(m.partition, run_entry(
+            run_id, partition, 1, started_ms, int(ended * 1000),
+            [[asset, partition, header_int(h.get(H_VERSION), 1),
+              h[H_ARRIVAL_ID].decode("utf-8", "replace")]], ids,
+            mode=mode, trace_id=trace_id_of(tp), backfill=backfill))
+        self.fired.add(run_id)
+        if self.in_txn:
+            st.fired.add(run_id, m.partition, True)

@@ -1,0 +1,1 @@
+"""Topics written by an older StreamFlow, and the pipeline that wrote them."""
