@@ -46,7 +46,7 @@ QUICK = [("streamflow", "defaults"), ("aiokafka-raw", "at-least-once"),
          ("faust", "at-least-once"), ("quix", "at-least-once")]
 FULL = [*QUICK, ("streamflow", "exactly-once"), ("streamflow", "tracing-1pct"),
         ("aiokafka-raw", "exactly-once"), ("quix", "exactly-once")]
-RATES = (1000.0, 10000.0)
+RATES = (1000.0, 10000.0, 20000.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

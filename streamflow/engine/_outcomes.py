@@ -66,6 +66,7 @@ class StageLike(RunRecorder, Protocol):
     out_topic: str
     out_asset_b: bytes
     out_version_b: bytes
+    placed_all: bool
     retry_topic: str
     book: LedgerBatch
 
@@ -114,9 +115,9 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         st.ctx.counters.deduped += 1
         st.ctx.metrics.add(st.ctx.metrics.runs, (spec.name, "deduped"))
         return []
-    attrs = _run_attrs(st, plan, attempt)
-    run = tr.start_child(f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
-                         attrs, links=plan.links)
+    run = None if not tr.enabled else tr.start_child(
+        f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
+        _run_attrs(st, plan, attempt), links=plan.links)
     spans.append(run)
     started = time.time()
     released: list[Message] = []
@@ -134,7 +135,7 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         with tr.run_context(run, plan.parent):
             outputs = list(outputs_of(await _call(st, plan.arg), spec.output))
     except Exception as e:  # user code: a failure retries or dead-letters, never crashes
-        _failed(st, e, plan, attempt, m, out, spans, run, attrs, started)
+        _failed(st, e, plan, attempt, m, out, spans, run, started)
         return released
     _succeeded(st, outputs, plan, attempt, out, spans, run, started)
     return released
@@ -143,7 +144,7 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
 def failed_unsampled(st: StageLike, e: Exception, plan: PlannedRun, m: Message,
                      out: list[OutMessage], spans: list[RecSpan | None], started: float) -> None:
     """A first attempt without a span raised (``_each``'s runs): as ``_failed``."""
-    _failed(st, e, plan, 1, m, out, spans, None, _run_attrs(st, plan, 1), started)
+    _failed(st, e, plan, 1, m, out, spans, None, started)
 
 
 def _run_attrs(st: StageLike, plan: PlannedRun, attempt: int) -> dict[str, AttrValue]:
@@ -159,7 +160,7 @@ def _run_attrs(st: StageLike, plan: PlannedRun, attempt: int) -> dict[str, AttrV
 
 def _failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Message | None,
             out: list[OutMessage], spans: list[RecSpan | None], run: RecSpan | None,
-            attrs: dict[str, AttrValue], started: float) -> None:
+            started: float) -> None:
     """The attempt raised: retry it later, or dead-letter the run once retries are spent."""
     tr, spec, mt = st.ctx.tracing, st.spec, st.ctx.metrics
     policy = spec.retry
@@ -167,7 +168,8 @@ def _failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Mess
              f"{policy.attempts}): {type(e).__name__}: {e}"
     if run is None:  # not sampled: the failing run is exported all the same
         run = tr.start_failure(f"run {spec.name}", plan.parent, SpanKind.INTERNAL,
-                               attrs, start_time=int(started * 1e9))
+                               _run_attrs(st, plan, attempt),
+                               start_time=int(started * 1e9))
         spans.append(run)
     fail_span(run, e, reason)
     if run is not None:
@@ -204,7 +206,7 @@ def _retry(st: StageLike, e: Exception, reason: str, plan: PlannedRun, attempt: 
     if tp is not None:
         keep.append((H_TRACEPARENT, tp))
     key = m.key if m is not None and not plan.planned else None
-    out.append(OutMessage(st.retry_topic, plan.payload, key, keep,
+    out.append(OutMessage(st.retry_topic, plan.body(), key, keep,
                           partition_key=plan.partition.encode()))
     out.append(ledger_record(st, plan, "retrying", attempt, started, [], e))
     if st.ctx.lineage is not None:
@@ -261,7 +263,7 @@ def dead_letter_run(st: StageLike, reason: str, plan: PlannedRun, m: Message | N
     # own partition number and key travel instead.
     where = m if m is not None and not plan.planned else Message(
         st.topics[0], plan.kafka_partition, -1, None, b"", [], 0)
-    dead = Message(where.topic, where.partition, where.offset, where.key, plan.payload,
+    dead = Message(where.topic, where.partition, where.offset, where.key, plan.body(),
                    hdrs, where.timestamp_ms)
     return st.dead_letter(reason, dead, arr, parent, spans, exc, plan.run_id, attempt, kind)
 
@@ -270,7 +272,7 @@ def _plan_arrival(plan: PlannedRun) -> Arrival:
     first = plan.inputs[0] if plan.inputs else None
     return Arrival(first.arrival_id if first else plan.run_id,
                    first.asset if first else "", plan.partition, 1, 0, plan.run_id,
-                   plan.mode, None, plan.payload, plan.parent, plan.replay, plan.backfill)
+                   plan.mode, None, plan.body(), plan.parent, plan.replay, plan.backfill)
 
 
 def _run_headers(plan: PlannedRun, m: Message | None) -> list[tuple[str, bytes]]:
@@ -298,12 +300,18 @@ def _emit(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, run: RecSpa
     if out_asset is None:
         return []
     ids = []
+    # Every input placed by its partition key on a topic of the output's partition count: an
+    # output of the run's partition key goes where its inputs are.
+    placed = ((plan.partition.encode(), plan.kafka_partition)
+              if st.placed_all and plan.kafka_partition >= 0 else None)
     for i, rec in enumerate(outputs):
-        send = tr.start_child(f"send {st.out_topic}", run, SpanKind.PRODUCER,
-                              partial(tr.send_attributes, st.out_topic, out_asset.key_bytes(rec)))
+        send = None if run is None else tr.start_child(
+            f"send {st.out_topic}", run, SpanKind.PRODUCER,
+            partial(tr.send_attributes, st.out_topic, out_asset.key_bytes(rec)))
         spans.append(send)
         msg, oid = output_message(st, rec, i, plan.run_id, plan.mode, plan.backfill,
-                                  traceparent_of(send, plan.parent), int(started * 1000))
+                                  traceparent_of(send, plan.parent), int(started * 1000),
+                                  placed)
         out.append(msg)
         ids.append(oid)
     return ids

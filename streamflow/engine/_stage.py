@@ -94,6 +94,7 @@ class StageRunner(_Consumer):
         self.out_asset_b = out.name.encode() if out is not None else b""
         self.out_version_b = str(out.version).encode() if out is not None else b""
         self.placed_topics: frozenset[str] = frozenset()  # set at open
+        self.placed_all = False
         self.book = LedgerBatch(self.runs_topic, spec.name, spec.retry.attempts,
                                 out.name if out is not None else None)
         self.gate: TriggerRuntime | None = None
@@ -139,6 +140,7 @@ class StageRunner(_Consumer):
         self.sub = await self.ctx.transport.subscribe(
             self.group, self.topics, on_assign=assign, on_revoke=revoke)
         self.placed_topics = await self._placed_topics()
+        self.placed_all = bool(self.placed_topics) and self.placed_topics == self.live_topics
 
     async def _placed_topics(self) -> frozenset[str]:
         """Live inputs whose partition count is the output topic's: an output with its
@@ -269,13 +271,14 @@ class StageRunner(_Consumer):
                           spans: list[RecSpan | None]) -> None:
         """One record, whatever it is: the general path (``_each`` takes the common case)."""
         tr = self.ctx.tracing
-        arr = Arrival.from_message(m.key, m.value, m.headers)
-        proc = tr.start_child(
+        h = dict(m.headers)
+        arr = Arrival.from_headers(m.key, m.value, h)
+        proc = None if not tr.enabled else tr.start_child(
             f"process {m.topic}", arr.traceparent, SpanKind.CONSUMER,
             partial(tr.process_attributes, m.topic, m.partition, m.offset, self.group, m.key))
         spans.append(proc)
-        attempt = next((int(v) for k, v in m.headers if k == H_ATTEMPT), 1)
-        if any(k == H_PLANNED for k, _ in m.headers):
+        attempt = header_int(h.get(H_ATTEMPT), 1)
+        if H_PLANNED in h:
             plan = self._replan(m, arr)
             if plan is not None:
                 plan.kafka_partition = m.partition  # by its partition key, as the input's
@@ -289,13 +292,14 @@ class StageRunner(_Consumer):
             self._reject(record, m, arr, proc, out, spans)
             return
         if self.gate is not None and not self.retry_lane:
-            await self.gate.ensure_restored(m.partition)
+            if not self.gate.store.loaded(m.partition):
+                await self.gate.ensure_restored(m.partition)
             keeper = self.keeper  # the trigger asks whether the key is held
             if keeper is not None and not keeper.store.loaded(m.partition):
                 await keeper.store.ensure_restored(m.partition)
             assert asset is not None
             try:
-                plans, state_msgs = self.gate.offer(m, arr, asset)
+                plans, state_msgs = self.gate.offer(m, arr, asset, record)
             except Late as e:
                 self._reject(str(e), m, arr, proc, out, spans)
                 return
@@ -309,20 +313,19 @@ class StageRunner(_Consumer):
 
     def _checked(self, m: Message, arr: Arrival, asset: Asset[Any] | None) -> BaseModel | str:
         """The record under its contract, or why it must be dead-lettered."""
-        where = f"{m.topic}@{m.partition}:{m.offset}"
         if len(m.value) > self.ctx.max_record_bytes:
-            return (f"{where}: record of {len(m.value)} bytes exceeds max_record_bytes "
+            return (f"{_where(m)}: record of {len(m.value)} bytes exceeds max_record_bytes "
                     f"({self.ctx.max_record_bytes}); raise STREAMFLOW_MAX_RECORD_BYTES if such "
                     "records are expected")
         if not self.retry_lane:
             mt = self.ctx.metrics
             mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
         if asset is None:
-            return f"{where}: asset {arr.asset!r} is no input of stage {self.name!r}"
+            return f"{_where(m)}: asset {arr.asset!r} is no input of stage {self.name!r}"
         try:
             record: BaseModel = asset.contract.model_validate_json(m.value)
         except ValidationError as e:
-            return f"{where}: {describe_validation(e, asset.contract.__name__, asset.version)}"
+            return f"{_where(m)}: {describe_validation(e, asset.contract.__name__, asset.version)}"
         return record
 
     def _reject(self, reason: str, m: Message, arr: Arrival, proc: RecSpan | None,
@@ -363,3 +366,8 @@ class StageRunner(_Consumer):
 def _due_ms(m: Message) -> int:
     """When a retry may run (0: now); bad metadata from a foreign producer means now."""
     return header_int(next((v for k, v in m.headers if k == H_RETRY_AT), None), 0)
+
+
+
+def _where(m: Message) -> str:
+    return f"{m.topic}@{m.partition}:{m.offset}"

@@ -210,7 +210,7 @@ class Gatekeeper:
         the hold is full (the caller dead-letters it)."""
         if plan.planned or m is None:
             m = Message(self.input_topic, hold.kafka_partition, -1, None,
-                        plan.payload, [(H_PLANNED, b"1")], 0)
+                        plan.body(), [(H_PLANNED, b"1")], 0)
         entry = {"topic": m.topic, "key": m.key.decode("latin-1") if m.key is not None else None,
                  "value": m.value.decode("latin-1"),
                  "headers": [[k, v.decode("latin-1")] for k, v in m.headers]}

@@ -61,7 +61,11 @@ class Arrival:
 
     @classmethod
     def from_message(cls, key: bytes | None, value: bytes, headers: Headers) -> Arrival:
-        d = {k: v for k, v in headers}
+        return cls.from_headers(key, value, dict(headers))
+
+    @classmethod
+    def from_headers(cls, key: bytes | None, value: bytes, d: dict[str, bytes]) -> Arrival:
+        """As ``from_message``, from headers already in a dict (the last of a name wins)."""
         return cls(
             arrival_id=d.get(H_ARRIVAL_ID, b"").decode("utf-8", "replace")
             or stable_id("foreign", hashlib.blake2b(value, digest_size=16).hexdigest()),

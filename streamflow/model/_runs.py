@@ -3,6 +3,7 @@ records of each attempt."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -83,9 +84,18 @@ class PlannedRun:
     mode: Mode = "live"
     replay: int = 0
     payload: bytes = b""
-    """What a retry or dead letter carries to run it again: the record, or the planned inputs."""
+    """What a retry or dead letter carries to run it again: the record, or the planned inputs
+    (read it with ``body()``)."""
     planned: bool = False
     kafka_partition: int = -1
     """The input partition number it came from: where a gate's hold on it is kept."""
     checks: list[dict[str, Any]] | None = None
     backfill: str = ""
+    payload_of: Callable[[], bytes] | None = None
+    """Builds ``payload`` on first need: a barrier's is the JSON of its slots, wanted only when
+    the run is retried, dead-lettered or parked."""
+
+    def body(self) -> bytes:
+        if self.payload_of is not None:
+            self.payload, self.payload_of = self.payload_of(), None
+        return self.payload

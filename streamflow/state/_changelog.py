@@ -88,7 +88,8 @@ class StateStore(Generic[S]):
     def loaded(self, partition: int) -> bool:
         """Restored already: the hot path skips awaiting ``ensure_restored``."""
         task = self._restores.get(partition)
-        return task is not None and task.done()
+        return (task is not None and task.done() and not task.cancelled()
+                and task.exception() is None)
 
     def restoring(self) -> bool:
         return any(not t.done() for t in self._restores.values())

@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from streamflow.model import (
     H_BACKFILL,
     H_MODE,
+    H_PARTITION,
     H_TRACEPARENT,
     AllOf,
     AnyOf,
@@ -63,7 +66,7 @@ class BarrierGate:
     async def ensure_restored(self, partition: int) -> None:
         await self.store.ensure_restored(partition)
 
-    def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
+    def offer(self, m: Message, arr: Arrival, asset: Asset[Any], record: BaseModel | None = None
               ) -> tuple[list[PlannedRun], list[OutMessage]]:
         state = self.states.get(arr.partition)
         if state is None:
@@ -72,7 +75,8 @@ class BarrierGate:
         before = state.slots.get(asset.name)
         key = m.key.decode("utf-8", "replace") if m.key is not None else None
         fire = self.barrier.offer(
-            state, asset.name, Slot(arr.arrival_id, arr.version, m.value, list(m.headers), key),
+            state, asset.name,
+            Slot(arr.arrival_id, arr.version, m.value, list(m.headers), key, record),
             refire=self.held(arr.partition, "*"))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
@@ -88,12 +92,13 @@ class BarrierGate:
         partition = ""
         for name, slot in sorted(fire.slots.items()):
             asset = self.by_asset[name]
-            records[name] = asset.contract.model_validate_json(slot.value)
-            arr = Arrival.from_message(None, slot.value, slot.headers)
-            partition = arr.partition
-            inputs.append(RunInput(asset=name, partition=arr.partition, version=arr.version,
-                                   arrival_id=slot.arrival_id))
+            # The arrival that completed the barrier was validated a moment ago.
+            records[name] = slot.record if slot.record is not None else \
+                asset.contract.model_validate_json(slot.value)
+            slot.record = None  # kept only until the run: an open barrier holds bytes
             headers = dict(slot.headers)
+            partition = headers.get(H_PARTITION, b"default").decode("utf-8", "replace")
+            inputs.append(RunInput(name, partition, slot.version, slot.arrival_id))
             tp = headers.get(H_TRACEPARENT)
             if tp is not None:
                 parents[name] = tp
@@ -104,10 +109,9 @@ class BarrierGate:
         # completed the barrier and links to every other input.
         parent = parents.get(fire.completing or "") if fire.completing else None
         links = [tp for name, tp in parents.items() if name != fire.completing]
-        payload = orjson.dumps({"run_id": fire.run_id, "partition": partition,
-                                "slots": {a: s.to_json() for a, s in fire.slots.items()}})
         return PlannedRun(run_id or fire.run_id, partition, Inputs(partition, records), inputs,
-                          parent, links, mode, replay, payload, planned=True, backfill=backfill)
+                          parent, links, mode, replay, planned=True, backfill=backfill,
+                          payload_of=partial(_payload, fire, partition))
 
     def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
         """A retried or replayed run: everything it needs travels in its payload."""
@@ -136,6 +140,9 @@ class BarrierGate:
         return due
 
     def any_expired(self) -> bool:
+        trigger = self.barrier.trigger
+        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
+            return False  # nothing can expire: no scan (every poll asks)
         now = int(time.time() * 1000)
         return any(self.barrier.expired(s, now) for s in self.states.values())
 
@@ -162,3 +169,9 @@ class BarrierGate:
         return (f"barrier for partition {plan.partition!r} {what} at its deadline; arrived: "
                 f"{', '.join(sorted(i.asset for i in plan.inputs)) or 'nothing'}; missing: "
                 f"{', '.join(self.missing(plan))}")
+
+
+def _payload(fire: Fire, partition: str) -> bytes:
+    """A planned run's inputs, as its retry or dead letter carries them (``replan`` reads)."""
+    return orjson.dumps({"run_id": fire.run_id, "partition": partition,
+                         "slots": {a: s.to_json() for a, s in fire.slots.items()}})

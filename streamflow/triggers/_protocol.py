@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from streamflow.errors import StreamFlowError
 from streamflow.model import Arrival, Asset, DeadlinePolicy, Message, OutMessage, PlannedRun
 from streamflow.state import StateStore
@@ -33,7 +35,7 @@ class TriggerRuntime(Protocol):
 
     async def ensure_restored(self, partition: int) -> None: ...
 
-    def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
+    def offer(self, m: Message, arr: Arrival, asset: Asset[Any], record: BaseModel | None = None
               ) -> tuple[list[PlannedRun], list[OutMessage]]: ...
 
     def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None: ...

@@ -21,6 +21,8 @@ class Slot:
     headers: list[tuple[str, bytes]]
     key: str | None = None
     """The record key: a corrected record replaces its predecessor in a held window."""
+    record: Any = None
+    """The validated record, from its arrival until the run it fires (never persisted)."""
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"arrival_id": self.arrival_id, "version": self.version,

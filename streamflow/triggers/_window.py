@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from streamflow.model import (
     H_ASSET,
@@ -81,7 +82,7 @@ class WindowGate:
             self._watermarks[partition] = wm
         return wm
 
-    def offer(self, m: Message, arr: Arrival, asset: Asset[Any]
+    def offer(self, m: Message, arr: Arrival, asset: Asset[Any], record: BaseModel | None = None
               ) -> tuple[list[PlannedRun], list[OutMessage]]:
         w, states = self.window, self.store.states
         start = w.start_of(arr.event_time_ms)
