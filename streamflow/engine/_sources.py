@@ -57,8 +57,9 @@ class SourceRunner:
                                           arrival_id, root, spans))
                     continue
                 key_b = asset.key_bytes(model)
-                send = tr.start_child(f"send {topic}", root, SpanKind.PRODUCER,
-                                      partial(tr.send_attributes, topic, key_b))
+                send = None if root is None else tr.start_child(
+                    f"send {topic}", root, SpanKind.PRODUCER,
+                    partial(tr.send_attributes, topic, key_b))
                 spans.append(send)
                 arr = source_arrival(asset, arrival_id, model, self.spec.name, "live", key=key_b,
                                      traceparent=traceparent_of(send, root_tp))

@@ -114,6 +114,9 @@ def _attrs(attributes: Attrs) -> dict[str, AttrValue]:
     return attributes if isinstance(attributes, dict) else dict(attributes)
 
 
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
 class _Attached:
     """Makes a context current for a ``with`` block: cheaper than ``trace.use_span``."""
 
@@ -242,7 +245,7 @@ class Tracing:
         if ids is None:
             return _Attached(self._unsampled)
         return _Attached(trace.set_span_in_context(NonRecordingSpan(SpanContext(
-            ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT)))))
+            ids[0], ids[1], is_remote=True, trace_flags=_NOT_SAMPLED))))
 
     def send_attributes(self, topic: str, key: bytes | None) -> dict[str, AttrValue]:
         a: dict[str, AttrValue] = {
