@@ -11,9 +11,9 @@ lane, a bad record, a failing run) goes the general way, where it is handled one
 from __future__ import annotations
 
 import hashlib
-import inspect
 import time
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -102,6 +102,7 @@ async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
     ``st.book``."""
     b = _Batch(st, out)
     fn, out_asset, tr = st.spec.fn, st.spec.output, st.ctx.tracing
+    is_async = st.spec.is_async
     for m in msgs:
         ready = b.admit(m)
         if ready is True:
@@ -119,9 +120,9 @@ async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
                     result = fn(record)
             else:
                 result = fn(record)
-            if inspect.isawaitable(result):
-                result = await result
-            outputs = list(_outcomes.outputs_of(result, out_asset))
+            if is_async:
+                result = await cast(Awaitable[Any], result)
+            outputs = _outcomes.outputs_of(result, out_asset)
         except Exception as e:  # user code: retried or dead-lettered, as on the general path
             plan = st.plan_each(m, Arrival.from_message(m.key, m.value, m.headers), record)
             st.ctx.counters.runs += 1

@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Protocol
@@ -133,7 +132,7 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         mt.fire_latency.observe(st.name, max(0.0, started - m.timestamp_ms / 1000))
     try:
         with tr.run_context(run, plan.parent):
-            outputs = list(outputs_of(await _call(st, plan.arg), spec.output))
+            outputs = outputs_of(await _call(st, plan.arg), spec.output)
     except Exception as e:  # user code: a failure retries or dead-letters, never crashes
         _failed(st, e, plan, attempt, m, out, spans, run, started)
         return released
@@ -351,17 +350,23 @@ def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: i
         output=st.spec.output.name if st.spec.output is not None else None)
 
 
-def outputs_of(result: Any, asset: Asset[Any] | None) -> Iterable[BaseModel]:
+_ONE = (BaseModel, dict)  # a tuple: ``BaseModel | dict`` would build a union on every call
+
+
+def outputs_of(result: Any, asset: Asset[Any] | None) -> list[BaseModel]:
     """Normalise what a stage returned and hold it to the output contract."""
     if result is None:
-        return
-    items = [result] if isinstance(result, BaseModel | dict) else list(result)
+        return []
+    items = [result] if isinstance(result, _ONE) else list(result)
+    if items and asset is None:
+        raise TypeError("stage has no output asset but returned a value")
+    out = []
     for item in items:
-        if asset is None:
-            raise TypeError("stage has no output asset but returned a value")
+        assert asset is not None
         if isinstance(item, asset.contract):
-            yield item
+            out.append(item)
         elif isinstance(item, BaseModel):
-            yield asset.contract.model_validate(item.model_dump())
+            out.append(asset.contract.model_validate(item.model_dump()))
         else:
-            yield asset.contract.model_validate(item)
+            out.append(asset.contract.model_validate(item))
+    return out
