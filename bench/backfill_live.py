@@ -25,7 +25,6 @@ import asyncio
 import os
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from streamflow import devservices as services
 from streamflow.devservices import delete_topics
 
 from . import _backfill_pipeline as bp
+from ._kafka import untraced_kafka
 from ._met import completion, exact
 from ._readback import key_counts
 from .latency import percentile
@@ -218,10 +218,7 @@ async def _phases(args: argparse.Namespace, settings: Settings, ns: str) -> dict
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    os.environ.pop("OTEL_TRACES_EXPORTER", None)
-    services.up(["kafka"])
-    ns = "bench" + uuid.uuid4().hex[:8]
+    ns = untraced_kafka()
     settings = Settings(kafka_bootstrap=services.KAFKA_BOOTSTRAP, namespace=ns,
                         partitions=args.partitions, state_dir=Path(f"/tmp/{ns}"),
                         http_port=None,

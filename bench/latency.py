@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
-import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,6 +26,7 @@ from streamflow import devservices as services
 from streamflow.connectors.testing import IdleSource
 from streamflow.devservices import delete_topics
 
+from ._kafka import untraced_kafka
 from ._met import completion, exact
 
 WARMUP_S = 5.0
@@ -101,10 +100,7 @@ async def _send_all(ns: str, args: argparse.Namespace, total: int) -> tuple[int,
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    os.environ.pop("OTEL_TRACES_EXPORTER", None)
-    services.up(["kafka"])
-    ns = "bench" + uuid.uuid4().hex[:8]
+    ns = untraced_kafka()
     settings = Settings(kafka_bootstrap=services.KAFKA_BOOTSTRAP, namespace=ns,
                         partitions=args.partitions, state_dir=f"/tmp/{ns}")
     fired: list[tuple[int, float, str]] = []  # (stamp, latency ms, key) per barrier run

@@ -53,10 +53,8 @@ class EachStage(StageLike, Protocol):
     by_topic: dict[str, Asset[Any]]
     lane_topics: frozenset[str]
     placed_topics: frozenset[str]
-    sub: Subscription | None
     """Inputs with as many partitions as the output topic (see ``output_message``)."""
-
-    def fire_id(self, run_id: str, kafka_partition: int) -> None: ...
+    sub: Subscription | None
 
     async def process_one(self, m: Message, out: list[OutMessage],
                           spans: list[RecSpan | None]) -> None: ...
@@ -110,7 +108,7 @@ async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
             continue
         if ready is False:
             continue
-        h, record, run_id = ready
+        h, record, run_id, partition, arrival_id = ready
         started = time.time()
         if m.timestamp_ms > 0:
             b.tally.fire_latency.append(max(0.0, started - m.timestamp_ms / 1000))
@@ -126,9 +124,9 @@ async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
         except Exception as e:  # user code: retried or dead-lettered, as on the general path
             plan = st.plan_each(m, Arrival.from_message(m.key, m.value, m.headers), record)
             st.ctx.counters.runs += 1
-            _outcomes.failed_unsampled(st, e, plan, m, out, spans, started)
+            _outcomes.failed(st, e, plan, 1, m, out, spans, None, started)
             continue
-        b.succeeded(m, h, run_id, outputs, started)
+        b.succeeded(m, h, run_id, partition, arrival_id, outputs, started)
     b.tally.flush(st)
 
 
@@ -139,13 +137,13 @@ class _Batch:
         self.st, self.out, self.tally = st, out, _Tally()
         self.traced = st.ctx.tracing.enabled
         self.max_bytes = st.ctx.max_record_bytes
-        self.fired = st.fired.ids
+        self.fired = st.fired.ids  # the set itself: a membership test per record
         self.in_txn = st.sub is not None and st.sub.exactly_once
         self.name = st.name
 
-    def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str] | bool:
-        """(headers, record, run id) of a record to run here; False if it already ran, True
-        if it takes the general path."""
+    def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str, str, str] | bool:
+        """(headers, record, run id, partition key, arrival id) of a record to run here; False
+        if it already ran, True if it takes the general path."""
         st = self.st
         h = dict(m.headers)
         asset = st.by_topic.get(m.topic)
@@ -163,22 +161,19 @@ class _Batch:
         arrivals = self.tally.arrivals
         arrivals[asset.name] = arrivals.get(asset.name, 0) + 1
         raw_id = h.get(H_ARRIVAL_ID)
-        if not raw_id:  # a foreign producer's record: its id from its content
-            raw_id = stable_id("foreign", hashlib.blake2b(
-                m.value, digest_size=16).hexdigest()).encode()
-            h[H_ARRIVAL_ID] = raw_id
-        run_id = stable_id3(self.name, h.get(H_PARTITION, b"default").decode("utf-8", "replace"),
-                            raw_id.decode("utf-8", "replace"))
+        arrival_id = raw_id.decode("utf-8", "replace") if raw_id else stable_id(
+            "foreign", hashlib.blake2b(m.value, digest_size=16).hexdigest())  # by content
+        partition = h.get(H_PARTITION, b"default").decode("utf-8", "replace")
+        run_id = stable_id3(self.name, partition, arrival_id)
         if run_id in self.fired:
             self.tally.deduped += 1
             return False
-        return h, record, run_id
+        return h, record, run_id, partition, arrival_id
 
-    def succeeded(self, m: Message, h: dict[str, bytes], run_id: str, outputs: list[Any],
-                  started: float) -> None:
+    def succeeded(self, m: Message, h: dict[str, bytes], run_id: str, partition: str,
+                  arrival_id: str, outputs: list[Any], started: float) -> None:
         st, tally = self.st, self.tally
         pkey = h.get(H_PARTITION, b"default")
-        partition = pkey.decode("utf-8", "replace")
         mode = mode_of(h.get(H_MODE))
         backfill = h[H_BACKFILL].decode("utf-8", "replace") if H_BACKFILL in h else ""
         tp = h.get(H_TRACEPARENT)
@@ -197,9 +192,6 @@ class _Batch:
         asset = h[H_ASSET].decode("utf-8", "replace") if H_ASSET in h else ""
         st.book.add(m.partition, run_entry(
             run_id, partition, 1, started_ms, int(ended * 1000),
-            [[asset, partition, header_int(h.get(H_VERSION), 1),
-              h[H_ARRIVAL_ID].decode("utf-8", "replace")]], ids,
+            [[asset, partition, header_int(h.get(H_VERSION), 1), arrival_id]], ids,
             mode=mode, trace_id=trace_id_of(tp), backfill=backfill))
-        self.fired.add(run_id)
-        if self.in_txn:
-            st.fired.add(run_id, m.partition, True)
+        st.fired.add(run_id, m.partition, self.in_txn)

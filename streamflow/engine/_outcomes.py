@@ -134,16 +134,10 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         with tr.run_context(run, plan.parent):
             outputs = outputs_of(await _call(st, plan.arg), spec.output)
     except Exception as e:  # user code: a failure retries or dead-letters, never crashes
-        _failed(st, e, plan, attempt, m, out, spans, run, started)
+        failed(st, e, plan, attempt, m, out, spans, run, started)
         return released
     _succeeded(st, outputs, plan, attempt, out, spans, run, started)
     return released
-
-
-def failed_unsampled(st: StageLike, e: Exception, plan: PlannedRun, m: Message,
-                     out: list[OutMessage], spans: list[RecSpan | None], started: float) -> None:
-    """A first attempt without a span raised (``_each``'s runs): as ``_failed``."""
-    _failed(st, e, plan, 1, m, out, spans, None, started)
 
 
 def _run_attrs(st: StageLike, plan: PlannedRun, attempt: int) -> dict[str, AttrValue]:
@@ -157,7 +151,7 @@ def _run_attrs(st: StageLike, plan: PlannedRun, attempt: int) -> dict[str, AttrV
     return attrs
 
 
-def _failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Message | None,
+def failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Message | None,
             out: list[OutMessage], spans: list[RecSpan | None], run: RecSpan | None,
             started: float) -> None:
     """The attempt raised: retry it later, or dead-letter the run once retries are spent."""

@@ -153,10 +153,8 @@ class StageRunner(_Consumer):
 
     def fire(self, plan: PlannedRun) -> None:
         """The run reached a final status: a redelivered or duplicated input skips it."""
-        self.fire_id(plan.run_id, plan.kafka_partition)
-
-    def fire_id(self, run_id: str, kafka_partition: int) -> None:
-        self.fired.add(run_id, kafka_partition, self.sub is not None and self.sub.exactly_once)
+        self.fired.add(plan.run_id, plan.kafka_partition,
+                       self.sub is not None and self.sub.exactly_once)
 
     def committed(self) -> None:
         self.fired.committed()

@@ -73,9 +73,6 @@ class LedgerBatch:
             runs = self._runs[kafka_partition] = []
         runs.append(entry)
 
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._runs.values())
-
     def drain(self) -> list[OutMessage]:
         """The batch's ledger messages; the book is empty afterwards. Each key is unique (the
         topic is compacted: a key shared with another batch would compact its runs away)."""
