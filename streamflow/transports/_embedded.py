@@ -59,8 +59,13 @@ class EmbeddedTransport:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        await self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        # Another process may be writing the same log (a backfill CLI beside its worker): wait
+        # for its locks, and switch to WAL only once (asking again needs a lock of its own).
+        self._db = await aiosqlite.connect(self.path, timeout=30.0)
+        [(mode,)] = list(await self._db.execute_fetchall("PRAGMA journal_mode"))
+        if str(mode).lower() != "wal":
+            await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.executescript(_SCHEMA)
         await self._db.commit()
         for topic, off in await self._db.execute_fetchall(
