@@ -94,7 +94,9 @@ def record_gate(batches: list[list[dict[str, object]]], out: Out, alerts: Collec
 
 def window_gate(batches: list[list[dict[str, object]]], out: Out, alerts: Collect,
                 checks: Sequence[Check]) -> Pipeline:
-    """Orders per day in a window (closed by its deadline), gated as a batch."""
+    """Orders per day in a window (closed by its deadline), gated as a batch. It keeps every
+    arrival (``keep="all"``): a window keyed by record holds an id once, and ``Unique`` would
+    have nothing to find."""
     p = Pipeline("wgates", alerts=[alerts])
     p.source(memory_source(batches), asset=orders, name="orders-src")
 
@@ -102,7 +104,7 @@ def window_gate(batches: list[list[dict[str, object]]], out: Out, alerts: Collec
         return DayTotal(day=w.partition, orders=sorted(o.id for o in w["orders"]))  # type: ignore[attr-defined]
 
     p.stage(inputs=[orders], output=totals, name="daily", checks=checks,
-            trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire"))(total)
+            trigger=Window(size_s=86_400, deadline_s=0.5, on_deadline="fire", keep="all"))(total)
     p.sink(MemorySink(out), asset=totals)
     return p
 

@@ -40,6 +40,8 @@ class Ctx:
     backfill_batch: int = 16
     lineage: RunEvents | None = None
     """OpenLineage run events, when ``Settings.lineage`` names a target."""
+    kafka_bootstrap: str | None = None
+    """The worker's Kafka (None: embedded): a ``TopicSink`` on it joins the transaction."""
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)

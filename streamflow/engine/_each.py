@@ -137,7 +137,9 @@ class _Batch:
         self.st, self.out, self.tally = st, out, _Tally()
         self.traced = st.ctx.tracing.enabled
         self.max_bytes = st.ctx.max_record_bytes
-        self.fired = st.fired.ids  # the set itself: a membership test per record
+        # The sets themselves: a membership test or two per record (they rotate only between
+        # batches).
+        self.fired, self.fired_before = st.fired.ids.current, st.fired.ids.previous
         self.in_txn = st.sub is not None and st.sub.exactly_once
         self.name = st.name
 
@@ -165,7 +167,7 @@ class _Batch:
             "foreign", hashlib.blake2b(m.value, digest_size=16).hexdigest())  # by content
         partition = h.get(H_PARTITION, b"default").decode("utf-8", "replace")
         run_id = stable_id3(self.name, partition, arrival_id)
-        if run_id in self.fired:
+        if run_id in self.fired or run_id in self.fired_before:
             self.tally.deduped += 1
             return False
         return h, record, run_id, partition, arrival_id

@@ -1,16 +1,19 @@
 """A stage's fired runs: run ids that reached a final status, so a redelivered or duplicated
 input skips its run.
 
-The set is shared by the stage's two lanes. At start the worker reads the whole ledger; a
-partition that moves here later brings what its previous owner ran (read from that ledger
-partition before its first record is handled). Exactly once, a run fired in a transaction that
-has not committed is forgotten if the transaction may be lost.
+The window of recent ids is shared by the stage's two lanes and bounded (``RecentRuns``). At
+start the worker keeps what the ledger holds of that window; a partition that moves here later
+brings what its previous owner ran (read from that ledger partition before its first record is
+handled). Exactly once, a run fired in a transaction that has not committed is forgotten if
+the transaction may be lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Iterable
 
 from streamflow.state import fired_of, fold_raw
 from streamflow.transports import Transport
@@ -18,8 +21,55 @@ from streamflow.transports import Transport
 log = logging.getLogger("streamflow.stage")
 
 
+class RecentRuns:
+    """Run ids fired lately, in two generations of a set each, so memory stays bounded.
+
+    The current generation takes every new id; it becomes the previous one (and the previous
+    one is dropped whole) once it has run for ``window_s`` or holds ``max_ids`` ids. An id is
+    so remembered for the window or for the next ``max_ids`` ids, whichever ends first, at a
+    set lookup or two. An input redelivered after that runs again (keyed sinks absorb it).
+    """
+
+    __slots__ = ("_clock", "_since", "current", "max_ids", "previous", "window_s")
+
+    def __init__(self, window_s: float, max_ids: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.max_ids, self._clock = window_s, max_ids, clock
+        self.current: set[str] = set()
+        self.previous: set[str] = set()
+        self._since = clock()
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self.current or run_id in self.previous
+
+    def __len__(self) -> int:
+        return len(self.current) + len(self.previous)
+
+    def add(self, run_id: str) -> None:
+        self.current.add(run_id)
+
+    def update(self, run_ids: Iterable[str]) -> None:
+        for r in run_ids:
+            self.current.add(r)
+            self.tick()
+
+    def discard(self, run_id: str) -> None:
+        self.current.discard(run_id)
+        self.previous.discard(run_id)
+
+    def tick(self) -> None:
+        """Once per batch (a batch's lookups see the same sets): a generation as old as the
+        window, or as full as ``max_ids``, moves on."""
+        if len(self.current) >= self.max_ids or self._clock() - self._since >= self.window_s:
+            self.rotate()
+
+    def rotate(self) -> None:
+        self.previous, self.current = self.current, set()
+        self._since = self._clock()
+
+
 class FiredRuns:
-    def __init__(self, fired: set[str], transport: Transport, runs_topic: str,
+    def __init__(self, fired: RecentRuns, transport: Transport, runs_topic: str,
                  stage: str) -> None:
         self.ids = fired
         self.transport, self.runs_topic, self.stage = transport, runs_topic, stage
@@ -58,7 +108,8 @@ class FiredRuns:
         """Fired runs whose transaction may be lost are forgotten; a partition that comes
         back reloads what did commit from the ledger."""
         for p in list(self._uncommitted) if partitions is None else partitions:
-            self.ids.difference_update(self._uncommitted.pop(p, ()))
+            for run_id in self._uncommitted.pop(p, ()):
+                self.ids.discard(run_id)
 
     def rewound(self) -> None:
         self.unfire()
@@ -66,7 +117,8 @@ class FiredRuns:
 
     async def _load(self, partitions: set[int]) -> None:
         msgs = await self.transport.read_topic(self.runs_topic, partitions)
-        self.ids.update(fired_of(fold_raw(msgs), self.stage))
+        since = int((time.time() - self.ids.window_s) * 1000)
+        self.ids.update(fired_of(fold_raw(msgs), self.stage, since, self.ids.max_ids))
 
     async def loaded(self) -> None:
         """Runs a partition's previous owner fired are known before its records run."""

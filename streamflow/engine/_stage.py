@@ -49,14 +49,14 @@ from streamflow.model import (
 from streamflow.observability import Metrics, RecSpan, Tracing, end_spans, fail_span
 from streamflow.state import LedgerBatch, StateStore
 from streamflow.transports import Subscription
-from streamflow.triggers import BarrierGate, Late, PartitionState, TriggerRuntime, WindowGate
+from streamflow.triggers import BarrierGate, PartitionState, Refused, TriggerRuntime, WindowGate
 
 from . import _outcomes
 from ._consumer import _Consumer
 from ._context import Ctx
 from ._deadlines import expire
 from ._each import handle_each, lean
-from ._fired import FiredRuns
+from ._fired import FiredRuns, RecentRuns
 from ._lanes import LanePolling
 
 log = logging.getLogger("streamflow.stage")
@@ -65,7 +65,7 @@ log = logging.getLogger("streamflow.stage")
 class StageRunner(_Consumer):
     """Consumes a stage's inputs (``retry_lane=False``) or its retry topic (``True``)."""
 
-    def __init__(self, spec: StageSpec, ctx: Ctx, fired: set[str], retry_lane: bool = False,
+    def __init__(self, spec: StageSpec, ctx: Ctx, fired: RecentRuns, retry_lane: bool = False,
                  keeper: Gatekeeper | None = None):
         super().__init__(ctx)
         self.keeper = keeper  # the stage's quality gate, shared by both lanes
@@ -208,6 +208,7 @@ class StageRunner(_Consumer):
     async def handle(self, msgs: list[Message]) -> list[Message]:
         if self.fired.loading:
             await self.fired.loaded()
+        self.fired.ids.tick()
         if self.retry_lane and self.keeper is not None:
             return await self._handle_each(msgs)
         out: list[OutMessage] = []
@@ -298,7 +299,7 @@ class StageRunner(_Consumer):
             assert asset is not None
             try:
                 plans, state_msgs = self.gate.offer(m, arr, asset, record)
-            except Late as e:
+            except Refused as e:
                 self._reject(str(e), m, arr, proc, out, spans)
                 return
             out.extend(state_msgs)

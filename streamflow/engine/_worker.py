@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
 from ._drain import drain, finish, wait_sources, wait_stop
+from ._fired import RecentRuns
 from ._sinks import SinkRunner
 from ._sources import SourceRunner
 from ._stage import StageRunner
@@ -118,7 +120,8 @@ class Worker:
                   metrics=self.metrics, commit_interval_s=s.commit_interval_s, alerter=alerter,
                   pipeline=p.name, max_record_bytes=s.max_record_bytes,
                   backfill_batch=s.backfill_batch,
-                  lineage=run_events(s.lineage, s.namespace, p.name))
+                  lineage=run_events(s.lineage, s.namespace, p.name),
+                  kafka_bootstrap=s.kafka_bootstrap)
         sources, sinks = self._build_connectors()
         http = await self._serve_http()
         gc_tuned: tuple[int, int, int] | None = None
@@ -201,7 +204,9 @@ class Worker:
         """Both lanes of every stage, upstream first, then the sinks."""
         p = self.pipeline
         for st in _topological(p):
-            fired = fired_of(ledger, st.name)
+            fired = RecentRuns(self.settings.dedupe_window_s, self.settings.dedupe_max_runs)
+            fired.update(fired_of(ledger, st.name, int(
+                (time.time() - fired.window_s) * 1000), fired.max_ids))
             keeper = None
             if st.checks:  # row-count history: input counts of earlier passing runs
                 done = sorted((d for d in ledger.values()

@@ -67,6 +67,12 @@ class Settings(BaseModel):
     backfill_batch: int = Field(
         16, ge=1, description="backfill records a stage handles between two looks at its live "
                               "input: smaller keeps live latency lower while a backfill runs")
+    dedupe_window_s: float = Field(
+        86_400.0, gt=0, description="how long a stage remembers the run ids it fired, so a "
+                                    "duplicated input skips its run (older ones run again)")
+    dedupe_max_runs: int = Field(
+        1_000_000, ge=1000, description="the most run ids a stage remembers within that window "
+                                        "(about 130 bytes each, at most twice this many)")
     lineage: str | None = Field(
         None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "
                           "or 'openlineage' for the client's own OPENLINEAGE_* configuration "

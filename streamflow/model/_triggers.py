@@ -19,6 +19,14 @@ from streamflow.errors import PipelineError
 from ._assets import Asset
 
 DeadlinePolicy = Literal["fire", "skip", "fail"]
+RETENTION_S = 86_400.0
+"""How long, in event time, a fired barrier's state is kept by default."""
+
+
+def _check_retention(kind: str, retention_s: float | None) -> None:
+    if retention_s is not None and retention_s <= 0:
+        raise PipelineError(f"{kind}.retention_s must be > 0 (or None: kept for ever), "
+                            f"got {retention_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +36,14 @@ class OnEach:
 
 @dataclass(frozen=True, slots=True)
 class AnyOf:
-    """Fire on each new arrival, with the latest arrival of every input seen for its partition."""
+    """Fire on each new arrival, with the latest arrival of every input seen for its partition.
+
+    ``retention_s``: as for ``AllOf``."""
+
+    retention_s: float | None = RETENTION_S
+
+    def __post_init__(self) -> None:
+        _check_retention("AnyOf", self.retention_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +58,21 @@ class AllOf:
     ``required`` names inputs the deadline policy never goes without: past the deadline the
     barrier keeps waiting for them (an upstream gate may be holding one), and applies the
     policy as soon as they are in. Optional inputs (a loyalty snapshot) are left to the policy.
+
+    ``retention_s`` bounds the state: a fired partition is forgotten once the input
+    partition's watermark (its highest event time) is that far past the partition's newest
+    input, and a live arrival older than the watermark by as much is dead-lettered as late
+    (its partition may have been forgotten). ``None`` keeps fired partitions for ever.
     """
 
     deadline_s: float | None = None
     on_deadline: DeadlinePolicy = "fire"
     on_new_version: Literal["refire", "ignore"] = "ignore"
     required: Sequence[str | Asset[Any]] = ()
+    retention_s: float | None = RETENTION_S
 
     def __post_init__(self) -> None:
+        _check_retention("AllOf", self.retention_s)
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise PipelineError(f"AllOf.deadline_s must be > 0, got {self.deadline_s}")
         object.__setattr__(self, "required", tuple(
@@ -67,16 +89,30 @@ class Window:
     The watermark only moves with event time, so a quiet partition's window could stay open for
     ever: ``deadline_s`` (wall-clock, from the window's first record) bounds that, and
     ``on_deadline`` says what then happens, as for a barrier: ``fire`` with what arrived,
-    ``skip`` (and alert) or ``fail`` (dead letters)."""
+    ``skip`` (and alert) or ``fail`` (dead letters).
+
+    A window keeps one record per input asset and record key (``keep="last"``): a new version
+    replaces the old one and a re-delivery with the same content changes nothing, so a sale
+    sent twice is counted once. ``keep="all"`` keeps every arrival instead (records without a
+    key are always kept one per arrival). A window takes at most ``max_records`` records; the
+    next ones are dead-lettered with that reason rather than growing without bound. A window
+    is forgotten once it has fired and closed: a record for it is then recognised as late by
+    the watermark alone."""
 
     size_s: float
     allowed_lateness_s: float = 0.0
     deadline_s: float | None = None
     on_deadline: DeadlinePolicy = "fire"
+    keep: Literal["last", "all"] = "last"
+    max_records: int = 100_000
 
     def __post_init__(self) -> None:
         if self.size_s <= 0 or self.allowed_lateness_s < 0:
             raise PipelineError("Window needs size_s > 0 and allowed_lateness_s >= 0")
+        if self.keep not in ("last", "all"):
+            raise PipelineError(f"Window.keep must be 'last' or 'all', got {self.keep!r}")
+        if self.max_records < 1:
+            raise PipelineError(f"Window.max_records must be >= 1, got {self.max_records}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise PipelineError(f"Window.deadline_s must be > 0, got {self.deadline_s}")
 

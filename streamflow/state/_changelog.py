@@ -41,7 +41,14 @@ S = TypeVar("S", bound=Keyed)
 
 
 class StateStore(Generic[S]):
-    """States of one stage: a local view of a changelog topic (barriers, windows, holds)."""
+    """States of one stage: a local view of a changelog topic (barriers, windows, holds).
+
+    A store with records of more than one kind (a window's slots, a trigger's marks) folds
+    them itself: it overrides ``apply``, ``drop`` and ``settle``."""
+
+    version = STATE_VERSION
+    """The format this store writes (``"v"``); ``readable`` are those it folds."""
+    readable: frozenset[int] = frozenset({STATE_VERSION})
 
     def __init__(self, transport: Transport, topic: str, stage: str,
                  decode: Callable[[dict[str, Any]], S]) -> None:
@@ -103,19 +110,31 @@ class StateStore(Generic[S]):
         for m in msgs:
             key = (m.key or b"").decode()
             if not m.value:
-                self.states.pop(key, None)
+                self.drop(key, partition)
                 continue
             d = orjson.loads(m.value)
             v = d.pop("v", 1)
-            if v != STATE_VERSION:
+            if v not in self.readable:
                 log.warning("stage %s: state %r on %s is of format v%s, not this worker's v%d; "
                             "skipped (upgrade StreamFlow to read it)", self.stage, key,
-                            self.topic, v, STATE_VERSION)
+                            self.topic, v, self.version)
                 continue
-            self.states[key] = self.decode(d)
+            self.apply(key, d, v, partition)
             n += 1
+        self.settle(partition)
         log.info("stage %s: restored %d state records of partition %d in %.3fs",
                  self.stage, n, partition, time.perf_counter() - t0)
+
+    def apply(self, key: str, d: dict[str, Any], version: int, partition: int) -> None:
+        """Fold one restored record (its ``"v"`` removed) into the view."""
+        self.states[key] = self.decode(d)
+
+    def drop(self, key: str, partition: int) -> None:
+        """Fold one restored tombstone."""
+        self.states.pop(key, None)
+
+    def settle(self, partition: int) -> None:
+        """Every record of ``partition`` is folded."""
 
     async def forget_all(self) -> None:
         """Every partition's state is discarded (the open transaction that held it was)."""
@@ -130,7 +149,7 @@ class StateStore(Generic[S]):
 
     def message(self, key: str, state: S) -> OutMessage:
         d = state.to_json()
-        d["v"] = STATE_VERSION
+        d["v"] = self.version
         return OutMessage(self.topic, orjson.dumps(d), key.encode(), [],
                           partition=state.kafka_partition)
 

@@ -160,10 +160,15 @@ def fold_raw(messages: Iterable[Message]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def fired_of(runs: dict[str, dict[str, Any]], stage: str) -> set[str]:
-    """Runs of ``stage`` that reached a final status: redelivered inputs skip them."""
-    return {rid for rid, d in runs.items() if d.get("stage") == stage
-            and d.get("status") in FINAL}
+def fired_of(runs: dict[str, dict[str, Any]], stage: str, since_ms: int = 0,
+             limit: int | None = None) -> list[str]:
+    """Runs of ``stage`` that reached a final status, oldest first: redelivered inputs skip
+    them. ``since_ms``/``limit``: only those that ended since then, and the newest ``limit``
+    (what a bounded dedupe window keeps)."""
+    done = sorted((int(d.get("ended_ms") or 0), rid) for rid, d in runs.items()
+                  if d.get("stage") == stage and d.get("status") in FINAL
+                  and int(d.get("ended_ms") or 0) >= since_ms)
+    return [rid for _, rid in (done if limit is None else done[-limit:])]
 
 
 def fold(messages: Iterable[Message]) -> dict[str, RunRecord]:

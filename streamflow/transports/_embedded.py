@@ -28,7 +28,15 @@ CREATE TABLE IF NOT EXISTS log(
   headers BLOB NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY(topic, off)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_offsets(
   grp TEXT NOT NULL, topic TEXT NOT NULL, off INTEGER NOT NULL, PRIMARY KEY(grp, topic));
+CREATE TABLE IF NOT EXISTS compacted(topic TEXT PRIMARY KEY);
 """
+COMPACT_EVERY = 20_000
+"""Rows appended to compacted topics between two compactions (and at least a minute apart):
+often enough that a restore reads little more than the live keys, rarely enough that the
+delete (which holds the write lock) stays off the hot path."""
+TOMBSTONE_RETENTION_MS = 86_400_000
+"""As Kafka's ``delete.retention.ms``: a tombstone stays this long, so a reader that was
+restoring meanwhile still sees the key go."""
 
 
 def _enc_headers(h: list[tuple[str, bytes]]) -> bytes:
@@ -50,6 +58,10 @@ class EmbeddedTransport:
         self._next: dict[str, int] = {}
         self._changed = asyncio.Condition()
         self._lock = asyncio.Lock()
+        self._compacted: set[str] = set()
+        self._dirty = 0  # rows appended to compacted topics since the last compaction
+        self._compacted_at = 0.0
+        self._compacting: asyncio.Task[int] | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -71,17 +83,61 @@ class EmbeddedTransport:
         for topic, off in await self._db.execute_fetchall(
                 "SELECT topic, MAX(off) FROM log GROUP BY topic"):
             self._next[topic] = int(off) + 1
+        self._compacted = {t for (t,) in await self._db.execute_fetchall(
+            "SELECT topic FROM compacted")}
+        self._compacted_at = time.monotonic()
 
     async def close(self) -> None:
+        if self._compacting is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._compacting
         if self._db is not None:
             await self._db.close()
             self._db = None
 
     async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
                             partitions: Mapping[str, int] | None = None) -> None:
-        # The embedded log keeps everything; compaction would only save space.
-        for t in topics:
+        for t in [*topics, *compacted]:
             self._next.setdefault(t, 0)
+        new = [t for t in compacted if t not in self._compacted]
+        if new:
+            await self.db.executemany("INSERT OR IGNORE INTO compacted VALUES (?)",
+                                      [(t,) for t in new])
+            await self.db.commit()
+            self._compacted.update(new)
+
+    async def compact(self) -> int:
+        """Compacted topics keep only the latest record per key, as Kafka's cleaner would;
+        a tombstone goes once it is older than ``TOMBSTONE_RETENTION_MS``. Offsets are kept
+        (a consumer's position stays valid) and so is each topic's last record (it fixes the
+        next offset). Returns how many records went."""
+        gone = 0
+        cutoff = int(time.time() * 1000) - TOMBSTONE_RETENTION_MS
+        async with self._lock:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                for topic in sorted(self._compacted):
+                    cur = await self.db.execute(
+                        "DELETE FROM log WHERE topic=? AND off NOT IN "
+                        "(SELECT MAX(off) FROM log WHERE topic=? GROUP BY key)", (topic, topic))
+                    gone += max(0, cur.rowcount)
+                    cur = await self.db.execute(
+                        "DELETE FROM log WHERE topic=? AND value=x'' AND ts<? AND "
+                        "off<(SELECT MAX(off) FROM log WHERE topic=?)", (topic, cutoff, topic))
+                    gone += max(0, cur.rowcount)
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
+            self._dirty = 0
+            self._compacted_at = time.monotonic()
+        return gone
+
+    def _maybe_compact(self, appended: int) -> None:
+        self._dirty += appended
+        if (self._dirty >= COMPACT_EVERY and time.monotonic() - self._compacted_at >= 60
+                and (self._compacting is None or self._compacting.done())):
+            self._compacting = asyncio.ensure_future(self.compact())
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         if not messages:
@@ -135,6 +191,8 @@ class EmbeddedTransport:
                 raise
             # Offsets become visible only once the rows are durable.
             self._next = nxt
+        if self._compacted:
+            self._maybe_compact(sum(1 for m in messages if m.topic in self._compacted))
         if rows:
             async with self._changed:
                 self._changed.notify_all()

@@ -5,15 +5,17 @@ May import ``streamflow.state``, ``streamflow.transports`` and ``streamflow.mode
 """
 
 from ._barrier import BarrierGate
-from ._protocol import Late, TriggerRuntime
+from ._protocol import Full, Late, Refused, TriggerRuntime
 from ._state import Barrier, PartitionState, Slot
 from ._window import WindowGate
 
 __all__ = [
     "Barrier",
     "BarrierGate",
+    "Full",
     "Late",
     "PartitionState",
+    "Refused",
     "Slot",
     "TriggerRuntime",
     "WindowGate",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 from streamflow.model import (
     H_BACKFILL,
+    H_EVENT_TIME,
     H_MODE,
     H_PARTITION,
     H_TRACEPARENT,
@@ -29,16 +31,18 @@ from streamflow.model import (
     PlannedRun,
     RunInput,
     StageSpec,
+    header_int,
     stable_id,
     state_topic,
 )
-from streamflow.state import StateStore
 from streamflow.transports import Transport
 
-from ._protocol import never_held
+from ._protocol import Late, never_held
 from ._state import Barrier, Fire, PartitionState, Slot
+from ._store import DueHeap, PartitionBook, TriggerStore
 
 log = logging.getLogger("streamflow.barrier")
+H_MODE_BACKFILL = (H_MODE, b"backfill")
 
 
 class BarrierGate:
@@ -47,8 +51,14 @@ class BarrierGate:
         assert isinstance(spec.trigger, AllOf | AnyOf)
         self.spec, self.by_asset = spec, by_asset
         self.barrier = Barrier(spec.name, [a.name for a in spec.inputs], spec.trigger)
-        self.store: StateStore[PartitionState] = StateStore(
-            transport, state_topic(namespace, spec.name), spec.name, PartitionState.from_json)
+        ret = spec.trigger.retention_s
+        self._retention_ms = None if ret is None else int(ret * 1000)
+        self._deadline_ms = (int(spec.trigger.deadline_s * 1000) if isinstance(
+            spec.trigger, AllOf) and spec.trigger.deadline_s is not None else None)
+        self.store = TriggerStore(transport, state_topic(namespace, spec.name), spec.name,
+                                  self._settled)
+        self._deadlines = DueHeap()  # open partitions by wall-clock deadline
+        self._waiting: set[str] = set()  # past the deadline, a required input still missing
         self.held: Callable[[str, str], bool] = never_held
         """Whether a gate holds this barrier's run for a partition key: then a new version
         re-fires it, whatever ``on_new_version`` says."""
@@ -66,12 +76,49 @@ class BarrierGate:
     async def ensure_restored(self, partition: int) -> None:
         await self.store.ensure_restored(partition)
 
+    def _settled(self, partition: int, book: PartitionBook) -> None:
+        """A partition was restored: input watermarks, retirements and deadlines resume."""
+        for key, state in self.states.items():
+            if state.kafka_partition != partition:
+                continue
+            for name, slot in state.slots.items():
+                if H_MODE_BACKFILL not in slot.headers:
+                    book.wms[name] = max(book.wms.get(name, 0), _event_ms(slot))
+            if state.fired is not None:
+                self._schedule(book, key, state)
+            elif self._deadline_ms is not None:
+                self._deadlines.push(state.first_seen_ms + self._deadline_ms, key)
+
+    def _schedule(self, book: PartitionBook, key: str, state: PartitionState) -> None:
+        """A fired partition retires once every input's watermark is past its slot."""
+        if self._retention_ms is None:
+            return
+        for name, slot in state.slots.items():
+            book.retire.setdefault(name, DueHeap()).push(
+                _event_ms(slot) + self._retention_ms, key)
+
     def offer(self, m: Message, arr: Arrival, asset: Asset[Any], record: BaseModel | None = None
               ) -> tuple[list[PlannedRun], list[OutMessage]]:
+        book = self.store.book(m.partition)
+        if book.redelivered(m.topic, m.offset):
+            return [], []  # its effect is in the changelog (its partition may be retired)
+        book.pos[m.topic] = m.offset
         state = self.states.get(arr.partition)
+        # Event time drives retention on live arrivals that carry one (a backfill's is old
+        # by design; an arrival from before the header existed has none).
+        live = arr.mode == "live" and arr.event_time_ms > 0
         if state is None:
+            ret, wm = self._retention_ms, book.wms.get(asset.name, 0)
+            if live and ret is not None and arr.event_time_ms + ret <= wm:
+                raise Late(
+                    f"late: event time {_iso(arr.event_time_ms)} of {asset.name!r} for "
+                    f"partition {arr.partition!r} is older than the barrier's retention "
+                    f"({ret / 1000:g}s) behind the input's watermark {_iso(wm)}; a partition "
+                    "that old has been forgotten (raise retention_s to keep more)")
             state = PartitionState(arr.partition, m.partition, int(time.time() * 1000))
             self.states[arr.partition] = state
+            if self._deadline_ms is not None:
+                self._deadlines.push(state.first_seen_ms + self._deadline_ms, arr.partition)
         before = state.slots.get(asset.name)
         key = m.key.decode("utf-8", "replace") if m.key is not None else None
         fire = self.barrier.offer(
@@ -80,8 +127,37 @@ class BarrierGate:
             refire=self.held(arr.partition, "*"))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
+        if changed:
+            state.max_event_ms = max(state.max_event_ms, arr.event_time_ms)
+        if arr.partition in self._waiting and self._ready(state):
+            self._waiting.discard(arr.partition)
+            self._deadlines.push(0, arr.partition)
         msgs = [self.store.message(state.partition, state)] if changed else []
+        if fire is not None:
+            self._schedule(book, arr.partition, state)
+        if live and arr.event_time_ms > book.wms.get(asset.name, 0):
+            book.wms[asset.name] = arr.event_time_ms
+            self._retire(book, asset.name, m.partition, msgs)
         return ([self.plan(fire)] if fire is not None else []), msgs
+
+    def _retire(self, book: PartitionBook, name: str, partition: int,
+                msgs: list[OutMessage]) -> None:
+        """Fired partitions every input's watermark has left behind are tombstoned, with a
+        mark that keeps the watermarks (an arrival that old is late)."""
+        heap, ret = book.retire.get(name), self._retention_ms
+        if heap is None or ret is None:
+            return
+        retired = False
+        for key in heap.due(book.wms[name]):
+            state = self.states.get(key)
+            if (state is None or state.fired is None or state.kafka_partition != partition
+                    or self.held(key, "*")):
+                continue
+            if all(_event_ms(s) + ret <= book.wms.get(a, 0) for a, s in state.slots.items()):
+                msgs.extend(self.store.retire(key, state, slots=False))
+                retired = True
+        if retired:
+            msgs.append(self.store.mark(partition))
 
     def plan(self, fire: Fire, replay: int = 0, run_id: str | None = None) -> PlannedRun:
         records: dict[str, Any] = {}
@@ -126,36 +202,47 @@ class BarrierGate:
             log.error("stage %s: unreadable planned run dropped: %s", self.spec.name, e)
             return None
 
+    def _ready(self, state: PartitionState) -> bool:
+        t = self.barrier.trigger
+        return isinstance(t, AllOf) and all(r in state.slots for r in t.required)
+
+    def _head(self) -> int | None:
+        """The earliest pending deadline (ms); stale entries are dropped, and a partition
+        still missing a required input waits aside until it arrives."""
+        while (head := self._deadlines.head()) is not None:
+            state = self.states.get(head[1])
+            if state is not None and state.fired is None:
+                if self._ready(state):
+                    return head[0]
+                self._waiting.add(head[1])
+            self._deadlines.pop()
+        return None
+
     def expired(self) -> list[tuple[PlannedRun, DeadlinePolicy, OutMessage]]:
         trigger = self.barrier.trigger
-        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
+        if not isinstance(trigger, AllOf) or self._deadline_ms is None:
             return []
         now = int(time.time() * 1000)
         due: list[tuple[PlannedRun, DeadlinePolicy, OutMessage]] = []
-        for state in self.states.values():
-            if self.barrier.expired(state, now):
-                fire = self.barrier.on_deadline(state)
-                due.append((self.plan(fire), trigger.on_deadline,
-                            self.store.message(state.partition, state)))
+        while (head := self._head()) is not None and head <= now:
+            state = self.states[self._deadlines.pop()]
+            fire = self.barrier.on_deadline(state)
+            book = self.store.book(state.kafka_partition)
+            self._schedule(book, state.partition, state)
+            due.append((self.plan(fire), trigger.on_deadline,
+                        self.store.message(state.partition, state)))
         return due
 
     def any_expired(self) -> bool:
-        trigger = self.barrier.trigger
-        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
-            return False  # nothing can expire: no scan (every poll asks)
-        now = int(time.time() * 1000)
-        return any(self.barrier.expired(s, now) for s in self.states.values())
+        if self._deadline_ms is None:
+            return False  # nothing can expire: no heap (every poll asks)
+        head = self._head()
+        return head is not None and head <= time.time() * 1000
 
     def next_deadline_s(self) -> float | None:
         """Seconds until the earliest open barrier's deadline (None: no deadline pending)."""
-        trigger = self.barrier.trigger
-        if not isinstance(trigger, AllOf) or trigger.deadline_s is None:
-            return None
-        firsts = [s.first_seen_ms for s in self.states.values() if s.fired is None and s.slots
-                  and all(r in s.slots for r in trigger.required)]
-        if not firsts:
-            return None
-        return (min(firsts) + trigger.deadline_s * 1000 - time.time() * 1000) / 1000
+        head = None if self._deadline_ms is None else self._head()
+        return None if head is None else (head - time.time() * 1000) / 1000
 
     def missing(self, plan: PlannedRun) -> list[str]:
         assert isinstance(plan.arg, Inputs)
@@ -169,6 +256,14 @@ class BarrierGate:
         return (f"barrier for partition {plan.partition!r} {what} at its deadline; arrived: "
                 f"{', '.join(sorted(i.asset for i in plan.inputs)) or 'nothing'}; missing: "
                 f"{', '.join(self.missing(plan))}")
+
+
+def _event_ms(slot: Slot) -> int:
+    return header_int(dict(slot.headers).get(H_EVENT_TIME), 0)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def _payload(fire: Fire, partition: str) -> bytes:

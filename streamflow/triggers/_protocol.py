@@ -9,13 +9,20 @@ from pydantic import BaseModel
 
 from streamflow.errors import StreamFlowError
 from streamflow.model import Arrival, Asset, DeadlinePolicy, Message, OutMessage, PlannedRun
-from streamflow.state import StateStore
 
-from ._state import PartitionState
+from ._store import TriggerStore
 
 
-class Late(StreamFlowError):
-    """An arrival for a window that has already closed."""
+class Refused(StreamFlowError):
+    """An arrival the trigger cannot take: it is dead-lettered with this reason."""
+
+
+class Late(Refused):
+    """An arrival for a window that has already closed, or older than a barrier's retention."""
+
+
+class Full(Refused):
+    """An arrival for a window that holds ``max_records`` already."""
 
 
 def never_held(_partition: str, _key: str) -> bool:
@@ -30,7 +37,7 @@ class TriggerRuntime(Protocol):
     replayed run from its payload. ``held`` asks the stage's gate whether a key is held.
     """
 
-    store: StateStore[PartitionState]
+    store: TriggerStore
     held: Callable[[str, str], bool]
 
     async def ensure_restored(self, partition: int) -> None: ...

@@ -49,17 +49,20 @@ class PartitionState:
     window_start_ms: int | None = None
     max_event_ms: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"partition": self.partition, "kafka_partition": self.kafka_partition,
-                "first_seen_ms": self.first_seen_ms, "fired": self.fired,
-                "window_start_ms": self.window_start_ms, "max_event_ms": self.max_event_ms,
-                "slots": {a: s.to_json() for a, s in self.slots.items()}}
+    def to_json(self, slots: bool = True) -> dict[str, Any]:
+        """``slots=False``: the window header (its slots are records of their own)."""
+        d = {"partition": self.partition, "kafka_partition": self.kafka_partition,
+             "first_seen_ms": self.first_seen_ms, "fired": self.fired,
+             "window_start_ms": self.window_start_ms, "max_event_ms": self.max_event_ms}
+        if slots:
+            d["slots"] = {a: s.to_json() for a, s in self.slots.items()}
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartitionState:
         return cls(d["partition"], int(d["kafka_partition"]), int(d["first_seen_ms"]),
-                   {a: Slot.from_json(s) for a, s in d["slots"].items()}, d.get("fired"),
-                   d.get("window_start_ms"), int(d.get("max_event_ms", 0)))
+                   {a: Slot.from_json(s) for a, s in d.get("slots", {}).items()},
+                   d.get("fired"), d.get("window_start_ms"), int(d.get("max_event_ms", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,8 @@ class Barrier:
         ``refire``: a fired partition fires again on a new version whatever ``on_new_version``
         says (a gate holds it, and the new version may release it)."""
         old = state.slots.get(asset)
-        if old is not None and old.arrival_id == slot.arrival_id:
-            return None  # a duplicate or redelivery: nothing new
+        if old is not None and (old.arrival_id == slot.arrival_id or old.value == slot.value):
+            return None  # a redelivery, or the same content again: nothing new
         state.slots[asset] = slot  # a new arrival for this input and partition: a new version
         if isinstance(self.trigger, AnyOf) or (refire and state.fired is not None):
             return self._fire(state, asset)

@@ -21,6 +21,18 @@ from ._client import KafkaClient, Listener
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
 
+COMPACTED_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.ms": "3600000",
+    "max.compaction.lag.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.1",
+}
+"""Changelogs, the ledger and the other compacted topics StreamFlow creates: the cleaner only
+compacts closed segments, and by default a segment stays open for 7 days (or 1 GiB) and a
+topic waits until half of it is dirty, so a restore would read days of history. An hour's
+segment, a forced compaction after an hour and a 10% dirty ratio bound that to about an hour
+of changes beyond the live keys."""
+
 
 class KafkaTransport:
     name = "kafka"
@@ -71,7 +83,7 @@ class KafkaTransport:
             existing = set(await admin.list_topics())
             new = [
                 NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
-                         topic_configs={"cleanup.policy": "compact"} if t in compacted else None)
+                         topic_configs=COMPACTED_CONFIGS if t in compacted else None)
                 for t in dict.fromkeys([*topics, *compacted]) if t not in existing
             ]
             if new:
