@@ -19,6 +19,8 @@ from ._api import (
     SourceBatch,
     SourceRecord,
     TimeRange,
+    TopicRecord,
+    TopicSink,
 )
 from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
@@ -47,6 +49,8 @@ __all__ = [
     "SourceBatch",
     "SourceRecord",
     "TimeRange",
+    "TopicRecord",
+    "TopicSink",
     "build",
     "build_sink",
     "build_source",

@@ -48,6 +48,33 @@ class SinkRecord:
     arrival_id: str
     partition: str
     value: dict[str, Any]
+    traceparent: bytes | None = None
+    """The W3C trace context of the record's delivery: a sink whose target carries headers
+    forwards it, so whoever reads the record there continues the trace."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    """A record a ``TopicSink`` asks the engine to produce for it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@runtime_checkable
+class TopicSink(Protocol):
+    """A sink that writes Kafka topics and can hand its records to the engine instead.
+
+    In exactly-once mode, when ``cluster`` (bootstrap servers) names the worker's own Kafka,
+    the engine produces ``topic_records`` inside the transaction that commits the records'
+    input offsets, so a crash never duplicates one. Otherwise it calls ``write`` and
+    ``flush`` as for any sink: at least once."""
+
+    cluster: str
+
+    def topic_records(self, records: Sequence[SinkRecord]) -> list[TopicRecord]: ...
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
 """The sink loop: deliver a topic's arrivals to a connector; a batch the connector
-gives up on is dead-lettered."""
+gives up on is dead-lettered. A ``TopicSink`` on the worker's own Kafka, exactly once, has its
+records produced inside the transaction that commits their input instead."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from functools import partial
 import orjson
 from opentelemetry.trace import SpanKind
 
-from streamflow.connectors import Sink, SinkRecord
+from streamflow.connectors import Sink, SinkRecord, TopicSink
 from streamflow.model import (
     Arrival,
     DeadLetterKind,
@@ -18,7 +19,7 @@ from streamflow.model import (
     replay_topic,
     sink_group,
 )
-from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span
+from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span, traceparent_of
 
 from ._consumer import _Consumer
 from ._context import Ctx
@@ -41,6 +42,14 @@ class SinkRunner(_Consumer):
             "streamflow.sink.location": sink.location,
             **dict(getattr(sink, "trace_attributes", None) or {}),
         }
+        self._in_txn: TopicSink | None = None
+
+    async def open(self) -> None:
+        await super().open()
+        sink, own = self.sink, self.ctx.kafka_bootstrap
+        if (self.sub is not None and self.sub.exactly_once and own is not None
+                and isinstance(sink, TopicSink) and same_cluster(sink.cluster, own)):
+            self._in_txn = sink
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing
@@ -67,12 +76,17 @@ class SinkRunner(_Consumer):
                                    self._write_attrs.copy)
             spans.append(write)
             key = m.key.decode("utf-8", "replace") if m.key is not None else None
-            records.append(SinkRecord(key, arr.arrival_id, arr.partition, value))
+            records.append(SinkRecord(key, arr.arrival_id, arr.partition, value,
+                                      traceparent_of(write, arr.traceparent)))
             delivered.append((m, arr, write))
         if records:
             try:
-                await self.sink.write(records)
-                await self.sink.flush()
+                if self._in_txn is not None:  # published below, in the input's transaction
+                    dead.extend(OutMessage(t.topic, t.value, t.key, t.headers)
+                                for t in self._in_txn.topic_records(records))
+                else:
+                    await self.sink.write(records)
+                    await self.sink.flush()
             except Exception as e:  # the connector gave up (after its own retries): park the batch
                 reason = f"sink {self.name!r} failed: {type(e).__name__}: {e}"
                 for m, arr, wspan in delivered:
@@ -86,3 +100,10 @@ class SinkRunner(_Consumer):
         mt.add(mt.arrivals_in, (self.spec.asset.name, self.name), len(msgs))
         mt.add(mt.sink_writes, (self.name,), len(records))
         return msgs
+
+
+def same_cluster(a: str, b: str) -> bool:
+    """Two bootstrap lists name one cluster when they share a ``host:port`` (as written)."""
+    def hosts(s: str) -> set[str]:
+        return {h.strip().lower() for h in s.split(",") if h.strip()}
+    return bool(hosts(a) & hosts(b))

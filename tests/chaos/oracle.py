@@ -22,18 +22,20 @@ POISON_ID = re.compile(r"poison-\d{6}")
 Rows = list[dict[str, Any]]
 
 
-async def read_kafka(bootstrap: str, namespace: str) -> dict[str, Rows]:
-    """``priced``, ``settled`` and the dead letters, read_committed."""
+async def read_kafka(bootstrap: str, namespace: str,
+                     extra: tuple[str, ...] = ()) -> dict[str, Rows]:
+    """``priced``, ``settled``, the dead letters and ``extra`` topics, read_committed."""
     t = KafkaTransport(bootstrap)
     await t.start()
     try:
         return {name: [orjson.loads(m.value) for m in await t.read_topic(f"{namespace}.{name}")]
-                for name in ("priced", "settled", "dead-letters")}
+                for name in ("priced", "settled", "dead-letters", *extra)}
     finally:
         await t.close()
 
 
-async def open_transactions(bootstrap: str, namespace: str) -> dict[str, int]:
+async def open_transactions(bootstrap: str, namespace: str,
+                            extra: tuple[str, ...] = ()) -> dict[str, int]:
     """Partitions of the output topics whose last stable offset lags the high watermark: an
     open transaction would hide records from a read_committed reader."""
     out: dict[str, int] = {}
@@ -43,7 +45,7 @@ async def open_transactions(bootstrap: str, namespace: str) -> dict[str, int]:
         try:
             await c._client.force_metadata_update()
             tps = [TopicPartition(f"{namespace}.{name}", p)
-                   for name in ("priced", "settled", "dead-letters")
+                   for name in ("priced", "settled", "dead-letters", *extra)
                    for p in sorted(c.partitions_for_topic(f"{namespace}.{name}") or ())]
             assert tps, f"no partitions of {namespace}'s output topics"
             for tp, off in (await c.end_offsets(tps)).items():
@@ -94,7 +96,8 @@ def _tally(rows: Iterable[dict[str, Any]], key: str, expected: dict[str, Any],
 def judge(plan: Plan, topics: dict[str, Rows], pg: Rows,
           partition_of: Callable[[str], int]) -> dict[str, Any]:
     """The report's outcome keys; every count the tests require to be 0 is summed over the
-    three outputs (priced, settled, PostgreSQL rows)."""
+    outputs (priced, settled, PostgreSQL rows, and on Kafka the ``kafka`` sink's export of
+    priced)."""
     settled = {k: (plan.orders[k], plan.paid[k]) for k in plan.settled}
     outputs = {
         "priced": _tally(topics["priced"], "order_id", plan.orders,
@@ -106,6 +109,9 @@ def judge(plan: Plan, topics: dict[str, Rows], pg: Rows,
                            lambda r, e: r["order_id"] == r["_key"]
                            and abs(r["total"] - e[0]) < 1e-6 and abs(r["paid"] - e[1]) < 1e-6),
     }
+    if "export.priced" in topics:
+        outputs["exported"] = _tally(topics["export.priced"], "order_id", plan.orders,
+                                     lambda r, total: abs(r["total"] - total) < 1e-6)
     dead: dict[str, list[dict[str, Any]]] = defaultdict(list)
     stray = 0
     for d in topics["dead-letters"]:

@@ -9,6 +9,9 @@ nothing from the test package. It is configured by the environment:
 - ``CHAOS_LANDING``: set on the embedded transport, where the input cannot come from another
   process: ``files`` sources watch ``<landing>/orders`` and ``<landing>/payments``. Unset (on
   Kafka), the harness publishes the arrivals itself and the sources are idle.
+- ``CHAOS_EXPORT_BOOTSTRAP``, ``CHAOS_EXPORT_TOPIC``: set on Kafka, a ``kafka`` sink also
+  writes every priced order to that topic of the same cluster (inside the input's
+  transaction, exactly once).
 """
 
 from __future__ import annotations
@@ -91,6 +94,11 @@ pipeline.sink("postgres", asset=settled, name="pg-settled",
               table=os.environ.get("CHAOS_PG_TABLE", "chaos_settled"),
               columns={"order_id": "text", "total": "double precision",
                        "paid": "double precision", "balance": "double precision"})
+
+if os.environ.get("CHAOS_EXPORT_TOPIC"):
+    pipeline.sink("kafka", asset=priced, name="kafka-priced",
+                  bootstrap=os.environ["CHAOS_EXPORT_BOOTSTRAP"],
+                  topic=os.environ["CHAOS_EXPORT_TOPIC"])
 
 # `streamflow -v` logs everything at DEBUG; the client library's per-fetch lines would drown
 # the engine's, so it stays at INFO (joins, assignments, errors).

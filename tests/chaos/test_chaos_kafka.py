@@ -1,5 +1,6 @@
 """Exactly once on Kafka under chaos (issue #5): two ``streamflow worker --exactly-once``
-processes run orders → price → settle ⟵ payments → PostgreSQL while arrivals flow in at a
+processes run orders → price → settle ⟵ payments → PostgreSQL (and priced → a ``kafka`` sink
+to a topic of the same cluster, issue #17) while arrivals flow in at a
 steady rate for 160 s, with poison mixed in. Meanwhile, at seeded times: a worker is SIGKILLed
 and restarted with the crash-before-commit hook, so it kills itself between a produce and its
 commit, then restarted again; the other worker is SIGKILLed and restarted; the broker is
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamflow.devservices import delete_topics
 
@@ -39,6 +41,7 @@ FLOW_S = 160.0
 ORDERS = 30_000  # plus ~27,000 payments and the poison: ~58,000 records
 POISON = 1_100
 OVERSIZED = 60
+EXPORT = "export.priced"  # the kafka sink's topic (of priced orders), on the same cluster
 
 
 @pytest.mark.timeout(900)
@@ -52,10 +55,12 @@ async def test_exactly_once_on_kafka_through_kills_a_broker_restart_and_scaling(
     plan = make_plan(chaos_seed, ORDERS, POISON, oversized=OVERSIZED)
     env = {"STREAMFLOW_NAMESPACE": ns, "STREAMFLOW_PARTITIONS": str(PARTITIONS),
            "STREAMFLOW_DRAIN_TIMEOUT_S": "20", "STREAMFLOW_MAX_RECORD_BYTES": "262144",
-           "CHAOS_PG_DSN": pg_dsn, "CHAOS_PG_TABLE": table}
+           "CHAOS_PG_DSN": pg_dsn, "CHAOS_PG_TABLE": table,
+           "CHAOS_EXPORT_BOOTSTRAP": kafka_bootstrap, "CHAOS_EXPORT_TOPIC": f"{ns}.{EXPORT}"}
     inputs = {f"{ns}.stage.price": [f"{ns}.orders"],
               f"{ns}.stage.settle": [f"{ns}.priced", f"{ns}.payments"],
-              f"{ns}.sink.pg-settled": [f"{ns}.settled"]}
+              f"{ns}.sink.pg-settled": [f"{ns}.settled"],
+              f"{ns}.sink.kafka-priced": [f"{ns}.priced"]}
     fleet = Fleet(tmp_path, env, kafka_bootstrap)
     watch = CommitWatch(list(inputs), kafka=kafka_bootstrap)
     source = KafkaInput(kafka_bootstrap, ns, PARTITIONS)
@@ -65,6 +70,7 @@ async def test_exactly_once_on_kafka_through_kills_a_broker_restart_and_scaling(
     feeding: asyncio.Task[None] | None = None
     report: dict[str, Any] = {"seed": chaos_seed, "namespace": ns, "transport": "kafka"}
     try:
+        await create_topics(kafka_bootstrap, [f"{ns}.{EXPORT}"], PARTITIONS)
         w1 = fleet.start("w1")
         await fleet.wait_ready(w1)
         await fleet.wait_ready(fleet.start("w2"))
@@ -93,10 +99,10 @@ async def test_exactly_once_on_kafka_through_kills_a_broker_restart_and_scaling(
         report["drain_s"] = await _drain(kafka_bootstrap, inputs, fleet)
         for wid, proc in list(fleet.current.items()):
             chaos.exits[wid] = await fleet.terminate(proc)
-        report.update(judge(plan, await read_kafka(kafka_bootstrap, ns),
+        report.update(judge(plan, await read_kafka(kafka_bootstrap, ns, (EXPORT,)),
                             await read_pg(pg_dsn, table),
                             lambda key: partition_of(key, PARTITIONS)))
-        report["open_transactions"] = await open_transactions(kafka_bootstrap, ns)
+        report["open_transactions"] = await open_transactions(kafka_bootstrap, ns, (EXPORT,))
     finally:
         report.update({"faults": jsonable(chaos.faults), "recovery_s": chaos.recovery,
                        "broker_recovery_s": chaos.broker_recovery_s,
@@ -119,8 +125,19 @@ async def test_exactly_once_on_kafka_through_kills_a_broker_restart_and_scaling(
           f"{ {k: report.get(k) for k in ('records', 'lost', 'duplicated', 'unexpected')} } "
           f"recovery_s={report['recovery_s']} faults={[f['fault'] for f in chaos.faults]}")
     check(report, kills=3)
+    assert report["outputs"]["exported"]["lost"] == 0, "the kafka sink's topic was judged"
     assert not report["open_transactions"], report["open_transactions"]
     assert report["exit_codes"] == {"w1": 0, "w2": 0, "w3": 0}, report["exit_codes"]
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """The kafka sink writes an existing topic (as a user's would be)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
 
 
 async def _balanced(fleet: Fleet, group: str, timeout: float = 60) -> None:

@@ -1,4 +1,6 @@
-"""The kafka sink: an idempotent acks=all producer, keyed, with the arrival id in a header."""
+"""The kafka sink: an idempotent acks=all producer, keyed, with the arrival id and the trace
+context in headers; in exactly-once mode on the worker's own cluster, the engine produces its
+records inside the input's transaction instead (``TopicSink``)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamflow.connectors import ConnectorContext, ConnectorError, SinkRecord
+from streamflow.connectors import ConnectorContext, ConnectorError, SinkRecord, TopicRecord
 
 log = logging.getLogger("streamflow.connectors.kafka")
 
 ARRIVAL_ID_HEADER = "streamflow-arrival-id"
 PARTITION_HEADER = "streamflow-partition"
+TRACEPARENT_HEADER = "traceparent"
 
 
 class KafkaSinkConfig(BaseModel):
@@ -41,13 +44,16 @@ class KafkaSinkConfig(BaseModel):
 class KafkaSink:
     """Produces each record as JSON to ``topic``, keyed, with the arrival id in a header.
 
-    Kafka appends; it cannot replace. Redelivery is made harmless by the key (on a compacted
-    topic the latest value per key wins) and by the ``streamflow-arrival-id`` header (a
-    consumer drops ids it has seen).
+    Kafka appends; it cannot replace. In exactly-once mode, when ``bootstrap`` is the worker's
+    own cluster, the engine produces these records inside the transaction that commits their
+    input (see ``TopicSink``): a crash never duplicates one. Elsewhere delivery is at least
+    once, made harmless by the key (on a compacted topic the latest value per key wins) and by
+    the ``streamflow-arrival-id`` header (a consumer drops ids it has seen).
     """
 
     def __init__(self, config: KafkaSinkConfig) -> None:
         self.cfg = config
+        self.cluster = config.bootstrap
         self.location = f"kafka://{config.bootstrap}/{config.topic}"
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[tuple[asyncio.Future[Any], SinkRecord]] = []
@@ -79,12 +85,21 @@ class KafkaSink:
             return str(r.value[self.cfg.key_field])
         return r.key if r.key is not None else r.arrival_id
 
-    async def _send(self, r: SinkRecord) -> asyncio.Future[Any]:
-        assert self._producer is not None
+    def _record(self, r: SinkRecord) -> TopicRecord:
         headers = [(ARRIVAL_ID_HEADER, r.arrival_id.encode()),
                    (PARTITION_HEADER, r.partition.encode())]
+        if r.traceparent is not None:
+            headers.append((TRACEPARENT_HEADER, r.traceparent))
+        return TopicRecord(self.cfg.topic, self._key(r).encode(), orjson.dumps(r.value), headers)
+
+    def topic_records(self, records: Sequence[SinkRecord]) -> list[TopicRecord]:
+        return [self._record(r) for r in records]
+
+    async def _send(self, r: SinkRecord) -> asyncio.Future[Any]:
+        assert self._producer is not None
+        t = self._record(r)
         fut: asyncio.Future[Any] = await self._producer.send(
-            self.cfg.topic, orjson.dumps(r.value), key=self._key(r).encode(), headers=headers)
+            t.topic, t.value, key=t.key, headers=t.headers)
         return fut
 
     async def write(self, records: Sequence[SinkRecord]) -> None:

@@ -122,6 +122,34 @@ async def test_topic_in_pipeline_topic_out_with_resume_and_dead_letters(
     assert sorted(int(k or b"-1") for k, _, _ in out) == list(range(13))
 
 
+async def test_exactly_once_the_sink_produces_inside_the_input_transaction_with_the_trace(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    src, dst = f"ext-in-{uuid.uuid4().hex[:8]}", f"ext-out-{uuid.uuid4().hex[:8]}"
+    await make_topics(kafka_bootstrap, src, dst)
+    await produce(kafka_bootstrap, src, [order(i) for i in range(10)],
+                  headers=[("traceparent", INCOMING)])
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, state_dir=tmp_path / "state",
+                        namespace="t" + uuid.uuid4().hex[:10], partitions=2, http_port=0,
+                        exactly_once=True, drain_timeout_s=60)
+
+    summary = await run_pipeline(kafka_pipeline(kafka_bootstrap, src, dst), settings)
+    assert (summary.records_out, summary.dead_lettered) == (10, 0)
+
+    out = await consume_all(kafka_bootstrap, dst)
+    assert sorted(int(k or b"-1") for k, _, _ in out) == list(range(10))
+    for _, _, h in out:  # a consumer of the topic continues the trace
+        assert h["traceparent"].decode().split("-")[1] == TRACE_ID
+    # Produced in transactions: each commit leaves a marker, which takes an offset.
+    c = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    await c.start()
+    try:
+        ends = await c.end_offsets([TopicPartition(dst, p) for p in range(2)])
+    finally:
+        await c.stop()
+    assert sum(ends.values()) > len(out), "the sink's records were not transactional"
+
+
 PIPELINE = """
 import os
 from pydantic import BaseModel
