@@ -4,6 +4,7 @@ records produced inside the transaction that commits their input instead."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import orjson
@@ -23,6 +24,8 @@ from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span, t
 
 from ._consumer import _Consumer
 from ._context import Ctx
+
+log = logging.getLogger("streamflow.sink")
 
 
 class SinkRunner(_Consumer):
@@ -50,6 +53,11 @@ class SinkRunner(_Consumer):
         if (self.sub is not None and self.sub.exactly_once and own is not None
                 and isinstance(sink, TopicSink) and same_cluster(sink.cluster, own)):
             self._in_txn = sink
+        if isinstance(sink, TopicSink) and self.sub is not None and self.sub.exactly_once:
+            log.info("sink %s: %s", self.name, "writes inside the input's transaction"
+                     if self._in_txn is not None else
+                     f"writes at least once: its cluster {sink.cluster!r} is not the worker's "
+                     f"({own!r}); name the same host:port to write exactly once")
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing

@@ -208,7 +208,8 @@ class StageRunner(_Consumer):
     async def handle(self, msgs: list[Message]) -> list[Message]:
         if self.fired.loading:
             await self.fired.loaded()
-        self.fired.ids.tick()
+        if not self.retry_lane:  # one lane rotates: a lean batch's sets stay the current ones
+            self.fired.ids.tick()
         if self.retry_lane and self.keeper is not None:
             return await self._handle_each(msgs)
         out: list[OutMessage] = []

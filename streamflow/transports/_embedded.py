@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
@@ -21,6 +22,8 @@ from streamflow.model import Message, OutMessage
 
 from ._protocol import AssignCallback
 from ._txn import CURRENT, before_commit, last_offsets
+
+log = logging.getLogger("streamflow.transport")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log(
@@ -99,11 +102,14 @@ class EmbeddedTransport:
                             partitions: Mapping[str, int] | None = None) -> None:
         for t in [*topics, *compacted]:
             self._next.setdefault(t, 0)
-        new = [t for t in compacted if t not in self._compacted]
+        # The run ledger is left out: its batch keys are unique, so there is nothing to drop,
+        # and it is the biggest compacted topic (a scan of it would hold up every publish).
+        new = [t for t in compacted if t not in self._compacted and not t.endswith(".runs")]
         if new:
-            await self.db.executemany("INSERT OR IGNORE INTO compacted VALUES (?)",
-                                      [(t,) for t in new])
-            await self.db.commit()
+            async with self._lock:  # not inside a compaction's transaction
+                await self.db.executemany("INSERT OR IGNORE INTO compacted VALUES (?)",
+                                          [(t,) for t in new])
+                await self.db.commit()
             self._compacted.update(new)
 
     async def compact(self) -> int:
@@ -138,6 +144,7 @@ class EmbeddedTransport:
         if (self._dirty >= COMPACT_EVERY and time.monotonic() - self._compacted_at >= 60
                 and (self._compacting is None or self._compacting.done())):
             self._compacting = asyncio.ensure_future(self.compact())
+            self._compacting.add_done_callback(_report)
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
         if not messages:
@@ -243,6 +250,11 @@ class EmbeddedTransport:
                 f"SELECT topic, MAX(off) FROM log WHERE topic IN "
                 f"({','.join('?' * len(topics))}) GROUP BY topic", topics):
             self._next[topic] = max(self._next.get(topic, 0), int(off) + 1)
+
+
+def _report(task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("embedded log: compaction failed (tried again later): %s", task.exception())
 
 
 class _Buffer:

@@ -43,6 +43,8 @@ from ._store import DueHeap, PartitionBook, TriggerStore
 
 log = logging.getLogger("streamflow.barrier")
 H_MODE_BACKFILL = (H_MODE, b"backfill")
+RETIRE_BATCH = 1000
+"""Most fired partitions one arrival retires (their tombstones ride in its publish)."""
 
 
 class BarrierGate:
@@ -129,11 +131,11 @@ class BarrierGate:
         changed = before is None or after is None or before.arrival_id != after.arrival_id
         if changed:
             state.max_event_ms = max(state.max_event_ms, arr.event_time_ms)
-        if arr.partition in self._waiting and self._ready(state):
-            self._waiting.discard(arr.partition)
-            self._deadlines.push(0, arr.partition)
+        if arr.partition in self._waiting and self._ready(state) and self._deadline_ms:
+            self._waiting.discard(arr.partition)  # past its deadline: due now
+            self._deadlines.push(state.first_seen_ms + self._deadline_ms, arr.partition)
         msgs = [self.store.message(state.partition, state)] if changed else []
-        if fire is not None:
+        if changed and state.fired is not None:  # fired, or a new version of a fired one
             self._schedule(book, arr.partition, state)
         if live and arr.event_time_ms > book.wms.get(asset.name, 0):
             book.wms[asset.name] = arr.event_time_ms
@@ -147,15 +149,20 @@ class BarrierGate:
         heap, ret = book.retire.get(name), self._retention_ms
         if heap is None or ret is None:
             return
-        retired = False
+        retired, held = 0, []
         for key in heap.due(book.wms[name]):
             state = self.states.get(key)
-            if (state is None or state.fired is None or state.kafka_partition != partition
-                    or self.held(key, "*")):
+            if state is None or state.fired is None or state.kafka_partition != partition:
                 continue
-            if all(_event_ms(s) + ret <= book.wms.get(a, 0) for a, s in state.slots.items()):
+            if self.held(key, "*"):  # looked at again when the watermark next moves
+                held.append(key)
+            elif all(_event_ms(s) + ret <= book.wms.get(a, 0) for a, s in state.slots.items()):
                 msgs.extend(self.store.retire(key, state, slots=False))
-                retired = True
+                retired += 1
+                if retired >= RETIRE_BATCH:  # the rest next time: one publish stays small
+                    break
+        for key in held:
+            heap.push(book.wms[name], key)
         if retired:
             msgs.append(self.store.mark(partition))
 
@@ -209,12 +216,13 @@ class BarrierGate:
     def _head(self) -> int | None:
         """The earliest pending deadline (ms); stale entries are dropped, and a partition
         still missing a required input waits aside until it arrives."""
+        now = time.time() * 1000
         while (head := self._deadlines.head()) is not None:
             state = self.states.get(head[1])
             if state is not None and state.fired is None:
-                if self._ready(state):
+                if head[0] > now or self._ready(state):
                     return head[0]
-                self._waiting.add(head[1])
+                self._waiting.add(head[1])  # past due, a required input missing
             self._deadlines.pop()
         return None
 

@@ -93,7 +93,8 @@ class TriggerStore(StateStore[PartitionState]):
         self.on_settled = on_settled
         self.books: dict[int, PartitionBook] = {}
         self.legacy: set[str] = set()
-        """v1 windows (records inline): all their records are written on their next change."""
+        """Windows whose records are inline in their header (written by v1): the header keeps
+        them inline until the window's next record writes each as a record of its own."""
         self._marks: dict[int, tuple[int, dict[str, int], dict[str, int]]] = {}
         self._slots: dict[int, dict[str, tuple[str, str, Slot]]] = {}
 
@@ -112,8 +113,8 @@ class TriggerStore(StateStore[PartitionState]):
             slots.pop(key, None)  # a newer version: last in arrival order
             slots[key] = (str(d["w"]), str(d["k"]), Slot.from_json(d))
         else:
-            self.states[key] = PartitionState.from_json(d)
-            if version == 1 and self.states[key].window_start_ms is not None:
+            state = self.states[key] = PartitionState.from_json(d)
+            if state.window_start_ms is not None and state.slots:
                 self.legacy.add(key)
 
     def drop(self, key: str, partition: int) -> None:
@@ -140,8 +141,9 @@ class TriggerStore(StateStore[PartitionState]):
         self.legacy &= set(self.states)
 
     def header(self, key: str, state: PartitionState) -> OutMessage:
-        """A window without its records (each is a record of its own)."""
-        d = state.to_json(slots=False)
+        """A window without its records (each is a record of its own), unless they are still
+        inline (``legacy``): then with them, or writing it would lose them."""
+        d = state.to_json(slots=key in self.legacy)
         d["v"] = self.version
         return OutMessage(self.topic, orjson.dumps(d), key.encode(), [],
                           partition=state.kafka_partition)

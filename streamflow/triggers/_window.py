@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from streamflow.model import (
     H_ASSET,
     H_BACKFILL,
+    H_EVENT_TIME,
     H_MODE,
     H_TRACEPARENT,
     Arrival,
@@ -34,6 +35,7 @@ from streamflow.model import (
     StageSpec,
     Window,
     WindowRecords,
+    header_int,
     stable_id,
     state_topic,
 )
@@ -83,6 +85,10 @@ class WindowGate:
             if key in self.store.legacy:
                 state.slots = {self._slot_key(s.arrival_id, dict(s.headers).get(H_ASSET), s.key):
                                s for s in state.slots.values()}
+            # A header is written as its window opens: its records tell the event times.
+            state.max_event_ms = max([state.max_event_ms, *(
+                header_int(dict(s.headers).get(H_EVENT_TIME), 0) for s in state.slots.values())])
+            book.wm = max(book.wm, state.max_event_ms)
             book.closing.push(w.closes_at(state.window_start_ms), key)
             if d is not None and state.fired is None:
                 self._deadlines.push(state.first_seen_ms + int(d * 1000), key)
@@ -245,9 +251,9 @@ class WindowGate:
     def _due(self, now_ms: int) -> list[str]:
         """Open windows past their deadline, popped from the deadline heap."""
         due, states = [], self.store.states
-        for key in self._deadlines.due(now_ms):
+        for key in self._deadlines.due(now_ms):  # a restored window may be in twice
             state = states.get(key)
-            if state is not None and state.fired is None:
+            if state is not None and state.fired is None and key not in due:
                 due.append(key)
         return due
 
