@@ -50,14 +50,14 @@ class SinkRunner(_Consumer):
     async def open(self) -> None:
         await super().open()
         sink, own = self.sink, self.ctx.kafka_bootstrap
-        if (self.sub is not None and self.sub.exactly_once and own is not None
-                and isinstance(sink, TopicSink) and same_cluster(sink.cluster, own)):
+        if not (isinstance(sink, TopicSink) and self.sub is not None and self.sub.exactly_once):
+            return
+        if own is not None and same_cluster(sink.cluster, own):
             self._in_txn = sink
-        if isinstance(sink, TopicSink) and self.sub is not None and self.sub.exactly_once:
-            log.info("sink %s: %s", self.name, "writes inside the input's transaction"
-                     if self._in_txn is not None else
-                     f"writes at least once: its cluster {sink.cluster!r} is not the worker's "
-                     f"({own!r}); name the same host:port to write exactly once")
+            log.info("sink %s: writes inside the input's transaction", self.name)
+        else:
+            log.info("sink %s: writes at least once: its cluster %r is not the worker's (%r); "
+                     "name the same host:port to write exactly once", self.name, sink.cluster, own)
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing

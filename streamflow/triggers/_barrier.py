@@ -91,13 +91,18 @@ class BarrierGate:
             elif self._deadline_ms is not None:
                 self._deadlines.push(state.first_seen_ms + self._deadline_ms, key)
 
-    def _schedule(self, book: PartitionBook, key: str, state: PartitionState) -> None:
-        """A fired partition retires once every input's watermark is past its slot."""
+    def _schedule(self, book: PartitionBook, key: str, state: PartitionState,
+                  only: str | None = None) -> None:
+        """A fired partition retires once every input's watermark is past its slot: each slot
+        is looked at when its input's watermark passes it, and the last one retires it. A new
+        version of a fired partition reschedules ``only`` its own slot (the others' entries
+        stand, or their slots are passed already)."""
         if self._retention_ms is None:
             return
         for name, slot in state.slots.items():
-            book.retire.setdefault(name, DueHeap()).push(
-                _event_ms(slot) + self._retention_ms, key)
+            if only is None or name == only:
+                book.retire.setdefault(name, DueHeap()).push(
+                    _event_ms(slot) + self._retention_ms, key)
 
     def offer(self, m: Message, arr: Arrival, asset: Asset[Any], record: BaseModel | None = None
               ) -> tuple[list[PlannedRun], list[OutMessage]]:
@@ -121,7 +126,7 @@ class BarrierGate:
             self.states[arr.partition] = state
             if self._deadline_ms is not None:
                 self._deadlines.push(state.first_seen_ms + self._deadline_ms, arr.partition)
-        before = state.slots.get(asset.name)
+        before, was_fired = state.slots.get(asset.name), state.fired is not None
         key = m.key.decode("utf-8", "replace") if m.key is not None else None
         fire = self.barrier.offer(
             state, asset.name,
@@ -129,14 +134,12 @@ class BarrierGate:
             refire=self.held(arr.partition, "*"))
         after = state.slots.get(asset.name)
         changed = before is None or after is None or before.arrival_id != after.arrival_id
-        if changed:
-            state.max_event_ms = max(state.max_event_ms, arr.event_time_ms)
         if arr.partition in self._waiting and self._ready(state) and self._deadline_ms:
             self._waiting.discard(arr.partition)  # past its deadline: due now
             self._deadlines.push(state.first_seen_ms + self._deadline_ms, arr.partition)
         msgs = [self.store.message(state.partition, state)] if changed else []
         if changed and state.fired is not None:  # fired, or a new version of a fired one
-            self._schedule(book, arr.partition, state)
+            self._schedule(book, arr.partition, state, asset.name if was_fired else None)
         if live and arr.event_time_ms > book.wms.get(asset.name, 0):
             book.wms[asset.name] = arr.event_time_ms
             self._retire(book, asset.name, m.partition, msgs)

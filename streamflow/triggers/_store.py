@@ -127,10 +127,8 @@ class TriggerStore(StateStore[PartitionState]):
             if state is not None:
                 state.slots[skey] = slot
         wm, marked, wms = self._marks.pop(partition, (0, {}, {}))
-        mine = [s for s in self.states.values() if s.kafka_partition == partition]
-        book = self.books[partition] = PartitionBook(
-            max([wm, *(s.max_event_ms for s in mine)]), wms, marked)
-        self.on_settled(partition, book)
+        book = self.books[partition] = PartitionBook(wm, wms, marked)
+        self.on_settled(partition, book)  # the trigger adds what its live states have seen
 
     async def forget(self, partitions: set[int]) -> None:
         await super().forget(partitions)
@@ -151,13 +149,16 @@ class TriggerStore(StateStore[PartitionState]):
     def slot(self, wkey: str, skey: str, slot: Slot, kafka_partition: int) -> OutMessage:
         d = slot.to_json()
         d.update(w=wkey, k=skey, v=self.version)
-        return OutMessage(self.topic, orjson.dumps(d), f"{wkey}{SEP}{skey}".encode(), [],
+        return OutMessage(self.topic, orjson.dumps(d), _slot_key(wkey, skey).encode(), [],
                           partition=kafka_partition)
+
+    def drop_slot(self, wkey: str, skey: str, kafka_partition: int) -> OutMessage:
+        return self.tombstone(_slot_key(wkey, skey), kafka_partition)
 
     def retire(self, key: str, state: PartitionState, slots: bool) -> list[OutMessage]:
         """Tombstones for a state (and, ``slots``, each of a window's records)."""
         kp = state.kafka_partition
-        out = [self.tombstone(f"{key}{SEP}{s}", kp) for s in state.slots] if slots else []
+        out = [self.drop_slot(key, s, kp) for s in state.slots] if slots else []
         out.append(self.tombstone(key, kp))
         del self.states[key]
         self.legacy.discard(key)
@@ -171,3 +172,8 @@ class TriggerStore(StateStore[PartitionState]):
              "pos": book.marked}
         return OutMessage(self.topic, orjson.dumps(d), f"{MARK}{partition}".encode(), [],
                           partition=partition)
+
+
+def _slot_key(wkey: str, skey: str) -> str:
+    """A window record's changelog key."""
+    return f"{wkey}{SEP}{skey}"

@@ -43,7 +43,7 @@ from streamflow.transports import Transport
 
 from ._protocol import Full, Late, never_held
 from ._state import PartitionState, Slot
-from ._store import SEP, DueHeap, PartitionBook, TriggerStore
+from ._store import DueHeap, PartitionBook, TriggerStore
 
 log = logging.getLogger("streamflow.window")
 MAX_LINKS = 32
@@ -125,7 +125,7 @@ class WindowGate:
                          or book.wm >= w.closes_at(start)):
             raise Late(
                 f"late: event time {_iso(arr.event_time_ms)} of partition {arr.partition!r} "
-                f"falls in window [{_iso(start)}, {_iso(start + int(w.size_s * 1000))}), "
+                f"falls in window {self._bounds(start)}, "
                 f"closed at watermark {_iso(w.closes_at(start))} (allowed lateness "
                 f"{w.allowed_lateness_s}s); the watermark is {_iso(book.wm)}")
         msgs: list[OutMessage] = []
@@ -134,13 +134,13 @@ class WindowGate:
             msgs.append(store.header(key, state))
         if old is None and len(state.slots) >= w.max_records:
             raise Full(
-                f"window [{_iso(start)}, {_iso(start + int(w.size_s * 1000))}) of partition "
-                f"{arr.partition!r} holds {len(state.slots)} records, its cap "
+                f"window {self._bounds(start)} of partition {arr.partition!r} holds "
+                f"{len(state.slots)} records, its cap "
                 f"(Window.max_records={w.max_records}); raise max_records, shorten size_s, "
                 "or partition the input more finely")
         if held and rkey is not None and w.keep == "all":
             for k in [k for k, s in state.slots.items() if s.key == rkey]:
-                msgs.append(store.tombstone(f"{key}{SEP}{k}", m.partition))
+                msgs.append(store.drop_slot(key, k, m.partition))
                 del state.slots[k]
         state.slots.pop(skey, None)  # a new version: last in arrival order
         state.slots[skey] = slot = Slot(arr.arrival_id, arr.version, m.value,
@@ -157,6 +157,9 @@ class WindowGate:
             return [self.plan(state, state.fired, arr.traceparent)], [
                 *msgs, store.header(key, state)]
         return self._advance(m.partition, book, arr, msgs)
+
+    def _bounds(self, start: int) -> str:
+        return f"[{_iso(start)}, {_iso(start + int(self.window.size_s * 1000))})"
 
     def _open(self, key: str, arr: Arrival, start: int, partition: int,
               book: PartitionBook) -> PartitionState:
