@@ -22,8 +22,15 @@ from streamflow import Settings, Worker
 from streamflow.backfill import load_jobs
 from streamflow.cli import main as cli_main
 from streamflow.cli._backfill import start_backfill
-from streamflow.model import H_BACKFILL, H_MODE, Message, lane_topic, runs_topic
-from streamflow.state import fold_raw
+from streamflow.model import (
+    H_BACKFILL,
+    H_MODE,
+    Message,
+    done_runs_topic,
+    lane_topic,
+    runs_topic,
+)
+from streamflow.state import fold_raw, merge
 from streamflow.transports import make_transport
 
 from . import faults
@@ -112,7 +119,9 @@ async def test_backfill_overlapping_live_runs_each_input_once(
                   for m in out}
     assert {r["_key"]: r["_arrival_id"] for r in rows} == arrival_of
 
-    ledger = fold_raw(await read_topic(settings, runs_topic(settings.namespace)))
+    ledger = merge(
+        fold_raw(await read_topic(settings, runs_topic(settings.namespace))),
+        fold_raw(await read_topic(settings, done_runs_topic(settings.namespace))))
     price = [d for d in ledger.values() if d["stage"] == "price"]
     assert len(price) == DAYS * PER_DAY
     assert all(d["status"] == "succeeded" for d in price)

@@ -19,8 +19,10 @@ from streamflow.state import (
     compact_inputs,
     fold,
     fold_raw,
+    read_ledger,
     record_message,
     run_entry,
+    validated,
 )
 from streamflow.transports import make_transport
 
@@ -113,7 +115,7 @@ async def test_a_worker_continues_mid_stream_on_topics_an_older_version_wrote(
     try:
         out = {a.name: Counter(orjson.loads(m.value)["id"] for m in await t.read_topic(
             asset_topic("fmt", a.name))) for a in (priced, settled)}
-        runs = fold(await t.read_topic(runs_topic("fmt")))
+        runs = validated(await read_ledger(t, runs_topic("fmt")))
     finally:
         await t.close()
     assert out["priced"] == Counter(range(14)), "each order priced once, old and new"

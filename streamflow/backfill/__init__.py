@@ -8,7 +8,6 @@ and ``streamflow.model``.
 from ._driver import Driver, Progress, run_counts, set_status
 from ._jobs import (
     BackfillJob,
-    Planner,
     Reprocess,
     find_job,
     load_jobs,
@@ -16,10 +15,12 @@ from ._jobs import (
     parse_time,
     target_stages,
 )
+from ._planner import Plan, Planner
 
 __all__ = [
     "BackfillJob",
     "Driver",
+    "Plan",
     "Planner",
     "Progress",
     "Reprocess",

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamflow.model import Settings, asset_topic, jobs_topic, lane_topic, runs_topic, stage_group
-from streamflow.state import fold_raw
+from streamflow.state import read_ledger
 from streamflow.transports import Transport
 
-from ._jobs import BackfillJob, Plan, Slice, Status, load_jobs
+from ._jobs import BackfillJob, Slice, Status, load_jobs
+from ._planner import Plan
 
 log = logging.getLogger("streamflow.backfill")
 
@@ -178,7 +179,7 @@ async def set_status(transport: Transport, namespace: str, job: BackfillJob,
 async def run_counts(transport: Transport, namespace: str, job_id: str) -> dict[str, int]:
     """The backfill's runs by latest status, from the ledger."""
     counts: dict[str, int] = {}
-    for d in fold_raw(await transport.read_topic(runs_topic(namespace))).values():
+    for d in (await read_ledger(transport, runs_topic(namespace))).values():
         if d.get("backfill") == job_id:
             counts[d["status"]] = counts.get(d["status"], 0) + 1
     return counts

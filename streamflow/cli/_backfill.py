@@ -99,7 +99,13 @@ async def _drive(pipeline: Pipeline, job: BackfillJob, s: Settings, dry_run: boo
         Tracing(None, t.messaging_system)
     await t.start()
     try:
-        plan = await Planner(pipeline, t, s.namespace, s.dead_letter_topic, tracing).plan(job)
+        plan = await Planner(pipeline, t, s.namespace, s.dead_letter_topic, tracing,
+                             s.ledger_retention_s).plan(job)
+        if plan.unruled:
+            log.warning("backfill %s: %d inputs are older than the run ledger's retention "
+                        "(ledger_retention_s=%gs) and not in it, so --reprocess none cannot "
+                        "rule them out: they are sent, and run again if they ran (keyed sinks "
+                        "absorb it)", job.id, plan.unruled, s.ledger_retention_s)
         if job.slices:  # resumed: the plan is deterministic, the record says what is done
             if [(x.first, x.last) for x in job.slices] != [(x.first, x.last)
                                                            for x in plan.slices]:

@@ -14,8 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from streamflow.state import fired_of, fold_raw
+from streamflow.model import Settings, runs_topic
+from streamflow.observability import Metrics
+from streamflow.state import done_of, fired_of, fold_raw, merge, read_ledger, stale_batches
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.stage")
@@ -116,9 +119,9 @@ class FiredRuns:
         self._fresh = set()
 
     async def _load(self, partitions: set[int]) -> None:
-        msgs = await self.transport.read_topic(self.runs_topic, partitions)
         since = int((time.time() - self.ids.window_s) * 1000)
-        self.ids.update(fired_of(fold_raw(msgs), self.stage, since, self.ids.max_ids))
+        ledger = await read_ledger(self.transport, self.runs_topic, partitions, since)
+        self.ids.update(fired_of(ledger, self.stage, since, self.ids.max_ids))
 
     async def loaded(self) -> None:
         """Runs a partition's previous owner fired are known before its records run."""
@@ -137,3 +140,25 @@ class FiredRuns:
     @property
     def loading(self) -> bool:
         return bool(self._loading)
+
+
+async def load_ledger(transport: Transport, settings: Settings,
+                      metrics: Metrics) -> dict[str, dict[str, Any]]:
+    """What a start needs of the ledger: its open runs (the compacted topic, whole) and the
+    dedupe window of its settled ones, so start-up time does not grow with history. Batches
+    of succeeded runs an older worker wrote to the compacted topic are tombstoned once past
+    retention, as the retained topic would have dropped them."""
+    topic, now = runs_topic(settings.namespace), time.time()
+    raw = await transport.read_topic(topic)
+    open_runs = fold_raw(raw)
+    done = fold_raw(await transport.read_topic(
+        done_of(topic), since_ms=int((now - settings.dedupe_window_s) * 1000)))
+    stale = stale_batches(raw, int((now - settings.ledger_retention_s) * 1000))
+    if stale:
+        await transport.publish(stale)
+        log.info("run ledger: %d batches of succeeded runs older than ledger_retention_s "
+                 "(%gs) left the compacted topic", len(stale), settings.ledger_retention_s)
+    metrics.ledger_loaded.update({"open": len(open_runs), "done": len(done)})
+    log.info("run ledger: read %d open runs and %d settled runs of the last %gs at start",
+             len(open_runs), len(done), settings.dedupe_window_s)
+    return merge(open_runs, done)

@@ -99,11 +99,14 @@ def _unpark(st: StageLike, parked: Message, arr: Arrival) -> PlannedRun:
         if again is None:
             raise ValueError("its planned inputs are unreadable")
         again.kafka_partition = parked.partition
+        again.settles = True
         return again
     asset = st.by_asset.get(arr.asset)
     if asset is None:
         raise LookupError(f"asset {arr.asset!r} is no input of this stage")
-    return st.plan_each(parked, arr, asset.contract.model_validate_json(parked.value))
+    again = st.plan_each(parked, arr, asset.contract.model_validate_json(parked.value))
+    again.settles = True
+    return again
 
 
 async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
@@ -221,7 +224,8 @@ def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attemp
     st.book.add(plan.kafka_partition, run_entry(
         plan.run_id, plan.partition, attempt, int(started * 1000), int(time.time() * 1000),
         compact_inputs(plan.inputs), produced, mode=plan.mode, replay=plan.replay,
-        trace_id=trace_id_of(plan.parent), backfill=plan.backfill, checks=plan.checks))
+        trace_id=trace_id_of(plan.parent), backfill=plan.backfill, checks=plan.checks),
+        settles=attempt > 1 or plan.replay > 0 or plan.settles)
     st.fire(plan)
     if st.ctx.lineage is not None:
         lineage(st, plan, attempt, time.time(), "succeeded")

@@ -22,6 +22,7 @@ from streamflow.model import (
     Settings,
     SinkSpec,
     SourceSpec,
+    done_runs_topic,
     hold_topic,
     lane_topic,
     replay_topic,
@@ -38,12 +39,12 @@ from streamflow.observability import (
     port_holder,
     run_events,
 )
-from streamflow.state import check_contracts, fired_of, fold_raw
+from streamflow.state import check_contracts, fired_of
 from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
 from ._drain import drain, finish, wait_sources, wait_stop
-from ._fired import RecentRuns
+from ._fired import RecentRuns, load_ledger
 from ._sinks import SinkRunner
 from ._sources import SourceRunner
 from ._stage import StageRunner
@@ -181,12 +182,14 @@ class Worker:
             state_topic(s.namespace, st.name) for st in p.stages
             if not isinstance(st.trigger, OnEach)] + [
             hold_topic(s.namespace, st.name) for st in p.stages if st.checks]
-        await self.transport.ensure_topics(topics, compacted=compacted)
+        await self.transport.ensure_topics(
+            topics, compacted=compacted,
+            retained={done_runs_topic(s.namespace): s.ledger_retention_s})
         await self._ensure_lanes(ctx)
         await self._check_copartitioned(ctx)
         for note in await check_contracts(self.transport, s.namespace, p.assets.values()):
             log.info("%s", note)
-        return fold_raw(await self.transport.read_topic(runs_topic(s.namespace)))
+        return await load_ledger(self.transport, s, self.metrics)
 
     async def _setup_connectors(self, sources: list[tuple[SourceSpec, Source]],
                                 sinks: list[tuple[SinkSpec, Sink]]) -> None:

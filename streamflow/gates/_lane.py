@@ -22,7 +22,7 @@ from streamflow.model import (
     RunStatus,
 )
 from streamflow.observability import Metrics, RecSpan, Tracing, fail_span
-from streamflow.state import record_message
+from streamflow.state import record_message, settled_message
 
 from ._gatekeeper import ANY, MAX_PARKED_BYTES, GateFailed, Gatekeeper, Verdict
 
@@ -110,7 +110,7 @@ async def gate_run(runner: RunRecorder, plan: PlannedRun, attempt: int, m: Messa
     cleared, parked, msgs = keeper.clear(plan, key)
     out.extend(msgs)
     for rid in cleared:
-        out.append(_released(runner, rid, plan, started, f"released by run {plan.run_id}"))
+        out += _released(runner, rid, plan, started, f"released by run {plan.run_id}")
     if keeper.hold_of(plan.partition) is None:
         log.info("stage %s: partition %r released by run %s (%d parked run(s) follow)",
                  name, plan.partition, plan.run_id, len(parked))
@@ -161,8 +161,8 @@ def _hold_run(runner: RunRecorder, plan: PlannedRun, key: str, verdict: Verdict,
     new, replaced, msg = keeper.hold(plan, key, verdict)
     out.append(msg)
     for rid in replaced:  # the same input failed again: the newer run is the one held
-        out.append(_released(runner, rid, plan, started,
-                             f"superseded by run {plan.run_id}, which is held in its place"))
+        out += _released(runner, rid, plan, started,
+                         f"superseded by run {plan.run_id}, which is held in its place")
     out.append(runner.ledger_record(plan, "held", attempt, started, [], exc))
     mt.add(mt.runs, (name, "held"))
     runner.fire(plan)
@@ -171,14 +171,14 @@ def _hold_run(runner: RunRecorder, plan: PlannedRun, key: str, verdict: Verdict,
 
 
 def _released(runner: RunRecorder, run_id: str, by: PlannedRun, started: float,
-              why: str) -> OutMessage:
+              why: str) -> list[OutMessage]:
     """The ledger record of a held run that no longer holds its key: what it was held with
     stays readable."""
     assert runner.keeper is not None
     inputs, checks = runner.keeper.held_runs.pop(run_id, ([], None))
-    return record_message(
+    return [settled_message(runner.runs_topic, run_id, by.kafka_partition), record_message(
         runner.runs_topic, run_id=run_id, stage=runner.name, partition=by.partition,
         status="released", attempt=1, max_attempts=runner.max_attempts,
         started_ms=int(started * 1000), ended_ms=int(time.time() * 1000), mode=by.mode,
         replay=0, inputs=inputs, outputs=[], error={"message": why}, trace_id=None,
-        checks=checks, kafka_partition=by.kafka_partition if by.kafka_partition >= 0 else None)
+        checks=checks, kafka_partition=by.kafka_partition if by.kafka_partition >= 0 else None)]

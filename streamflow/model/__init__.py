@@ -39,6 +39,7 @@ from ._sources import check_record, origin_text, reject_id, source_arrival, sour
 from ._topics import (
     asset_topic,
     contracts_topic,
+    done_runs_topic,
     hold_topic,
     jobs_topic,
     lane_topic,
@@ -102,6 +103,7 @@ __all__ = [
     "contracts_topic",
     "dead_letter_message",
     "describe_validation",
+    "done_runs_topic",
     "error_info",
     "header_int",
     "hold_topic",

@@ -91,6 +91,9 @@ class PlannedRun:
     """The input partition number it came from: where a gate's hold on it is kept."""
     checks: list[dict[str, Any]] | None = None
     backfill: str = ""
+    settles: bool = False
+    """It may have a record on the ledger's compacted topic (an unparked run), which its
+    settled record tombstones."""
     payload_of: Callable[[], bytes] | None = None
     """Builds ``payload`` on first need: a barrier's is the JSON of its slots, wanted only when
     the run is retried, dead-lettered or parked."""

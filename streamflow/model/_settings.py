@@ -73,6 +73,10 @@ class Settings(BaseModel):
     dedupe_max_runs: int = Field(
         1_000_000, ge=1000, description="the most run ids a stage remembers within that window "
                                         "(about 130 bytes each, at most twice this many)")
+    ledger_retention_s: float = Field(
+        7 * 86_400.0, gt=0, description="how long the run ledger keeps runs that need nothing "
+                                        "more (succeeded, skipped, released); failed, held and "
+                                        "parked runs stay until resolved")
     lineage: str | None = Field(
         None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "
                           "or 'openlineage' for the client's own OPENLINEAGE_* configuration "
@@ -87,6 +91,15 @@ class Settings(BaseModel):
     def _default_dead_letter_topic(self) -> Settings:
         if not self.dead_letter_topic:
             object.__setattr__(self, "dead_letter_topic", dead_letter_topic(self.namespace))
+        return self
+
+    @model_validator(mode="after")
+    def _retention_covers_dedupe(self) -> Settings:
+        if self.ledger_retention_s < self.dedupe_window_s:
+            raise ValueError(
+                f"ledger_retention_s ({self.ledger_retention_s:g}) is shorter than "
+                f"dedupe_window_s ({self.dedupe_window_s:g}): a restarted worker rebuilds its "
+                "dedupe window from the ledger, so keep the ledger at least that long")
         return self
 
     @property

@@ -34,7 +34,15 @@ def contracts_topic(namespace: str) -> str:
 
 
 def runs_topic(namespace: str) -> str:
+    """The ledger's compacted part: runs that may still need someone (retrying, dead-lettered,
+    held, parked), kept until resolved."""
     return f"{namespace}.runs"
+
+
+def done_runs_topic(namespace: str) -> str:
+    """The ledger's time-retained part: runs that need nothing more (succeeded, skipped,
+    released), kept for ``ledger_retention_s``."""
+    return f"{namespace}.runs.done"
 
 
 def state_topic(namespace: str, stage: str) -> str:

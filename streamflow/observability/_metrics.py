@@ -113,6 +113,7 @@ class Metrics:
         self.barrier_deadlines: dict[Labels, int] = {}  # (stage, outcome)
         self.gate_checks: dict[Labels, int] = {}  # (stage, check, outcome)
         self.held: dict[str, float] = {}  # stage -> partition keys a gate holds
+        self.ledger_loaded: dict[str, float] = {}  # part ("open", "done") -> runs read
         self.recent: deque[Failure] = deque(maxlen=50)
         self.snapshot = Snapshot()
         self._reader = InMemoryMetricReader()
@@ -152,6 +153,11 @@ class Metrics:
         meter.create_observable_gauge(
             "streamflow_held_partitions", [_observe_floats(lambda: self.held, "stage")],
             description="partition keys a failing quality gate holds")
+        meter.create_observable_gauge(
+            "streamflow_ledger_entries_loaded",
+            [_observe_floats(lambda: self.ledger_loaded, "part")],
+            description="run-ledger entries read at start: open runs and the dedupe window's "
+                        "settled ones")
         self.stage_duration = Histogram(
             "streamflow_stage_duration_seconds", "stage", "stage function duration per run")
         self.fire_latency = Histogram(

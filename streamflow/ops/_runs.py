@@ -25,7 +25,7 @@ from streamflow.model import (
     replay_topic,
     runs_topic,
 )
-from streamflow.state import fold
+from streamflow.state import read_ledger, validated
 from streamflow.transports import make_transport
 
 
@@ -53,7 +53,7 @@ async def list_runs(settings: Settings) -> list[RunRecord]:
     t = make_transport(settings)
     await t.start()
     try:
-        return list(fold(await t.read_topic(runs_topic(settings.namespace))).values())
+        return list(validated(await read_ledger(t, runs_topic(settings.namespace))).values())
     finally:
         await t.close()
 

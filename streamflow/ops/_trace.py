@@ -20,7 +20,7 @@ from streamflow.model import (
     runs_topic,
 )
 from streamflow.observability import is_sampled, trace_id_of
-from streamflow.state import fold
+from streamflow.state import read_ledger, validated
 from streamflow.transports import make_transport
 
 
@@ -53,7 +53,7 @@ async def find_record(settings: Settings, asset: str, key: str) -> Found:
             trace_id = trace_id_of(tp.encode())
             if trace_id is not None:
                 found.trace_ids[trace_id] = is_sampled(tp.encode())
-        ledger = fold(await t.read_topic(runs_topic(settings.namespace)))
+        ledger = validated(await read_ledger(t, runs_topic(settings.namespace)))
     finally:
         await t.close()
     seen: set[str] = set()

@@ -1,7 +1,14 @@
-"""The run ledger: what happened to every attempt of every run, on the ``<namespace>.runs`` topic.
+"""The run ledger: what happened to every attempt of every run, on two topics.
 
 The ledger lives on the transport, not in a worker's local file, so every worker of a
 namespace writes to it and ``streamflow runs`` reads the same truth wherever it runs.
+
+- ``<namespace>.runs``, compacted by run id, holds runs that may still need someone
+  (retrying, dead-lettered, held, parked) until they are resolved: the resolving record
+  tombstones the run's key there.
+- ``<namespace>.runs.done`` holds runs that need nothing more (succeeded, skipped, released)
+  and deletes them after ``ledger_retention_s``, so the ledger stops growing with traffic; a
+  start-up reads only its dedupe window of it.
 
 Two formats share the topic, told apart by the value's ``"v"`` (absent means 1):
 
@@ -25,13 +32,29 @@ from typing import Any
 import orjson
 
 from streamflow.model import FINAL, Message, Mode, OutMessage, RunInput, RunRecord, RunStatus
+from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.state")
 
 LEDGER_VERSION = 2
 """The newest ledger format this worker reads and writes (see the module docstring)."""
 
+SETTLED: frozenset[str] = frozenset({"succeeded", "skipped", "released"})
+"""Statuses that need nothing more: written to the retained topic, not the compacted one."""
+
 _warned: set[int] = set()
+
+
+def done_of(topic: str) -> str:
+    """The retained topic beside a ledger topic (``done_runs_topic`` of its namespace)."""
+    return topic + ".done"
+
+
+def settled_message(topic: str, run_id: str, kafka_partition: int = -1) -> OutMessage:
+    """A tombstone for a run's record on the compacted topic: it was retried, replayed,
+    unparked or released, and its settled record now lives on the retained topic."""
+    return OutMessage(topic, b"", run_id.encode(), [],
+                      partition=kafka_partition if kafka_partition >= 0 else None)
 
 
 def record_message(topic: str, *, run_id: str, stage: str, partition: str, status: RunStatus,
@@ -41,8 +64,9 @@ def record_message(topic: str, *, run_id: str, stage: str, partition: str, statu
                    checks: list[dict[str, Any]] | None = None,
                    kafka_partition: int | None = None, backfill: str = "",
                    output: str | None = None) -> OutMessage:
-    """One attempt as a v1 message, keyed by its run id. On the run's input partition number
-    when known: a worker taking that partition over reads only that ledger partition."""
+    """One attempt as a v1 message, keyed by its run id, on ``topic`` or, settled, on its
+    retained topic. On the run's input partition number when known: a worker taking that
+    partition over reads only that ledger partition."""
     body = {
         "v": 1, "run_id": run_id, "stage": stage, "partition": partition, "status": status,
         "attempt": attempt, "max_attempts": max_attempts, "started_ms": started_ms,
@@ -52,38 +76,45 @@ def record_message(topic: str, *, run_id: str, stage: str, partition: str, statu
         "outputs": outputs, "error": error, "trace_id": trace_id, "checks": checks,
         "backfill": backfill or None, "output": output,
     }
-    return OutMessage(topic, orjson.dumps(body), run_id.encode(), [], partition=kafka_partition)
+    where = done_of(topic) if status in SETTLED else topic
+    return OutMessage(where, orjson.dumps(body), run_id.encode(), [], partition=kafka_partition)
 
 
 class LedgerBatch:
     """The succeeded runs of one handled batch, written as one v2 message per input partition
-    when the batch is published (``drain``)."""
+    on the retained topic when the batch is published (``drain``)."""
 
-    __slots__ = ("_runs", "max_attempts", "output", "stage", "topic")
+    __slots__ = ("_runs", "_settles", "done", "max_attempts", "output", "stage", "topic")
 
     def __init__(self, topic: str, stage: str, max_attempts: int, output: str | None) -> None:
         self.topic, self.stage, self.max_attempts, self.output = (
             topic, stage, max_attempts, output)
+        self.done = done_of(topic)
         self._runs: dict[int, list[dict[str, Any]]] = {}
+        self._settles: list[OutMessage] = []
 
-    def add(self, kafka_partition: int, entry: dict[str, Any]) -> None:
-        """``entry`` from ``run_entry``; ``kafka_partition`` -1 when unknown."""
+    def add(self, kafka_partition: int, entry: dict[str, Any], settles: bool = False) -> None:
+        """``entry`` from ``run_entry``; ``kafka_partition`` -1 when unknown. ``settles``: the
+        run may have a record on the compacted topic (a retry, replay or unparked run), which
+        goes."""
         runs = self._runs.get(kafka_partition)
         if runs is None:
             runs = self._runs[kafka_partition] = []
         runs.append(entry)
+        if settles:
+            self._settles.append(settled_message(self.topic, entry["run_id"], kafka_partition))
 
     def drain(self) -> list[OutMessage]:
         """The batch's ledger messages; the book is empty afterwards. Each key is unique (the
-        topic is compacted: a key shared with another batch would compact its runs away)."""
-        out = []
+        older ledger compacted them: a shared key would have compacted runs away)."""
+        out = self._settles
         for n, runs in self._runs.items():
             body = {"v": 2, "stage": self.stage, "max_attempts": self.max_attempts,
                     "output": self.output, "runs": runs}
             key = b"batch-" + os.urandom(8).hex().encode()
-            out.append(OutMessage(self.topic, orjson.dumps(body), key, [],
+            out.append(OutMessage(self.done, orjson.dumps(body), key, [],
                                   partition=n if n >= 0 else None))
-        self._runs = {}
+        self._runs, self._settles = {}, []
         return out
 
 
@@ -147,17 +178,60 @@ def _records(d: Any) -> Iterable[dict[str, Any]]:
 
 
 def fold_raw(messages: Iterable[Message]) -> dict[str, dict[str, Any]]:
-    """Latest record per run id as plain JSON, in log order: a worker reads the whole ledger
-    at start, and orjson parses it ten times faster than validating every record (a restarted
-    worker's recovery time). Unreadable messages are skipped."""
+    """Latest record per run id as plain JSON, in log order: a worker reads the ledger at
+    start, and orjson parses it ten times faster than validating every record (a restarted
+    worker's recovery time). A tombstone drops its run; unreadable messages are skipped."""
     runs: dict[str, dict[str, Any]] = {}
     for m in messages:
+        if not m.value:
+            if m.key:
+                runs.pop(m.key.decode(errors="replace"), None)
+            continue
         try:
             for d in _records(orjson.loads(m.value)):
                 runs[d["run_id"]] = d
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return runs
+
+
+def merge(open_runs: dict[str, dict[str, Any]],
+          done: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Both topics' folds as one: the two logs have no common order, so a run on both (its
+    tombstone not written, or not compacted yet) is its later-ended record."""
+    runs = dict(open_runs)
+    for rid, d in done.items():
+        o = runs.get(rid)
+        if o is None or int(d.get("ended_ms") or 0) >= int(o.get("ended_ms") or 0):
+            runs[rid] = d
+    return runs
+
+
+async def read_ledger(transport: Transport, runs_topic: str,
+                      partitions: set[int] | None = None,
+                      since_ms: int | None = None) -> dict[str, dict[str, Any]]:
+    """The ledger as ``fold_raw`` gives it: the compacted topic whole and the retained one
+    since ``since_ms`` (everything it still holds when None)."""
+    return merge(fold_raw(await transport.read_topic(runs_topic, partitions)),
+                 fold_raw(await transport.read_topic(done_of(runs_topic), partitions,
+                                                     since_ms=since_ms)))
+
+
+def stale_batches(messages: Iterable[Message], cutoff_ms: int) -> list[OutMessage]:
+    """Tombstones for the succeeded-run batches an older worker wrote to the compacted topic
+    and that ended before ``cutoff_ms``: retention applies to them too."""
+    out = []
+    for m in messages:
+        if not m.value or not m.key or not m.key.startswith(b"batch-"):
+            continue
+        try:
+            d = orjson.loads(m.value)
+            ended = max(int(e["ended_ms"]) for e in d["runs"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if ended < cutoff_ms:
+            out.append(OutMessage(m.topic, b"", m.key, [], partition=m.partition))
+    return out
 
 
 def fired_of(runs: dict[str, dict[str, Any]], stage: str, since_ms: int = 0,
@@ -173,8 +247,13 @@ def fired_of(runs: dict[str, dict[str, Any]], stage: str, since_ms: int = 0,
 
 def fold(messages: Iterable[Message]) -> dict[str, RunRecord]:
     """Latest record per run id, in log order, validated; unreadable records are skipped."""
+    return validated(fold_raw(messages))
+
+
+def validated(raw: dict[str, dict[str, Any]]) -> dict[str, RunRecord]:
+    """``fold_raw``'s (or ``read_ledger``'s) records as models; unreadable ones are skipped."""
     runs: dict[str, RunRecord] = {}
-    for rid, d in fold_raw(messages).items():
+    for rid, d in raw.items():
         try:
             runs[rid] = RunRecord.model_validate(d)
         except ValueError:

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS log(
 CREATE TABLE IF NOT EXISTS group_offsets(
   grp TEXT NOT NULL, topic TEXT NOT NULL, off INTEGER NOT NULL, PRIMARY KEY(grp, topic));
 CREATE TABLE IF NOT EXISTS compacted(topic TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS retained(topic TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 """
 COMPACT_EVERY = 20_000
 """Rows appended to compacted topics between two compactions (and at least a minute apart):
@@ -62,6 +63,7 @@ class EmbeddedTransport:
         self._changed = asyncio.Condition()
         self._lock = asyncio.Lock()
         self._compacted: set[str] = set()
+        self._retained: dict[str, int] = {}  # topic: retention in ms
         self._dirty = 0  # rows appended to compacted topics since the last compaction
         self._compacted_at = 0.0
         self._compacting: asyncio.Task[int] | None = None
@@ -88,6 +90,8 @@ class EmbeddedTransport:
             self._next[topic] = int(off) + 1
         self._compacted = {t for (t,) in await self._db.execute_fetchall(
             "SELECT topic FROM compacted")}
+        self._retained = {t: int(ms) for t, ms in await self._db.execute_fetchall(
+            "SELECT topic, ms FROM retained")}
         self._compacted_at = time.monotonic()
 
     async def close(self) -> None:
@@ -99,29 +103,40 @@ class EmbeddedTransport:
             self._db = None
 
     async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
-                            partitions: Mapping[str, int] | None = None) -> None:
-        for t in [*topics, *compacted]:
+                            partitions: Mapping[str, int] | None = None,
+                            retained: Mapping[str, float] | None = None) -> None:
+        keep = {t: max(1000, int(s * 1000)) for t, s in (retained or {}).items()}
+        for t in [*topics, *compacted, *keep]:
             self._next.setdefault(t, 0)
-        # The run ledger is left out: its batch keys are unique, so there is nothing to drop,
-        # and it is the biggest compacted topic (a scan of it would hold up every publish).
-        new = [t for t in compacted if t not in self._compacted and not t.endswith(".runs")]
-        if new:
+        new = [t for t in compacted if t not in self._compacted]
+        changed = {t: ms for t, ms in keep.items() if self._retained.get(t) != ms}
+        if new or changed:
             async with self._lock:  # not inside a compaction's transaction
                 await self.db.executemany("INSERT OR IGNORE INTO compacted VALUES (?)",
                                           [(t,) for t in new])
+                await self.db.executemany("INSERT OR REPLACE INTO retained VALUES (?, ?)",
+                                          list(changed.items()))
                 await self.db.commit()
             self._compacted.update(new)
+            self._retained.update(changed)
 
     async def compact(self) -> int:
         """Compacted topics keep only the latest record per key, as Kafka's cleaner would;
         a tombstone goes once it is older than ``TOMBSTONE_RETENTION_MS``. Offsets are kept
         (a consumer's position stays valid) and so is each topic's last record (it fixes the
-        next offset). Returns how many records went."""
+        next offset). Records of retained topics go once older than their retention. Returns
+        how many records went."""
         gone = 0
-        cutoff = int(time.time() * 1000) - TOMBSTONE_RETENTION_MS
+        now = int(time.time() * 1000)
+        cutoff = now - TOMBSTONE_RETENTION_MS
         async with self._lock:
             try:
                 await self.db.execute("BEGIN IMMEDIATE")
+                for topic, ms in sorted(self._retained.items()):
+                    cur = await self.db.execute(
+                        "DELETE FROM log WHERE topic=? AND ts<? AND "
+                        "off<(SELECT MAX(off) FROM log WHERE topic=?)", (topic, now - ms, topic))
+                    gone += max(0, cur.rowcount)
                 for topic in sorted(self._compacted):
                     cur = await self.db.execute(
                         "DELETE FROM log WHERE topic=? AND off NOT IN "
@@ -198,8 +213,9 @@ class EmbeddedTransport:
                 raise
             # Offsets become visible only once the rows are durable.
             self._next = nxt
-        if self._compacted:
-            self._maybe_compact(sum(1 for m in messages if m.topic in self._compacted))
+        if self._compacted or self._retained:
+            self._maybe_compact(sum(1 for m in messages
+                                    if m.topic in self._compacted or m.topic in self._retained))
         if rows:
             async with self._changed:
                 self._changed.notify_all()
@@ -220,15 +236,16 @@ class EmbeddedTransport:
     async def partition_count(self, topic: str) -> int:
         return 1
 
-    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
-                         ) -> list[Message]:
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None,
+                         since_ms: int | None = None) -> list[Message]:
         if partitions is not None and 0 not in partitions:
             return []
         # Whole results in one call throughout: a statement left open across awaits holds a
         # read snapshot that makes this connection's next write fail as busy when another
         # process (the backfill CLI) wrote meanwhile.
         rows = await self.db.execute_fetchall(
-            "SELECT off, key, value, headers, ts FROM log WHERE topic=? ORDER BY off", (topic,))
+            "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND ts>=? ORDER BY off",
+            (topic, since_ms or 0))
         return [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
                 for off, key, value, headers, ts in rows]
 

@@ -81,10 +81,12 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
     async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
-                            partitions: Mapping[str, int] | None = None) -> None:
+                            partitions: Mapping[str, int] | None = None,
+                            retained: Mapping[str, float] | None = None) -> None:
         """Create missing topics; those in ``compacted`` keep the latest record per key forever
         (ledgers) instead of expiring by age. ``partitions``: counts other than the default
-        (a backfill lane gets its live topic's)."""
+        (a backfill lane gets its live topic's). ``retained``: topics whose records go after
+        so many seconds, applied to existing topics too (the ledger's succeeded runs)."""
         ...
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
@@ -114,8 +116,9 @@ class Transport(Protocol):
         """``group``'s committed offsets on ``topic`` (partitions it never committed: 0)."""
         ...
 
-    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
-                         ) -> list[Message]:
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None,
+                         since_ms: int | None = None) -> list[Message]:
         """Everything on ``topic`` now (committed data only), without joining a group: for
-        ledgers and tools that fold a whole topic."""
+        ledgers and tools that fold a whole topic. ``since_ms``: only records appended since
+        then (a start-up that needs the recent ledger only)."""
         ...

@@ -91,14 +91,16 @@ class KafkaClient:
                 group = groups[(m.topic, partition)] = []
             group.append(m)
         futs = []
+        # An empty value goes as null: Kafka's cleaner drops a key only for a null value (a
+        # tombstone); an empty one would keep the key forever.
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
             for m in group:
-                if batch.append(key=m.key, value=m.value, timestamp=None,
+                if batch.append(key=m.key, value=m.value or None, timestamp=None,
                                 headers=m.headers) is None:  # full: send it, start another
                     futs.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    if batch.append(key=m.key, value=m.value, timestamp=None,
+                    if batch.append(key=m.key, value=m.value or None, timestamp=None,
                                     headers=m.headers) is None:
                         raise TransportError(
                             f"a message for {topic} is larger than the producer's batch size "
@@ -124,7 +126,7 @@ class KafkaClient:
                 return []
         batches = await consumer.getmany(*tps, timeout_ms=int(timeout * 1000),
                                          max_records=max_records)
-        return [Message(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers),
+        return [Message(r.topic, r.partition, r.offset, r.key, r.value or b"", list(r.headers),
                         r.timestamp)
                 for records in batches.values() for r in records]
 

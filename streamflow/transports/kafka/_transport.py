@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamflow.errors import TransportError
@@ -32,6 +33,15 @@ compacts closed segments, and by default a segment stays open for 7 days (or 1 G
 topic waits until half of it is dirty, so a restore would read days of history. An hour's
 segment, a forced compaction after an hour and a 10% dirty ratio bound that to about an hour
 of changes beyond the live keys."""
+
+
+def retained_configs(seconds: float) -> dict[str, str]:
+    """A topic whose records go after ``seconds``: Kafka deletes whole closed segments, so a
+    segment spans at most a quarter of that (and an hour), or records would stay for up to a
+    segment's age beyond it."""
+    ms = max(1000, int(seconds * 1000))
+    return {"cleanup.policy": "delete", "retention.ms": str(ms),
+            "segment.ms": str(max(1000, min(3_600_000, ms // 4)))}
 
 
 class KafkaTransport:
@@ -76,19 +86,27 @@ class KafkaTransport:
             self._producer = None
 
     async def ensure_topics(self, topics: Sequence[str], compacted: Sequence[str] = (),
-                            partitions: Mapping[str, int] | None = None) -> None:
+                            partitions: Mapping[str, int] | None = None,
+                            retained: Mapping[str, float] | None = None) -> None:
+        retained = retained or {}
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             existing = set(await admin.list_topics())
             new = [
                 NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
-                         topic_configs=COMPACTED_CONFIGS if t in compacted else None)
-                for t in dict.fromkeys([*topics, *compacted]) if t not in existing
+                         topic_configs=COMPACTED_CONFIGS if t in compacted
+                         else retained_configs(retained[t]) if t in retained else None)
+                for t in dict.fromkeys([*topics, *compacted, *retained]) if t not in existing
             ]
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
+            old = [t for t in retained if t in existing]
+            if old:  # the setting may have changed since the topic was made
+                await admin.alter_configs([
+                    ConfigResource(ConfigResourceType.TOPIC, t, retained_configs(retained[t]))
+                    for t in old])
         finally:
             await admin.close()
         if new:
@@ -183,8 +201,8 @@ class KafkaTransport:
             return {tp.partition: off for tp, off in ends.items()}
         return {tp.partition: (await consumer.committed(tp)) or 0 for tp in tps}
 
-    async def read_topic(self, topic: str, partitions: Collection[int] | None = None
-                         ) -> list[Message]:
+    async def read_topic(self, topic: str, partitions: Collection[int] | None = None,
+                         since_ms: int | None = None) -> list[Message]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -200,7 +218,7 @@ class KafkaTransport:
             if not tps:
                 return []
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            await _seek(consumer, tps, since_ms)
             ends = await consumer.end_offsets(tps)
             out: list[Message] = []
             while True:
@@ -209,7 +227,7 @@ class KafkaTransport:
                     break
                 batches = await consumer.getmany(*tps, timeout_ms=500)
                 for records in batches.values():
-                    out.extend(Message(r.topic, r.partition, r.offset, r.key, r.value,
+                    out.extend(Message(r.topic, r.partition, r.offset, r.key, r.value or b"",
                                        list(r.headers), r.timestamp) for r in records)
             return out
         finally:
@@ -232,3 +250,17 @@ class KafkaTransport:
         self._subs.append(sub)
         return sub
 
+
+
+async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                since_ms: int | None) -> None:
+    """To the first record at or after ``since_ms`` (the broker's time index), or the start.
+    Explicit offsets only: a lazy reset to the end could still meet ``auto_offset_reset``."""
+    if since_ms is None:
+        await consumer.seek_to_beginning(*tps)
+        return
+    found = await consumer.offsets_for_times({tp: max(0, since_ms) for tp in tps})
+    ends = await consumer.end_offsets(tps)
+    for tp in tps:
+        at = found.get(tp)
+        consumer.seek(tp, at.offset if at is not None else ends[tp])
