@@ -11,13 +11,19 @@ import glob
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamflow.connectors import write_atomic
+
 from ._formats import encode
 
 PART_DIGITS = 5
+OPEN_SERIES = 1024
+"""Series whose current part a writer remembers; a series written to again after falling out
+starts a new part, so an asset with very many partitions costs no more memory than this."""
 _NUMBER = re.compile(rf"-(\d{{{PART_DIGITS},}})$")
 
 
@@ -53,16 +59,21 @@ class PartWriter:
         self.root, self.fmt = root, fmt
         self.ext = "." + fmt
         self.roll_bytes, self.roll_s, self.clock = roll_bytes, roll_s, clock
-        self._open: dict[str, _Part] = {}  # series stem (relative) → its current part
+        self._open: OrderedDict[str, _Part] = OrderedDict()  # stem → current part, by use
+
+    def append_all(self, batch: Iterable[tuple[str, list[dict[str, object]]]]) -> None:
+        """``append`` each series' rows: one call (one thread hop) per flush."""
+        for stem, rows in batch:
+            self.append(stem, rows)
 
     def append(self, stem: str, rows: Iterable[dict[str, object]]) -> Path:
         """Write ``rows`` durably to the series ``stem``; returns the part written."""
-        where = self.root / f"{stem}{self.ext}"
-        body = encode(self.fmt, rows, where)
-        if self.fmt != "jsonl":
-            self._open.pop(stem, None)
-            return self._whole_part(stem, body)
+        body = encode(self.fmt, rows, self.root / f"{stem}{self.ext}")
         part = self._current(stem, len(body))
+        if self.fmt != "jsonl":  # cannot append: the new, empty part is replaced whole
+            tmp = part.path.with_name(part.path.name + ".tmp")
+            write_atomic(part.path, body, tmp)
+            return part.path
         try:
             with open(part.path, "ab") as fh:
                 fh.write(body)
@@ -79,14 +90,19 @@ class PartWriter:
     def _current(self, stem: str, incoming: int) -> _Part:
         part = self._open.get(stem)
         if part is not None and not self._must_roll(part, incoming):
+            self._open.move_to_end(stem)
             return part
-        path, number = self._create(stem, exclusive_body=None)
         folder, base = self._series(stem)
-        part = self._open[stem] = _Part(folder, base, number, 0, self.clock(), path)
+        number = self._create(folder, base, part.number if part else None)
+        part = _Part(folder, base, number, 0, self.clock(), self._name(folder, base, number))
+        self._open[stem] = part
+        self._open.move_to_end(stem)
+        while len(self._open) > OPEN_SERIES:
+            self._open.popitem(last=False)
         return part
 
     def _must_roll(self, part: _Part, incoming: int) -> bool:
-        if part.size and part.size + incoming > self.roll_bytes:
+        if self.fmt != "jsonl" or (part.size and part.size + incoming > self.roll_bytes):
             return True
         if self.roll_s is not None and self.clock() - part.opened >= self.roll_s:
             return True
@@ -94,32 +110,19 @@ class PartWriter:
         # part: write after it, so the later part holds the later rows.
         return self._name(part.folder, part.base, part.number + 1).exists()
 
-    def _whole_part(self, stem: str, body: bytes) -> Path:
-        """A part written in one go: reserved exclusively, then replaced atomically."""
-        final, _ = self._create(stem, exclusive_body=b"")
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        return final
-
-    def _create(self, stem: str, exclusive_body: bytes | None) -> tuple[Path, int]:
-        """Create the next free part of ``stem`` (empty), exclusively: (path, number)."""
-        folder, base = self._series(stem)
+    def _create(self, folder: Path, base: str, after: int | None) -> int:
+        """Create the next free part (empty) after ``after`` (else the last on disk),
+        exclusively, so no other writer can take it; returns its number."""
         folder.mkdir(parents=True, exist_ok=True)
-        number = _last_number(folder, base, self.ext) + 1
+        number = (_last_number(folder, base, self.ext) if after is None else after) + 1
         while True:
-            path = self._name(folder, base, number)
             try:
-                with open(path, "xb") as fh:
-                    fh.write(exclusive_body or b"")
+                open(self._name(folder, base, number), "xb").close()
             except FileExistsError:
                 number += 1
                 continue
             _fsync_dir(folder)
-            return path, number
+            return number
 
     def _series(self, stem: str) -> tuple[Path, str]:
         """(folder, base name) of a series: ``a/b/part`` → (``<root>/a/b``, ``part``)."""

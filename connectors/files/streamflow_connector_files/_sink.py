@@ -143,10 +143,9 @@ class FilesSink:
 
     async def flush(self) -> None:
         if self.cfg.mode == "append":
+            batch = [(t, list(rows.values())) for t, rows in sorted(self._pending.items())]
             try:
-                for target in sorted(self._pending):
-                    batch = list(self._pending[target].values())
-                    await asyncio.to_thread(self._parts.append, target, batch)
+                await asyncio.to_thread(self._parts.append_all, batch)
             finally:  # a failed batch is dead-lettered whole: none of it is written later
                 self._pending.clear()
                 self._dirty.clear()

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 from pydantic import BaseModel
-from streamflow_connector_files import FilesSink, FilesSinkConfig, read_rows
+from streamflow_connector_files import FilesSink, FilesSinkConfig, _parts, read_rows
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
 from streamflow.connectors import ConnectorContext, SinkRecord, build_sink
@@ -238,3 +238,20 @@ async def test_parquet_cannot_append_so_each_flush_is_a_new_part(tmp_path: Path)
     assert _files(out) == [f"orders/part-0000{n}.parquet" for n in (1, 2, 3)]
     rows = read_rows(out, format="parquet")
     assert sorted((r["_key"], r["tag"]) for r in rows) == [("o0", "v1"), ("o1", "v2")]
+
+
+async def test_a_writer_remembers_few_series_so_many_partitions_stay_cheap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_parts, "OPEN_SERIES", 2)
+    out = tmp_path / "out"
+    sink = build_sink("files", {"path": out})
+    await sink.setup(_ctx(tmp_path, partition_by="id"))
+    await _deliver(sink, *[[SinkRecord(f"o{i}", f"a{i}", p, {"id": i})]
+                           for i, p in enumerate("abcab")])
+    await sink.stop()
+    # a and b fell out once c was written: their next rows start new parts, never reopened.
+    assert _files(out) == ["orders/a/part-00001.jsonl", "orders/a/part-00002.jsonl",
+                           "orders/b/part-00001.jsonl", "orders/b/part-00002.jsonl",
+                           "orders/c/part-00001.jsonl"]
+    assert len(read_rows(out)) == 5
