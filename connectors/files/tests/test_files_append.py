@@ -3,7 +3,10 @@ bounded to a batch, and ``read_rows`` giving each key once after redelivery or a
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import sys
 from pathlib import Path
 
 import orjson
@@ -255,3 +258,45 @@ async def test_a_writer_remembers_few_series_so_many_partitions_stay_cheap(
                            "orders/b/part-00001.jsonl", "orders/b/part-00002.jsonl",
                            "orders/c/part-00001.jsonl"]
     assert len(read_rows(out)) == 5
+
+
+WRITER = """
+import asyncio, sys
+from pathlib import Path
+from streamflow.connectors import ConnectorContext, SinkRecord, build_sink
+
+async def main() -> None:
+    sink = build_sink("files", {"path": Path(sys.argv[1]), "roll_bytes": 1 << 40})
+    await sink.setup(ConnectorContext("w", "orders", sys.argv[1]))
+    pad = "x" * 2000
+    for b in range(10_000):
+        await sink.write([SinkRecord(f"o{b}-{i}", f"a{b}-{i}", "p", {"pad": pad})
+                          for i in range(2000)])
+        await sink.flush()
+        print(b, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_sigkill_while_appending_leaves_output_the_reader_and_a_restart_handle(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, str(out),
+                                                stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    await proc.stdout.readline()  # one batch (4 MB) is on disk; the next is being written
+    await asyncio.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # often mid-write: the part then ends in a torn line
+    await proc.wait()
+
+    rows = read_rows(out)
+    assert len(rows) >= 2000 and all(r["pad"] == "x" * 2000 for r in rows)
+    after = build_sink("files", {"path": out})
+    await after.setup(_ctx(tmp_path))
+    await _deliver(after, _recs(2))
+    await after.stop()
+    assert _files(out) == ["orders/part-00001.jsonl", "orders/part-00002.jsonl"]
+    assert len(read_rows(out)) == len(rows) + 2
