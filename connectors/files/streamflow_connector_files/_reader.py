@@ -46,8 +46,7 @@ def read_rows(path: str | Path, *, format: Literal["jsonl", "parquet"] = "jsonl"
         latest: dict[str, dict[str, Any]] = {}
         for _, _, f in sorted(parts):
             for row in _rows(f, format):
-                ident = str(row.get("_key") if row.get("_key") is not None
-                            else row.get("_arrival_id"))
+                ident = str(row.get("_key") or row.get("_arrival_id"))  # as the sink keys
                 latest.pop(ident, None)  # re-inserted: rows stay in order of their latest write
                 latest[ident] = row
         out.extend(latest.values())
