@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+from streamflow_connector_files import read_rows
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
 
@@ -70,8 +71,7 @@ async def test_bad_rows_dead_letter_and_good_rows_flow(settings: Settings, tmp_p
     summary = await run_pipeline(echo_pipeline(tmp_path), settings)
 
     assert (summary.records_in, summary.records_out, summary.dead_lettered) == (5, 2, 3)
-    out = [orjson.loads(x) for f in sorted((tmp_path / "out").glob("*.jsonl"))
-           for x in f.read_bytes().splitlines()]
+    out = read_rows(tmp_path / "out")
     assert sorted(str(r["name"]) for r in out) == ["ADA", "EVE"]
     dead = sorted(values(await read_topic(settings, settings.dead_letter_topic)),
                   key=lambda v: v["origin"]["line"])  # type: ignore[index]
@@ -114,8 +114,7 @@ def test_ctrl_c_drains_in_flight_work_and_exits_zero(settings: Settings, tmp_pat
     summary = orjson.loads(stdout.strip().splitlines()[-1])
     assert summary["records_in"] == 200 and summary["drained"] is True
     assert summary["records_out"] == 200, "in-flight work was drained before exit"
-    out = [orjson.loads(x) for f in (tmp_path / "out").glob("*.jsonl")
-           for x in f.read_bytes().splitlines()]
+    out = read_rows(tmp_path / "out")
     assert sorted(int(r["id"]) for r in out) == list(range(200))
 
 

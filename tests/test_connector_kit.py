@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from pydantic import BaseModel
+from streamflow_connector_files import read_rows
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
 from streamflow.connectors import Sink, SinkRecord, Source, SourceBatch, SourceRecord, build_sink
@@ -166,7 +166,7 @@ async def test_kit_fails_a_sink_that_duplicates_or_accepts_bad_config(tmp_path: 
     out = tmp_path / "out"
 
     def files_rows() -> list[dict[str, Any]]:
-        return [orjson.loads(x) for f in out.glob("*.jsonl") for x in f.read_bytes().splitlines()]
+        return read_rows(out)
 
     with pytest.raises(AssertionError, match="connector kit: error handling"):
         await check_sink(lambda: build_sink("files", {"path": out}), read_back=files_rows,

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from streamflow_connector_files import read_rows
 
 from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
@@ -68,8 +69,7 @@ def run_cli(settings: Settings, workdir: Path, repo_root: Path, *args: str,
 
 
 def jsonl(folder: Path) -> dict[str, dict[str, Any]]:
-    return {str(r.get("sale_id") or r["day"]): r for f in sorted(folder.glob("*.jsonl"))
-            for r in map(orjson.loads, f.read_bytes().splitlines())}
+    return {str(r.get("sale_id") or r["day"]): r for r in read_rows(folder)}
 
 
 class AlertReceiver:

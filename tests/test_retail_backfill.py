@@ -17,7 +17,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-import orjson
+from streamflow_connector_files import read_rows
 
 from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
@@ -47,8 +47,7 @@ def test_retail_backfill_story(repo_root: Path, tmp_path: Path) -> None:
                     Decimal("0.01")) for r in csv.DictReader(fh)}
     assert len(expected) == 31
     for day, sales in expected.items():
-        lines = (workdir / "out" / f"pos_usd-{day}.jsonl").read_bytes().splitlines()
-        rows = [orjson.loads(x) for x in lines]
+        rows = read_rows(workdir / "out" / "pos_usd" / day)  # each key once, by the rule
         assert len(rows) == len(sales), day
         assert {r["sale_id"]: Decimal(str(r["amount_usd"])) for r in rows} == sales, day
 
@@ -68,11 +67,10 @@ def test_retail_backfill_story(repo_root: Path, tmp_path: Path) -> None:
 
     # The live day is reported as without a backfill (tests/test_retail.py's figures); no
     # October report can fire without its (required) online-orders day.
-    (report,) = [orjson.loads(x) for x in
-                 (workdir / "reports/daily_sales-2026-11-01.jsonl").read_bytes().splitlines()]
+    (report,) = read_rows(workdir / "reports/daily_sales/2026-11-01")
     assert report["pos_sales"] == 6
     assert Decimal(str(report["pos_usd"])) == Decimal("492.37")
     assert Decimal(str(report["online_usd"])) == Decimal("75.00")
     assert report["complete"] is True
-    assert sorted(p.name for p in (workdir / "reports").iterdir()) == [
-        "daily_sales-2026-11-01.jsonl"]
+    assert [p.name for p in (workdir / "reports").iterdir()] == ["daily_sales"]
+    assert [p.name for p in (workdir / "reports/daily_sales").iterdir()] == ["2026-11-01"]

@@ -4,7 +4,8 @@ October's point-of-sale files were processed before StreamFlow was deployed: the
 ``landing/pos/processed/``, which the live ``files`` source never reads again, but which its
 backfill reads as history. A worker serves the pipeline while November's web orders and loyalty
 snapshots land; ``streamflow backfill start`` replays October's sales beside them, and the
-stages rebuild ``pos_usd`` (the files in ``out/``) and ``pos_day`` for every October day.
+stages rebuild ``pos_usd`` (the parts in ``out/pos_usd/<day>/``) and ``pos_day`` for every
+October day.
 
 Every command is printed, with the environment it needs, so it can be repeated by hand. Runs
 on the embedded transport by default (the worker and the backfill share the SQLite log in the
@@ -30,7 +31,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
+from streamflow_connector_files import read_rows
 
 from streamflow import Settings
 from streamflow.ops import list_dead_letters, list_runs
@@ -209,8 +210,9 @@ class Story:
         return f"{time.monotonic() - self.started:4.1f}s"
 
 
-def rows(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+def rows(folder: Path) -> list[dict[str, Any]]:
+    """What the files sink wrote under ``folder``, each key once (its latest row)."""
+    return read_rows(folder) if folder.exists() else []
 
 
 def live_feed(story: Story, stop: threading.Event) -> None:
@@ -299,8 +301,8 @@ def tell(story: Story) -> int:
     say("5. The stores' till file for 1 November comes in at the end of the day.")
     land(HERE / "data" / "landing" / "pos" / "pos-2026-11-01.csv", wd / "landing" / "pos")
     say(f"   [live {story.elapsed()}] landing/pos/pos-2026-11-01.csv lands")
-    report = wd / "reports" / "daily_sales-2026-11-01.jsonl"
-    story.wait_for("the report of 1 November", report.exists)
+    report = wd / "reports" / "daily_sales" / "2026-11-01"
+    story.wait_for("the report of 1 November", lambda: bool(rows(report)))
     say("")
 
     say("6. The backfill's record and its runs:")
@@ -323,23 +325,23 @@ def tell(story: Story) -> int:
 
     say("7. What landed in out/ and reports/:")
     for day, how in (("2026-10-15", "backfilled"), ("2026-11-01", "live")):
-        got = rows(wd / "out" / f"pos_usd-{day}.jsonl")
+        got = rows(wd / "out" / "pos_usd" / day)
         total = sum((Decimal(str(r["amount_usd"])) for r in got), Decimal("0"))
-        say(f"   out/pos_usd-{day}.jsonl ({how}): {len(got)} sales, {total} USD; first: "
+        say(f"   out/pos_usd/{day}/ ({how}): {len(got)} sales, {total} USD; first: "
             + (f"{got[0]['sale_id']} {got[0]['store']} {got[0]['amount']} {got[0]['currency']}"
                f" = {got[0]['amount_usd']} USD" if got else "none"))
-    pos_files = sorted((wd / "out").glob("pos_usd-*.jsonl"))
-    oct_files = [f for f in pos_files if f.name.startswith("pos_usd-2026-10-")]
+    pos_files = sorted((wd / "out" / "pos_usd").iterdir())
+    oct_files = [f for f in pos_files if f.name.startswith("2026-10-")]
     say(f"   out/ holds pos_usd for {len(oct_files)} October days (backfilled) and "
         f"{len(pos_files) - len(oct_files)} November day(s) (live)")
     for r in rows(report):
-        say(f"   reports/daily_sales-{r['day']}.jsonl: {r['pos_sales']} till sales "
+        say(f"   reports/daily_sales/{r['day']}/: {r['pos_sales']} till sales "
             f"{r['pos_usd']} USD + {r['online_orders']} web orders {r['online_usd']} USD = "
             f"{r['total_usd']} USD; "
             + ("complete" if r["complete"] else f"incomplete, missing {', '.join(r['missing'])}"))
     dead = asyncio.run(list_dead_letters(story.settings))
     say(f"   dead letters: {len(dead)} (`streamflow dlq list`)")
-    waiting = sorted(f.name for f in (wd / "reports").glob("daily_sales-2026-10-*.jsonl"))
+    waiting = sorted(f.name for f in (wd / "reports" / "daily_sales").glob("2026-10-*"))
     say(f"   October daily reports: {len(waiting) or 'none'}. daily_report needs a day's till "
         "total and its web-orders total (both required inputs): the web shop opened on 1 "
         "November, so October's barriers wait with pos_day alone, past their deadline (a "

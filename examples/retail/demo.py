@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
+from streamflow_connector_files import read_rows
 
 from streamflow import RunSummary, Settings, load_pipeline, run_pipeline
 from streamflow.ops import list_dead_letters, list_runs
@@ -87,8 +87,8 @@ def report(summary: RunSummary, settings: Settings, workdir: Path) -> None:
 
 
 def rows(folder: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for f in sorted(folder.glob("*.jsonl"))
-            for line in f.read_bytes().splitlines()]
+    """What the files sink wrote under ``folder``, each key once (the latest row per _key)."""
+    return read_rows(folder)
 
 
 if __name__ == "__main__":

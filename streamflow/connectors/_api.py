@@ -86,6 +86,9 @@ class ConnectorContext:
     state_dir: str
     namespace: str = "sf"
     pipeline: str = ""
+    partition_by: str | None = None
+    """The asset's ``partition_by`` field, or None: then its records' partition is only their key,
+    so a sink that lays out files or tables per partition should treat the asset as one."""
 
 
 @runtime_checkable
@@ -138,7 +141,8 @@ class Sink(Protocol):
     async def setup(self, ctx: ConnectorContext) -> None: ...
 
     async def write(self, records: Sequence[SinkRecord]) -> None:
-        """Write idempotently by key: a redelivered record must not appear twice."""
+        """Write idempotently by key: a redelivered record must not appear twice to a reader
+        (an append-only sink may store it again if its documented read rule hides the copy)."""
         ...
 
     async def flush(self) -> None: ...

@@ -51,4 +51,5 @@ def connector_context(
     name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str
 ) -> ConnectorContext:
     return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
-                            namespace=namespace, pipeline=pipeline)
+                            namespace=namespace, pipeline=pipeline,
+                            partition_by=asset.partition_by)

@@ -2,11 +2,12 @@
 
 A plugin of the public SDK (``streamflow.connectors``) only. CSV and JSON Lines need nothing
 extra; Parquet needs pyarrow (``pip install 'streamflow[parquet]'``), imported only when a
-pipeline asks for that format.
+pipeline asks for that format. ``read_rows`` reads what the sink wrote, each key once.
 """
 
 from streamflow.connectors import ConnectorSpec
 
+from ._reader import read_rows
 from ._sink import FilesSink, FilesSinkConfig, Rows
 from ._source import IGNORED_SUFFIXES, FilesSource, FilesSourceConfig
 
@@ -26,4 +27,5 @@ __all__ = [
     "FilesSource",
     "FilesSourceConfig",
     "Rows",
+    "read_rows",
 ]

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
+from streamflow_connector_files import read_rows
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
 from streamflow.connectors import ConnectorContext, ConnectorError, SinkRecord, build_sink
@@ -66,7 +67,7 @@ def _read_parquet(files: list[Path]) -> list[dict[str, object]]:
     return [row for f in files for row in pq.read_table(f).to_pylist()]
 
 
-@pytest.mark.parametrize("mode", ["rewrite", "append-parts"])
+@pytest.mark.parametrize("mode", ["append", "rewrite", "append-parts"])
 async def test_parquet_round_trip_into_partitioned_paths(
     settings: Settings, tmp_path: Path, mode: str
 ) -> None:
@@ -88,9 +89,11 @@ async def test_parquet_round_trip_into_partitioned_paths(
         else:
             assert files and all(f.name.startswith("part-") and f.suffix == ".parquet"
                                  for f in files)
-        got = {str(r["sale_id"]): r for r in _read_parquet(files)}
+        raw = _read_parquet(files)
+        got = {str(r["sale_id"]): r for r in raw}
         want = {str(r["sale_id"]): r for r in sent if str(r["day"]) == day}
-        assert set(got) == set(want)
+        assert set(got) == set(want) and len(raw) == len(want)
+        assert read_rows(out / f"day={day}", format="parquet") == raw
         for sid, r in got.items():
             assert Decimal(str(r["amount"])) == 2 * Decimal(str(want[sid]["amount"]))
             assert r["quantity"] == want[sid]["quantity"] and r["day"] == day
@@ -113,11 +116,15 @@ async def test_unreadable_parquet_is_quarantined_with_reason(
     reason = (landing / "quarantine" / "broken.parquet.reason.txt").read_text()
     assert "broken.parquet: unreadable Parquet file" in reason
     assert (landing / "quarantine" / "broken.parquet").exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["doubled-2026-11-03.parquet"]
+    out = tmp_path / "out"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written and all(p.startswith("doubled/2026-11-03/part-") for p in written), written
+    assert len(read_rows(out, format="parquet")) == 2
 
 
-def _ctx(tmp_path: Path) -> ConnectorContext:
-    return ConnectorContext("files-people", "people", str(tmp_path / "state"))
+def _ctx(tmp_path: Path, partition_by: str | None = "day") -> ConnectorContext:
+    return ConnectorContext("files-people", "people", str(tmp_path / "state"),
+                            partition_by=partition_by)
 
 
 RECS = [SinkRecord(str(i), f"arr{i}", "2026-11-0" + str(1 + i % 2), {"id": i, "n": f"n{i}"})
@@ -131,7 +138,8 @@ def _jsonl_rows(files: list[Path]) -> list[dict[str, object]]:
 async def test_rewrite_mode_replaces_redelivered_records_and_reloads_after_restart(
     tmp_path: Path,
 ) -> None:
-    cfg = {"path": tmp_path / "out", "partition_path": "{asset}/{partition}/data"}
+    cfg = {"path": tmp_path / "out", "partition_path": "{asset}/{partition}/data",
+           "mode": "rewrite"}
     sink = build_sink("files", cfg)
     await sink.setup(_ctx(tmp_path))
     for _ in range(2):  # the same records delivered twice
@@ -174,6 +182,18 @@ async def test_append_parts_replays_rewrite_the_same_part_and_memory_is_bounded(
     assert sorted(int(str(r["id"])) for r in _jsonl_rows(sorted(out.iterdir()))) == list(range(6))
 
 
+async def test_rewrite_mode_writes_one_file_for_an_asset_without_partition_by(
+    tmp_path: Path,
+) -> None:
+    sink = build_sink("files", {"path": tmp_path / "out", "mode": "rewrite"})
+    await sink.setup(_ctx(tmp_path, partition_by=None))  # RECS' partitions are then ignored
+    await sink.write(RECS)
+    await sink.flush()
+    await sink.stop()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["people.jsonl"]
+    assert sorted(int(str(r["id"])) for r in read_rows(tmp_path / "out")) == list(range(6))
+
+
 @pytest.mark.parametrize(("template", "problem"), [
     ("{asset}-{day}", "may only use {asset} and {partition}"),
     ("/abs/{partition}", "relative path"),
@@ -187,10 +207,14 @@ def test_bad_partition_path_is_refused_at_build(template: str, problem: str) -> 
     assert "partition_path" in str(err.value) and problem in str(err.value)
 
 
-async def test_dot_partitions_cannot_escape_the_output_directory(tmp_path: Path) -> None:
-    sink = build_sink("files", {"path": tmp_path / "out", "partition_path": "{partition}/x"})
+@pytest.mark.parametrize(("mode", "name"), [("rewrite", "x.jsonl"), ("append", "x-00001.jsonl")])
+async def test_dot_partitions_cannot_escape_the_output_directory(
+    tmp_path: Path, mode: str, name: str
+) -> None:
+    sink = build_sink("files", {"path": tmp_path / "out", "partition_path": "{partition}/x",
+                                "mode": mode})
     await sink.setup(_ctx(tmp_path))
     await sink.write([SinkRecord("k", "a", "..", {"id": 1})])
     await sink.flush()
     root = tmp_path / ""
-    assert [p.relative_to(root).as_posix() for p in root.rglob("x.jsonl")] == ["out/__/x.jsonl"]
+    assert [p.relative_to(root).as_posix() for p in root.rglob("*.jsonl")] == [f"out/__/{name}"]

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
+import pytest
+from streamflow_connector_files import read_rows
 
 from streamflow.connectors import build_sink, build_source
 from streamflow.connectors.testing import check_sink, check_source
@@ -35,14 +36,14 @@ async def test_kit_files_source(tmp_path: Path) -> None:
     assert len(report.first_batch) == 3
 
 
-async def test_kit_files_sink(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["append", "rewrite", "append-parts"])
+async def test_kit_files_sink(tmp_path: Path, mode: str) -> None:
     out = tmp_path / "out"
 
     def read_back() -> list[dict[str, Any]]:
-        return [orjson.loads(line) for f in sorted(out.glob("*.jsonl"))
-                for line in f.read_bytes().splitlines()]
+        return read_rows(out)  # the documented rule: the latest row per _key
 
     (tmp_path / "a-file").write_text("not a directory")
-    await check_sink(lambda: build_sink("files", {"path": out}), read_back=read_back,
+    await check_sink(lambda: build_sink("files", {"path": out, "mode": mode}), read_back=read_back,
                      state_dir=tmp_path / "state",
                      bad_factory=lambda: build_sink("files", {"path": tmp_path / "a-file" / "x"}))

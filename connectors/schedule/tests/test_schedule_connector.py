@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from pydantic import BaseModel
+from streamflow_connector_files import read_rows
 from streamflow_connector_schedule import (
     CronConfig,
     CronSource,
@@ -46,8 +47,7 @@ class FakeClock:
 
 
 def _rows(out: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for f in sorted(out.glob("*.jsonl"))
-            for line in f.read_bytes().splitlines()]
+    return read_rows(out)
 
 
 def _ticks_pipeline(out: Path, **config: object) -> Pipeline:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 from pydantic import BaseModel
+from streamflow_connector_files import read_rows
 from streamflow_connector_webhook import (
     WebhookDeliveryError,
     WebhookSink,
@@ -39,8 +40,7 @@ EVENTS = Asset("events", Event)  # no key: the files sink keys rows by arrival i
 
 
 def _rows(out: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for f in sorted(out.glob("*.jsonl"))
-            for line in f.read_bytes().splitlines()]
+    return read_rows(out)
 
 
 async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
