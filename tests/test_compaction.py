@@ -75,3 +75,32 @@ async def test_kafka_compacted_topics_are_created_so_the_cleaner_works_during_a_
     finally:
         await admin.close()
     assert {k: configs[k] for k in COMPACTED_CONFIGS} == COMPACTED_CONFIGS
+
+
+async def test_topics_are_read_in_chunks_in_log_order(
+        tmp_path: Path, kafka_bootstrap: str, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore or a ledger fold holds a chunk at a time, never the whole topic."""
+    import streamflow.transports._embedded as embedded
+
+    monkeypatch.setattr(embedded, "SCAN_PAGE", 4)
+    emb = EmbeddedTransport(tmp_path / "log.db")
+    await emb.start()
+    try:
+        await emb.publish([OutMessage("t", b"%d" % i, b"k") for i in range(10)])
+        chunks = [[m.value for m in c] async for c in emb.scan_topic("t")]
+    finally:
+        await emb.close()
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert [v for c in chunks for v in c] == [b"%d" % i for i in range(10)]
+
+    kt = KafkaTransport(kafka_bootstrap, partitions=1)
+    await kt.start()
+    topic = f"{namespace}.chunks"
+    try:
+        await kt.ensure_topics([topic])
+        await kt.publish([OutMessage(topic, b"%d" % i, b"k") for i in range(12_000)])
+        sizes = [len(c) async for c in kt.scan_topic(topic)]
+    finally:
+        await kt.close()
+    assert sum(sizes) == 12_000 and max(sizes) <= 5000 and len(sizes) >= 3

@@ -18,7 +18,7 @@ from typing import Any
 
 from streamflow.model import Settings, runs_topic
 from streamflow.observability import Metrics
-from streamflow.state import done_of, fired_of, fold_raw, merge, read_ledger, stale_batches
+from streamflow.state import done_of, fired_of, fold_topic, merge, read_ledger
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.stage")
@@ -149,11 +149,10 @@ async def load_ledger(transport: Transport, settings: Settings,
     of succeeded runs an older worker wrote to the compacted topic are tombstoned once past
     retention, as the retained topic would have dropped them."""
     topic, now = runs_topic(settings.namespace), time.time()
-    raw = await transport.read_topic(topic)
-    open_runs = fold_raw(raw)
-    done = fold_raw(await transport.read_topic(
-        done_of(topic), since_ms=int((now - settings.dedupe_window_s) * 1000)))
-    stale = stale_batches(raw, int((now - settings.ledger_retention_s) * 1000))
+    open_runs, stale = await fold_topic(
+        transport, topic, stale_before=int((now - settings.ledger_retention_s) * 1000))
+    done, _ = await fold_topic(transport, done_of(topic),
+                               since_ms=int((now - settings.dedupe_window_s) * 1000))
     if stale:
         await transport.publish(stale)
         log.info("run ledger: %d batches of succeeded runs older than ledger_retention_s "

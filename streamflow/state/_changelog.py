@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from streamflow.model import OutMessage
+from streamflow.model import Message, OutMessage
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.state")
@@ -104,9 +104,19 @@ class StateStore(Generic[S]):
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0
-        msgs = await self.transport.read_topic(self.topic, {partition})
+        async for chunk in self.transport.scan_topic(self.topic, {partition}):
+            if self._restores.get(partition) is not asyncio.current_task():
+                return  # revoked (forgotten) while loading: the state belongs to its new owner
+            n += self._fold(chunk, partition)
         if self._restores.get(partition) is not asyncio.current_task():
-            return  # revoked (forgotten) while loading: the state belongs to its new owner
+            return
+        self.settle(partition)
+        log.info("stage %s: restored %d state records of partition %d in %.3fs",
+                 self.stage, n, partition, time.perf_counter() - t0)
+
+    def _fold(self, msgs: list[Message], partition: int) -> int:
+        """One chunk of a partition's restore; returns the records applied."""
+        n = 0
         for m in msgs:
             key = (m.key or b"").decode()
             if not m.value:
@@ -121,9 +131,7 @@ class StateStore(Generic[S]):
                 continue
             self.apply(key, d, v, partition)
             n += 1
-        self.settle(partition)
-        log.info("stage %s: restored %d state records of partition %d in %.3fs",
-                 self.stage, n, partition, time.perf_counter() - t0)
+        return n
 
     def apply(self, key: str, d: dict[str, Any], version: int, partition: int) -> None:
         """Fold one restored record (its ``"v"`` removed) into the view."""

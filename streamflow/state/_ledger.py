@@ -177,11 +177,13 @@ def _records(d: Any) -> Iterable[dict[str, Any]]:
     return ()
 
 
-def fold_raw(messages: Iterable[Message]) -> dict[str, dict[str, Any]]:
-    """Latest record per run id as plain JSON, in log order: a worker reads the ledger at
-    start, and orjson parses it ten times faster than validating every record (a restarted
-    worker's recovery time). A tombstone drops its run; unreadable messages are skipped."""
-    runs: dict[str, dict[str, Any]] = {}
+def fold_raw(messages: Iterable[Message],
+             runs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Latest record per run id as plain JSON, in log order (into ``runs``, to fold a topic
+    chunk by chunk): a worker reads the ledger at start, and orjson parses it ten times faster
+    than validating every record (a restarted worker's recovery time). A tombstone drops its
+    run; unreadable messages are skipped."""
+    runs = {} if runs is None else runs
     for m in messages:
         if not m.value:
             if m.key:
@@ -207,14 +209,27 @@ def merge(open_runs: dict[str, dict[str, Any]],
     return runs
 
 
+async def fold_topic(transport: Transport, topic: str, partitions: set[int] | None = None,
+                     since_ms: int | None = None, stale_before: int | None = None
+                     ) -> tuple[dict[str, dict[str, Any]], list[OutMessage]]:
+    """One ledger topic folded chunk by chunk, and (``stale_before``) its ``stale_batches``."""
+    runs: dict[str, dict[str, Any]] = {}
+    stale: list[OutMessage] = []
+    async for chunk in transport.scan_topic(topic, partitions, since_ms):
+        fold_raw(chunk, runs)
+        if stale_before is not None:
+            stale += stale_batches(chunk, stale_before)
+    return runs, stale
+
+
 async def read_ledger(transport: Transport, runs_topic: str,
                       partitions: set[int] | None = None,
                       since_ms: int | None = None) -> dict[str, dict[str, Any]]:
     """The ledger as ``fold_raw`` gives it: the compacted topic whole and the retained one
     since ``since_ms`` (everything it still holds when None)."""
-    return merge(fold_raw(await transport.read_topic(runs_topic, partitions)),
-                 fold_raw(await transport.read_topic(done_of(runs_topic), partitions,
-                                                     since_ms=since_ms)))
+    open_runs, _ = await fold_topic(transport, runs_topic, partitions)
+    done, _ = await fold_topic(transport, done_of(runs_topic), partitions, since_ms)
+    return merge(open_runs, done)
 
 
 def stale_batches(messages: Iterable[Message], cutoff_ms: int) -> list[OutMessage]:

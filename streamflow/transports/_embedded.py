@@ -38,6 +38,8 @@ COMPACT_EVERY = 20_000
 """Rows appended to compacted topics between two compactions (and at least a minute apart):
 often enough that a restore reads little more than the live keys, rarely enough that the
 delete (which holds the write lock) stays off the hot path."""
+SCAN_PAGE = 5000
+"""Records per chunk of ``scan_topic``."""
 TOMBSTONE_RETENTION_MS = 86_400_000
 """As Kafka's ``delete.retention.ms``: a tombstone stays this long, so a reader that was
 restoring meanwhile still sees the key go."""
@@ -238,16 +240,25 @@ class EmbeddedTransport:
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None,
                          since_ms: int | None = None) -> list[Message]:
+        return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
+
+    async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
+                         since_ms: int | None = None) -> AsyncIterator[list[Message]]:
         if partitions is not None and 0 not in partitions:
-            return []
-        # Whole results in one call throughout: a statement left open across awaits holds a
-        # read snapshot that makes this connection's next write fail as busy when another
-        # process (the backfill CLI) wrote meanwhile.
-        rows = await self.db.execute_fetchall(
-            "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND ts>=? ORDER BY off",
-            (topic, since_ms or 0))
-        return [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
-                for off, key, value, headers, ts in rows]
+            return
+        after = -1
+        while True:
+            # A page per statement, each fetched whole: a statement left open across awaits
+            # holds a read snapshot that makes this connection's next write fail as busy when
+            # another process (the backfill CLI) wrote meanwhile.
+            rows = await self.db.execute_fetchall(
+                "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>? AND ts>=? "
+                "ORDER BY off LIMIT ?", (topic, after, since_ms or 0, SCAN_PAGE))
+            if not rows:
+                return
+            yield [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
+                   for off, key, value, headers, ts in rows]
+            after = int(list(rows)[-1][0])
 
     async def end_offset(self, topic: str) -> int:
         await self._refresh(topic)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -114,6 +114,12 @@ class Transport(Protocol):
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         """``group``'s committed offsets on ``topic`` (partitions it never committed: 0)."""
+        ...
+
+    def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
+                   since_ms: int | None = None) -> AsyncIterator[list[Message]]:
+        """What ``read_topic`` returns, in chunks of a few thousand records in log order per
+        partition: a fold (a restore, the ledger) never holds a whole topic's messages."""
         ...
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -203,6 +203,10 @@ class KafkaTransport:
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None,
                          since_ms: int | None = None) -> list[Message]:
+        return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
+
+    async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
+                         since_ms: int | None = None) -> AsyncIterator[list[Message]]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -216,20 +220,20 @@ class KafkaTransport:
             tps = [TopicPartition(topic, p) for p in sorted(parts)
                    if partitions is None or p in partitions]
             if not tps:
-                return []
+                return
             consumer.assign(tps)
             await _seek(consumer, tps, since_ms)
             ends = await consumer.end_offsets(tps)
-            out: list[Message] = []
             while True:
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                     break
-                batches = await consumer.getmany(*tps, timeout_ms=500)
-                for records in batches.values():
-                    out.extend(Message(r.topic, r.partition, r.offset, r.key, r.value or b"",
-                                       list(r.headers), r.timestamp) for r in records)
-            return out
+                batches = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)
+                chunk = [Message(r.topic, r.partition, r.offset, r.key, r.value or b"",
+                                 list(r.headers), r.timestamp)
+                         for records in batches.values() for r in records]
+                if chunk:
+                    yield chunk
         finally:
             await consumer.stop()
 
