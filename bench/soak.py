@@ -110,8 +110,10 @@ async def calibrate(p: dict[str, Any], eos: bool) -> float:
     task = asyncio.create_task(feed.to(p["records"], prog, stop))
     try:
         await prog.reach(1, 60)
-        await asyncio.sleep(2.0)  # past the first batches
         n0, t0 = prog.processed, time.perf_counter()
+        await asyncio.sleep(2.0)  # past the first batches, unless the records ran out first
+        if prog.processed < p["records"]:
+            n0, t0 = prog.processed, time.perf_counter()
         await prog.reach(p["records"], p["calibrate_s"])
         n1, t1 = prog.processed, time.perf_counter()
     finally:
@@ -126,23 +128,28 @@ async def calibrate(p: dict[str, Any], eos: bool) -> float:
 
 async def segment(w: WorkerProc, prog: Progress, feed: Feed, pct: float,
                   total: int) -> dict[str, Any]:
-    """Feed up to ``pct`` of the records; CPU per record over the last 5% of them, RSS, and
-    the seconds it took (busy time: the worker was fed throughout)."""
+    """Feed up to ``pct`` of the records; CPU per record over the last 5% of them (counted as
+    committed), RSS, and the seconds it took (busy time: the worker was fed throughout)."""
     lo = int(total * (pct - 0.05)) // sp.BLOCK * sp.BLOCK
     hi = int(total * pct) // sp.BLOCK * sp.BLOCK
     t0 = time.perf_counter()
     task = asyncio.create_task(feed.to(hi, prog))
     try:
-        if not await prog.reach(lo, STALL_S + lo / 1000):
-            raise RuntimeError(f"stalled at {prog.processed:,} records (log: {w.log})")
-        c0 = w.cpu_s()
-        if not await prog.reach(hi, STALL_S + hi / 1000):
-            raise RuntimeError(f"stalled at {prog.processed:,} records (log: {w.log})")
-        c1, t1 = w.cpu_s(), time.perf_counter()
+        n0, c0 = await _sample(w, prog, lo)
+        n1, c1 = await _sample(w, prog, hi)
+        t1 = time.perf_counter()
     finally:
         await task
-    cpu = None if c0 is None or c1 is None else (c1 - c0) / (hi - lo) * 1e6
+    cpu = None if c0 is None or c1 is None or n1 <= n0 else (c1 - c0) / (n1 - n0) * 1e6
     return {"busy_s": t1 - t0, "rss_mb": w.rss_mb(), "cpu_us": cpu}
+
+
+async def _sample(w: WorkerProc, prog: Progress, n: int) -> tuple[int, float | None]:
+    """Once ``n`` records are committed: the count committed then and the worker's CPU
+    seconds with it (the two taken together, so a late poll shifts both ends alike)."""
+    if not await prog.reach(n, STALL_S + n / 1000):
+        raise RuntimeError(f"stalled at {prog.processed:,} records (log: {w.log})")
+    return prog.processed, w.cpu_s()
 
 
 async def checkpoint(w: WorkerProc, p: dict[str, Any], ns: str, tag: str) -> dict[str, Any]:
