@@ -98,9 +98,10 @@ async def _start(p: dict[str, Any], ns: str, eos: bool, tag: str) -> WorkerProc:
     return w
 
 
-async def calibrate(p: dict[str, Any], eos: bool) -> float:
-    """Committed records per second of the same pipeline, fed as fast as it takes."""
-    ns = "soakcal" + uuid.uuid4().hex[:8]
+async def calibrate(p: dict[str, Any], eos: bool) -> tuple[float, list[str]]:
+    """Committed records per second of the same pipeline, fed as fast as it takes (and what
+    disturbed it)."""
+    ns, broker = "soakcal" + uuid.uuid4().hex[:8], broker_pid()
     w = await _start(p, ns, eos, "calibration")
     prog, feed = Progress(services.KAFKA_BOOTSTRAP, ns), Feed(services.KAFKA_BOOTSTRAP, ns,
                                                               p["partitions"])
@@ -123,7 +124,9 @@ async def calibrate(p: dict[str, Any], eos: bool) -> float:
         await prog.stop()
         await w.stop()
         await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
-    return (n1 - n0) / max(1e-9, t1 - t0)
+    problems = [] if broker_pid() == broker else [
+        "the Kafka broker was restarted during the calibration (not by this benchmark)"]
+    return (n1 - n0) / max(1e-9, t1 - t0), problems
 
 
 async def segment(w: WorkerProc, prog: Progress, feed: Feed, pct: float,
@@ -160,6 +163,7 @@ async def checkpoint(w: WorkerProc, p: dict[str, Any], ns: str, tag: str) -> dic
          f"{log.ledger_messages:,} messages, {log.ledger_entries:,} entries; restarting")
     restart = await w.restart()
     gauge = await w.ledger_gauge()
+    restart["rss_mb_after_start"] = w.rss_mb()  # what the new process holds once it is ready
     _say(f"{tag}: restart {restart}, ledger gauge {gauge}")
     return {"state_mb": log.total_mb, "state_bytes": log.live_bytes, **restart,
             "ledger_gauge_before": before.get(LEDGER_GAUGE),
@@ -212,8 +216,9 @@ def figures(p: dict[str, Any], cal: float, run: dict[str, Any]) -> dict[str, Any
             fig[f"{name}_{tag}"] = None if v is None else round(v, nd)
         fig[f"ledger_entries_{tag}"] = m[tag]["ledger_entries"]
         fig[f"detail_{tag}"] = {k: m[tag][k] for k in (
-            "stop_s", "start_s", "state_bytes", "ledger_entries_source", "ledger_messages",
-            "ledger_entries_counted", "ledger_gauge_before", "open_barriers", "busy_s")}
+            "stop_s", "start_s", "rss_mb_after_start", "state_bytes", "ledger_entries_source",
+            "ledger_messages", "ledger_entries_counted", "ledger_gauge_before", "open_barriers",
+            "busy_s")}
     first = m["25pct"]
     s = p["settings"]
     map_runs_25 = p["records"] // 4 // 2
@@ -241,9 +246,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in modes:
         eos = mode == "eos"
         _say(f"{mode}: calibrating for {p['calibrate_s']:.0f} s")
-        cal = await calibrate(p, eos)
+        cal, disturbed = await calibrate(p, eos)
         _say(f"{mode}: calibration {cal:,.0f} records/s; the run: {p['records']:,} records")
-        runs[mode] = figures(p, cal, await main_run(p, eos))
+        result = await main_run(p, eos)
+        result["problems"] = disturbed + result["problems"]
+        runs[mode] = figures(p, cal, result)
         _say(f"{mode}: {'met' if not runs[mode]['why_not'] else runs[mode]['why_not']}")
     top = combine(runs)
     return {"records": p["records"], "modes": list(runs), **{k: v for k, v in top.items()
