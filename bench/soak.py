@@ -166,7 +166,7 @@ async def checkpoint(w: WorkerProc, p: dict[str, Any], ns: str, tag: str) -> dic
     restart["rss_mb_after_start"] = w.rss_mb()  # what the new process holds once it is ready
     _say(f"{tag}: restart {restart}, ledger gauge {gauge}")
     return {"state_mb": log.total_mb, "state_bytes": log.live_bytes, **restart,
-            "ledger_gauge_before": before.get(LEDGER_GAUGE),
+            "ledger_gauge": gauge, "ledger_gauge_before": before.get(LEDGER_GAUGE),
             "ledger_entries": gauge if gauge is not None else log.ledger_entries,
             "ledger_entries_source": "gauge" if gauge is not None else "counted",
             "ledger_messages": log.ledger_messages, "ledger_entries_counted":
@@ -185,8 +185,8 @@ async def main_run(p: dict[str, Any], eos: bool) -> dict[str, Any]:
     try:
         for pct, tag in ((0.25, "25pct"), (1.0, "100pct")):
             seg = await segment(w, prog, feed, pct, total)
-            _say(f"{tag}: {prog.processed:,} records, RSS {seg['rss_mb']:.0f} MB, "
-                 f"CPU {seg['cpu_us']:.1f} us/record")
+            _say(f"{tag}: {prog.processed:,} records, RSS {seg['rss_mb']} MB, "
+                 f"CPU {seg['cpu_us']} us/record")
             marks[tag] = {**seg, **await checkpoint(w, p, ns, tag)}
     finally:
         await feed.stop()
@@ -217,8 +217,8 @@ def figures(p: dict[str, Any], cal: float, run: dict[str, Any]) -> dict[str, Any
         fig[f"ledger_entries_{tag}"] = m[tag]["ledger_entries"]
         fig[f"detail_{tag}"] = {k: m[tag][k] for k in (
             "stop_s", "start_s", "rss_mb_after_start", "state_bytes", "ledger_entries_source",
-            "ledger_messages", "ledger_entries_counted", "ledger_gauge_before", "open_barriers",
-            "busy_s")}
+            "ledger_messages", "ledger_entries_counted", "ledger_gauge", "ledger_gauge_before",
+            "open_barriers", "busy_s")}
     first = m["25pct"]
     s = p["settings"]
     map_runs_25 = p["records"] // 4 // 2
