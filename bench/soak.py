@@ -124,8 +124,10 @@ async def calibrate(p: dict[str, Any], eos: bool) -> tuple[float, list[str]]:
         await prog.stop()
         await w.stop()
         await delete_topics(services.KAFKA_BOOTSTRAP, lambda t: t.startswith(ns + "."))
-    problems = [] if broker_pid() == broker else [
-        "the Kafka broker was restarted during the calibration (not by this benchmark)"]
+    problems = [f"calibration worker log ERROR: {e[:200]}" for e in w.errors()[:3]]
+    if broker_pid() != broker:
+        problems.append("the Kafka broker was restarted during the calibration (not by this "
+                        "benchmark)")
     return (n1 - n0) / max(1e-9, t1 - t0), problems
 
 
