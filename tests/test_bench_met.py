@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import orjson
 import pytest
 
 from bench import _backfill_pipeline as bp
-from bench import _met, _peers_report, backfill_live, peers
+from bench import _met, _peers_report, _soak_met, backfill_live, peers
+from bench import _soak_check as soak_check
 from bench._met import completion, count_check, error_lines, exact, run_problems
 from streamflow import Settings
 
@@ -300,3 +302,60 @@ def test_the_verdict_alone() -> None:
     v = _met.verdict([r], [])
     assert not v["valid"] and v["broken_rows"] == [
         {"row": "map streamflow:defaults", "why": "logged 1 ERROR line(s) (repeat 2)"}]
+
+
+def soak_figures(**over: Any) -> dict[str, Any]:
+    """A flat soak run (one mode) of 2,000,000 records, with ``over`` changed."""
+    fig: dict[str, Any] = {
+        "records": 2_000_000, "rate_rps": 9_000.0, "calibration_rps": 10_000.0,
+        "rss_mb_25pct": 200.0, "rss_mb_100pct": 210.0, "cpu_us_25pct": 80.0,
+        "cpu_us_100pct": 82.0, "state_mb_25pct": 5.0, "state_mb_100pct": 5.2,
+        "ledger_entries_25pct": 30_000, "ledger_entries_100pct": 31_000,
+        "restart_s_25pct": 2.0, "restart_s_100pct": 2.5, "windows_closed": 7_980,
+        "full_by_25pct": {"dedupe window": True, "barrier retention": True,
+                          "ledger retention": None}, "problems": []}
+    fig.update(over)
+    return fig
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({}, None),
+    ({"rss_mb_100pct": 221.0}, "rss_mb grew"),
+    ({"cpu_us_100pct": 89.0}, "cpu_us grew"),
+    ({"state_mb_100pct": 20.0}, "state_mb grew"),
+    ({"ledger_entries_100pct": 120_000}, "ledger_entries grew"),
+    ({"ledger_entries_25pct": None, "ledger_entries_100pct": None}, None),
+    ({"state_mb_100pct": None}, "state_mb: no figure"),
+    ({"restart_s_100pct": 3.1}, "+ 1 s"),
+    ({"restart_s_25pct": 4.8, "restart_s_100pct": 5.2}, "> 5 s"),
+    ({"restart_s_100pct": None}, "not ready again"),
+    ({"rate_rps": 7_999.0}, "below 80%"),
+    ({"windows_closed": 4_999}, "windows closed"),
+    ({"full_by_25pct": {"dedupe window": False}}, "dedupe window not full"),
+    ({"problems": ["enriched: missing 1 of 1,000,000 records"]}, "missing 1"),
+])
+def test_soak_met(change: dict[str, Any], why: str | None) -> None:
+    got = _soak_met.reasons(soak_figures(**change))
+    if why is None:
+        assert got == []
+    else:
+        assert len(got) == 1 and why in got[0], got
+
+
+def test_soak_windows_scale_with_the_records_and_modes_combine_to_the_worse() -> None:
+    assert _soak_met.reasons(soak_figures(records=100_000, windows_closed=250)) == []
+    assert _soak_met.reasons(soak_figures(records=100_000, windows_closed=249))
+    ok, bad = soak_figures(why_not=[]), soak_figures(rss_mb_100pct=300.0, why_not=["rss"])
+    top = _soak_met.combine({"alo": ok, "eos": bad})
+    assert top["rss_mb_100pct"] == 300.0 and top["restart_s_25pct"] == 2.0
+    assert top["met"] is False and _soak_met.combine({"alo": ok})["met"] is True
+    assert _soak_met.combine({"alo": ok, "eos": soak_figures(
+        ledger_entries_25pct=None, why_not=[])})["ledger_entries_25pct"] is None
+
+
+def test_soak_window_problems() -> None:
+    assert soak_check.window_problems({"w@0": 3}, Counter({"w@0": 1}), {"w@0": 3}) == []
+    got = soak_check.window_problems({"w@0": 3, "w@1": 2}, Counter({"w@0": 2, "w@9": 1}),
+                                     {"w@0": 2, "w@9": 1})
+    assert [g.split(" ")[0:2] for g in got] == [["missing", "1"], ["1", "unexpected"],
+                                                ["1", "duplicate"], ["1", "windows"]]
