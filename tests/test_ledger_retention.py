@@ -9,6 +9,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -18,10 +19,11 @@ from streamflow import Asset, Pipeline, Settings
 from streamflow.backfill import BackfillJob, Planner
 from streamflow.connectors.testing import MemorySink
 from streamflow.engine import Worker
-from streamflow.model import Message, RetryPolicy, done_runs_topic, runs_topic
-from streamflow.observability import Tracing
+from streamflow.engine._ledger import load_ledger
+from streamflow.model import Message, OutMessage, RetryPolicy, done_runs_topic, runs_topic
+from streamflow.observability import Metrics, Tracing
 from streamflow.ops import list_runs
-from streamflow.state import fold_raw, merge, stale_batches
+from streamflow.state import ensure_ledger, fold_raw, merge, stale_batches
 from streamflow.transports import make_transport
 
 from .helpers import memory_source, read_topic
@@ -141,7 +143,7 @@ async def test_kafka_retains_settled_runs_by_time_and_reads_from_a_time(
         (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
         await admin.close()
-    configs = {c[0]: c[1] for c in resp.resources[0][4]}
+    configs = configs_of(resp)
     assert (configs["cleanup.policy"], configs["retention.ms"], configs["segment.ms"]) == (
         "delete", "7200000", "1800000")
 
@@ -150,8 +152,23 @@ async def test_kafka_retains_settled_runs_by_time_and_reads_from_a_time(
     try:
         assert len(fold_raw(await t.read_topic(topic))) == 4
         assert not await t.read_topic(topic, since_ms=int(time.time() * 1000) + 60_000)
+        # A new retention applies at the next start; what else an operator set on the
+        # topic stays (Kafka's AlterConfigs replaces a topic's whole dynamic config).
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, topic,
+                {**configs_of(resp), "max.message.bytes": "2000000"})])
+            await ensure_ledger(t, runs_topic(settings.namespace), 14_400.0)
+            (after,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)])
+        finally:
+            await admin.close()
     finally:
         await t.close()
+    now = configs_of(after)
+    assert (now["retention.ms"], now["max.message.bytes"]) == ("14400000", "2000000")
     # The retried run's tombstone is a real one (a null value), or the cleaner keeps its key.
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
@@ -168,6 +185,11 @@ async def test_kafka_retains_settled_runs_by_time_and_reads_from_a_time(
     finally:
         await consumer.stop()
     assert [r.value for recs in got.values() for r in recs].count(None) == 1
+
+
+def configs_of(resp: Any) -> dict[str, str]:
+    """A topic's overrides (source 1) in a DescribeConfigs response."""
+    return {c[0]: c[1] for c in resp.resources[0][4] if c[3] == 1 and not isinstance(c[3], bool)}
 
 
 def _legacy_batch(topic: str, ended_ms: int) -> Message:
@@ -217,3 +239,43 @@ async def test_a_backfill_counts_inputs_older_than_retention_it_cannot_rule_out(
     db.commit()
     db.close()
     assert await plan(1.0) == (4, 4)
+
+
+def _v1(run_id: str, status: str, ended_ms: int, stage: str = "work") -> bytes:
+    return orjson.dumps({"v": 1, "run_id": run_id, "stage": stage, "partition": "p",
+                         "status": status, "attempt": 1, "max_attempts": 2, "started_ms": 1,
+                         "ended_ms": ended_ms, "mode": "live", "replay": 0, "inputs": [],
+                         "outputs": []})
+
+
+async def test_a_start_tidies_open_records_of_settled_runs_and_finds_gate_history(
+        tmp_path: Path) -> None:
+    """A crash after an attempt's "retrying" record but before its commit, and a redelivery
+    that then succeeded at attempt 1, leave an open record behind; a gated stage needs 64
+    passing runs of history, further back than the dedupe window."""
+    settings = Settings(state_dir=tmp_path, namespace="tidy", http_port=None,
+                        dedupe_window_s=60, ledger_retention_s=86_400)
+    now = int(time.time() * 1000)
+    runs, done = runs_topic("tidy"), done_runs_topic("tidy")
+    t = make_transport(settings)
+    await t.start()
+    try:
+        await ensure_ledger(t, runs, settings.ledger_retention_s)
+        old = [OutMessage(done, _v1(f"g{i}", "succeeded", now - 3_600_000, "gate"), None, [])
+               for i in range(70)]
+        await t.publish(old)  # an hour ago, as the log's timestamps say too
+        await t.db.execute("UPDATE log SET ts=? WHERE topic=?",  # type: ignore[attr-defined]
+                           (now - 3_600_000, done))
+        await t.db.commit()  # type: ignore[attr-defined]
+        await t.publish([OutMessage(runs, _v1("r1", "retrying", now - 2000), b"r1", []),
+                         OutMessage(runs, _v1("r2", "dead-lettered", now - 2000), b"r2", []),
+                         OutMessage(done, _v1("r1", "succeeded", now - 1000), b"r1", [])])
+        plain = await load_ledger(t, settings, Metrics("x"))
+        gated = await load_ledger(t, settings, Metrics("x"), ["gate"])
+        left = fold_raw(await t.read_topic(runs))
+    finally:
+        await t.close()
+    assert plain.open_at == {"r2": 0} and plain.runs["r1"]["status"] == "succeeded"
+    assert list(left) == ["r2"], "r1's open record was tombstoned at start"
+    assert not any(r.startswith("g") for r in plain.runs), "older than the dedupe window"
+    assert sum(r.startswith("g") for r in gated.runs) == 70, "read back for gate history"

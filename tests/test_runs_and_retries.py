@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from streamflow import Asset, Pipeline, RetryPolicy, Settings, run_pipeline
 from streamflow.cli import main
 from streamflow.connectors.testing import MemorySink, MemorySource
+from streamflow.model import runs_topic
 from streamflow.ops import list_dead_letters, list_runs, replay
+from streamflow.state import fold_raw
 
 from .helpers import memory_source, read_topic, values
 
@@ -192,6 +194,10 @@ async def test_replay_after_a_fix_runs_again_once(settings: Settings, out: Out,
     runs = await list_runs(settings)
     assert sorted((r.status, r.replay) for r in runs) == [
         ("dead-lettered", 0), ("dead-lettered", 0), ("succeeded", 1), ("succeeded", 1)]
+    # Replayed, the dead-lettered runs left the ledger's compacted topic (open runs only) for
+    # its retained one, where they stay listed until retention.
+    open_runs = fold_raw(await read_topic(settings, runs_topic(settings.namespace)))
+    assert not open_runs
 
 
 async def test_source_dead_letters_are_not_replayable(settings: Settings,

@@ -69,8 +69,8 @@ class Driver:
         await self.t.ensure_topics([jobs_topic(self.ns)], compacted=[jobs_topic(self.ns)])
         await self.t.ensure_topics([self.lane], partitions={self.lane: await self.t
                                    .partition_count(asset_topic(self.ns, job.asset))})
-        if self.plan.dead:
-            await self.t.publish(self.plan.dead)
+        if self.plan.dead or self.plan.settle:
+            await self.t.publish(self.plan.dead + self.plan.settle)
         job.status = "running"
         job.driver = f"{socket.gethostname()}:{os.getpid()}"
         await self._save(force=True)

@@ -38,7 +38,7 @@ from streamflow.model import (
     source_arrival_id,
 )
 from streamflow.observability import Tracing, traceparent_of
-from streamflow.state import read_ledger
+from streamflow.state import close_runs, read_ledger
 from streamflow.transports import Transport
 
 from ._jobs import MAX_SLICES, BackfillJob, Slice, target_stages
@@ -55,6 +55,8 @@ class Plan:
     out_of_range: int = 0
     unruled: int = 0
     """Inputs sent though they may have run: older than the ledger's retention, no entry."""
+    settle: list[OutMessage] = field(default_factory=list)
+    """``--reprocess failed``: the dead-lettered runs it re-runs under new ids, resolved."""
 
 
 class Planner:
@@ -67,6 +69,7 @@ class Planner:
         self.forgotten_ms = 0 if retention_s is None else int((time.time() - retention_s) * 1000)
         """Settled runs that ended before then have left the ledger."""
         self.unruled = 0
+        self.rerun: list[str] = []  # dead-lettered run ids ``--reprocess failed`` sends again
 
     async def plan(self, job: BackfillJob) -> Plan:
         asset, stages = target_stages(self.p, job.asset, job.stages[0]
@@ -109,7 +112,8 @@ class Planner:
                 msgs.append(self._lane_message(job, asset, a, lane))
             groups.append(([key], msgs, len(by_key[key]), skipped))
         slices, messages = _slices(groups)
-        return Plan(via, slices, messages, dead, skipped_range, self.unruled)
+        settle = await close_runs(self.t, runs_topic(self.ns), self.rerun)
+        return Plan(via, slices, messages, dead, skipped_range, self.unruled, settle)
 
     def _history_source(self, asset: Asset[Any]) -> tuple[str, BackfillSource] | None:
         for sp in self.p.sources:
@@ -170,9 +174,12 @@ class Planner:
         barrier ignores a version it already holds)."""
         if job.reprocess == "all" or len(each) < len(job.stages):
             return True
-        statuses = [ledger.get(run_id_of(s, _plain(a)), {}).get("status") for s in each]
+        ids = [run_id_of(s, _plain(a)) for s in each]
+        statuses = [ledger.get(r, {}).get("status") for r in ids]
         if job.reprocess == "failed":
-            return any(st == "dead-lettered" for st in statuses)
+            dead = [r for r, st in zip(ids, statuses, strict=True) if st == "dead-lettered"]
+            self.rerun += dead
+            return bool(dead)
         if all(st is None for st in statuses) and a.event_time_ms < self.forgotten_ms:
             self.unruled += 1
         return not all(st in FINAL for st in statuses)

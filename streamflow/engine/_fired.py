@@ -14,11 +14,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from streamflow.model import Settings, runs_topic
-from streamflow.observability import Metrics
-from streamflow.state import done_of, fired_of, fold_topic, merge, read_ledger
+from streamflow.state import SETTLED, done_of, fired_of, fold_topic, merge
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.stage")
@@ -33,7 +30,7 @@ class RecentRuns:
     set lookup or two. An input redelivered after that runs again (keyed sinks absorb it).
     """
 
-    __slots__ = ("_clock", "_since", "current", "max_ids", "previous", "window_s")
+    __slots__ = ("_clock", "_since", "current", "max_ids", "open", "previous", "window_s")
 
     def __init__(self, window_s: float, max_ids: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,6 +38,10 @@ class RecentRuns:
         self.current: set[str] = set()
         self.previous: set[str] = set()
         self._since = clock()
+        self.open: dict[str, int] = {}
+        """Runs with an open record on the ledger's compacted topic (retrying, dead-lettered,
+        held, parked), by its partition: the run's settled record tombstones it there. As
+        many as the stage's unresolved runs."""
 
     def __contains__(self, run_id: object) -> bool:
         return run_id in self.current or run_id in self.previous
@@ -85,6 +86,14 @@ class FiredRuns:
     def __contains__(self, run_id: str) -> bool:
         return run_id in self.ids
 
+    def opened(self, run_id: str, kafka_partition: int) -> None:
+        """An open record was written for the run (-1: placed by its run id)."""
+        self.ids.open[run_id] = kafka_partition
+
+    def settle_at(self, run_id: str) -> int | None:
+        """Where the run's open record is, if it has one; it is forgotten."""
+        return self.ids.open.pop(run_id, None)
+
     def add(self, run_id: str, kafka_partition: int, in_transaction: bool) -> None:
         self.ids.add(run_id)
         if in_transaction:
@@ -120,8 +129,14 @@ class FiredRuns:
 
     async def _load(self, partitions: set[int]) -> None:
         since = int((time.time() - self.ids.window_s) * 1000)
-        ledger = await read_ledger(self.transport, self.runs_topic, partitions, since)
+        where: dict[str, int] = {}
+        open_runs, _ = await fold_topic(self.transport, self.runs_topic, partitions,
+                                        where=where)
+        done, _ = await fold_topic(self.transport, done_of(self.runs_topic), partitions, since)
+        ledger = merge(open_runs, done)
         self.ids.update(fired_of(ledger, self.stage, since, self.ids.max_ids))
+        self.ids.open.update({r: p for r, p in where.items() if ledger[r]["stage"] == self.stage
+                              and ledger[r]["status"] not in SETTLED})
 
     async def loaded(self) -> None:
         """Runs a partition's previous owner fired are known before its records run."""
@@ -141,23 +156,3 @@ class FiredRuns:
     def loading(self) -> bool:
         return bool(self._loading)
 
-
-async def load_ledger(transport: Transport, settings: Settings,
-                      metrics: Metrics) -> dict[str, dict[str, Any]]:
-    """What a start needs of the ledger: its open runs (the compacted topic, whole) and the
-    dedupe window of its settled ones, so start-up time does not grow with history. Batches
-    of succeeded runs an older worker wrote to the compacted topic are tombstoned once past
-    retention, as the retained topic would have dropped them."""
-    topic, now = runs_topic(settings.namespace), time.time()
-    open_runs, stale = await fold_topic(
-        transport, topic, stale_before=int((now - settings.ledger_retention_s) * 1000))
-    done, _ = await fold_topic(transport, done_of(topic),
-                               since_ms=int((now - settings.dedupe_window_s) * 1000))
-    if stale:
-        await transport.publish(stale)
-        log.info("run ledger: %d batches of succeeded runs older than ledger_retention_s "
-                 "(%gs) left the compacted topic", len(stale), settings.ledger_retention_s)
-    metrics.ledger_loaded.update({"open": len(open_runs), "done": len(done)})
-    log.info("run ledger: read %d open runs and %d settled runs of the last %gs at start",
-             len(open_runs), len(done), settings.dedupe_window_s)
-    return merge(open_runs, done)

@@ -44,7 +44,7 @@ from streamflow.observability import (
     trace_id_of,
     traceparent_of,
 )
-from streamflow.state import LedgerBatch, compact_inputs, record_message, run_entry
+from streamflow.state import SETTLED, LedgerBatch, compact_inputs, record_message, run_entry
 from streamflow.triggers import TriggerRuntime
 
 from ._context import Ctx
@@ -225,10 +225,18 @@ def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attemp
         plan.run_id, plan.partition, attempt, int(started * 1000), int(time.time() * 1000),
         compact_inputs(plan.inputs), produced, mode=plan.mode, replay=plan.replay,
         trace_id=trace_id_of(plan.parent), backfill=plan.backfill, checks=plan.checks),
-        settles=attempt > 1 or plan.replay > 0 or plan.settles)
+        settle_at=_settle_at(st, plan, attempt))
     st.fire(plan)
     if st.ctx.lineage is not None:
         lineage(st, plan, attempt, time.time(), "succeeded")
+
+
+def _settle_at(st: StageLike, plan: PlannedRun, attempt: int) -> int | None:
+    """Where the run's open record on the ledger's compacted topic is, if it may have one."""
+    at = st.fired.settle_at(plan.run_id)
+    if at is None and (attempt > 1 or plan.replay > 0 or plan.settles):
+        at = plan.kafka_partition
+    return at
 
 
 def lineage(st: StageLike, plan: PlannedRun, attempt: int, at: float, status: RunStatus | None,
@@ -336,6 +344,8 @@ def output_message(st: StageLike, rec: BaseModel, i: int, run_id: str, mode: Mod
 
 def ledger_record(st: StageLike, plan: PlannedRun, status: RunStatus, attempt: int,
                   started: float, outputs: list[str], exc: BaseException | None) -> OutMessage:
+    if status not in SETTLED:
+        st.fired.opened(plan.run_id, plan.kafka_partition)
     return record_message(
         st.runs_topic, run_id=plan.run_id, stage=st.spec.name, partition=plan.partition,
         status=status, attempt=attempt, max_attempts=st.spec.retry.attempts,

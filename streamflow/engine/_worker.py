@@ -22,7 +22,6 @@ from streamflow.model import (
     Settings,
     SinkSpec,
     SourceSpec,
-    done_runs_topic,
     hold_topic,
     lane_topic,
     replay_topic,
@@ -39,12 +38,13 @@ from streamflow.observability import (
     port_holder,
     run_events,
 )
-from streamflow.state import check_contracts, fired_of
+from streamflow.state import check_contracts, ensure_ledger, fired_of
 from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
 from ._drain import drain, finish, wait_sources, wait_stop
-from ._fired import RecentRuns, load_ledger
+from ._fired import RecentRuns
+from ._ledger import Loaded, load_ledger
 from ._sinks import SinkRunner
 from ._sources import SourceRunner
 from ._stage import StageRunner
@@ -134,6 +134,7 @@ class Worker:
             ledger = await self._prepare_topics(ctx)
             await self._setup_connectors(sources, sinks)
             self._add_consumers(consumers, ctx, alerter, ledger, sinks)
+            del ledger  # consumers copied what they need: the fold may be large
             for cons in consumers:
                 await cons.open()
             tasks += [asyncio.create_task(k.run(), name=f"consumer:{k.group}") for k in consumers]
@@ -171,25 +172,25 @@ class Worker:
         ]
         return sources, sinks
 
-    async def _prepare_topics(self, ctx: Ctx) -> dict[str, dict[str, Any]]:
+    async def _prepare_topics(self, ctx: Ctx) -> Loaded:
         """Start the transport, create and check the topics; the run ledger as read."""
         s, p = self.settings, self.pipeline
         await self.transport.start()
         topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
         names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
         topics += [replay_topic(s.namespace, n) for n in names]
-        compacted = [runs_topic(s.namespace)] + [
+        compacted = [
             state_topic(s.namespace, st.name) for st in p.stages
             if not isinstance(st.trigger, OnEach)] + [
             hold_topic(s.namespace, st.name) for st in p.stages if st.checks]
-        await self.transport.ensure_topics(
-            topics, compacted=compacted,
-            retained={done_runs_topic(s.namespace): s.ledger_retention_s})
+        await self.transport.ensure_topics(topics, compacted=compacted)
+        await ensure_ledger(self.transport, runs_topic(s.namespace), s.ledger_retention_s)
         await self._ensure_lanes(ctx)
         await self._check_copartitioned(ctx)
         for note in await check_contracts(self.transport, s.namespace, p.assets.values()):
             log.info("%s", note)
-        return await load_ledger(self.transport, s, self.metrics)
+        return await load_ledger(self.transport, s, self.metrics,
+                                 [st.name for st in p.stages if st.checks])
 
     async def _setup_connectors(self, sources: list[tuple[SourceSpec, Source]],
                                 sinks: list[tuple[SinkSpec, Sink]]) -> None:
@@ -202,14 +203,16 @@ class Worker:
                 connector_context(skp.name, skp.asset, state, s.namespace, p.name))
 
     def _add_consumers(self, consumers: list[StageRunner | SinkRunner], ctx: Ctx,
-                       alerter: Alerter, ledger: dict[str, dict[str, Any]],
+                       alerter: Alerter, loaded: Loaded,
                        sinks: list[tuple[SinkSpec, Sink]]) -> None:
         """Both lanes of every stage, upstream first, then the sinks."""
-        p = self.pipeline
+        p, ledger = self.pipeline, loaded.runs
         for st in _topological(p):
             fired = RecentRuns(self.settings.dedupe_window_s, self.settings.dedupe_max_runs)
             fired.update(fired_of(ledger, st.name, int(
                 (time.time() - fired.window_s) * 1000), fired.max_ids))
+            fired.open = {r: at for r, at in loaded.open_at.items()
+                          if ledger[r]["stage"] == st.name}
             keeper = None
             if st.checks:  # row-count history: input counts of earlier passing runs
                 done = sorted((d for d in ledger.values()

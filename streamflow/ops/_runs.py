@@ -25,7 +25,7 @@ from streamflow.model import (
     replay_topic,
     runs_topic,
 )
-from streamflow.state import read_ledger, validated
+from streamflow.state import close_runs, ensure_ledger, read_ledger, validated
 from streamflow.transports import make_transport
 
 
@@ -114,6 +114,11 @@ async def replay(settings: Settings, entries: Sequence[DeadLetterEntry]) -> list
     await t.start()
     try:
         await t.ensure_topics(sorted({m.topic for m in out}))
+        # The replays run under new run ids: the dead-lettered runs they replace are resolved.
+        ledger = runs_topic(settings.namespace)
+        await ensure_ledger(t, ledger, settings.ledger_retention_s)
+        out += await close_runs(t, ledger, [str(e.body["run_id"]) for e in entries
+                                            if e.kind == "stage" and e.body.get("run_id")])
         await t.publish(out)
     finally:
         await t.close()

@@ -7,11 +7,14 @@ May import ``streamflow.transports`` and ``streamflow.model``.
 from ._changelog import StateStore
 from ._contracts import check_contracts, compare, signature
 from ._ledger import (
+    HISTORY,
     LEDGER_VERSION,
     SETTLED,
     LedgerBatch,
+    close_runs,
     compact_inputs,
     done_of,
+    ensure_ledger,
     fired_of,
     fold,
     fold_raw,
@@ -26,14 +29,17 @@ from ._ledger import (
 )
 
 __all__ = [
+    "HISTORY",
     "LEDGER_VERSION",
     "SETTLED",
     "LedgerBatch",
     "StateStore",
     "check_contracts",
+    "close_runs",
     "compact_inputs",
     "compare",
     "done_of",
+    "ensure_ledger",
     "fired_of",
     "fold",
     "fold_raw",

@@ -12,6 +12,7 @@ table of the same log). Barriers, windows and gate holds all keep their state he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -104,10 +105,11 @@ class StateStore(Generic[S]):
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0
-        async for chunk in self.transport.scan_topic(self.topic, {partition}):
-            if self._restores.get(partition) is not asyncio.current_task():
-                return  # revoked (forgotten) while loading: the state belongs to its new owner
-            n += self._fold(chunk, partition)
+        async with contextlib.aclosing(self.transport.scan_topic(self.topic, {partition})) as scan:
+            async for chunk in scan:
+                if self._restores.get(partition) is not asyncio.current_task():
+                    return  # revoked (forgotten) while loading: its state is its new owner's
+                n += self._fold(chunk, partition)
         if self._restores.get(partition) is not asyncio.current_task():
             return
         self.settle(partition)

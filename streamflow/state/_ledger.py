@@ -41,6 +41,8 @@ LEDGER_VERSION = 2
 
 SETTLED: frozenset[str] = frozenset({"succeeded", "skipped", "released"})
 """Statuses that need nothing more: written to the retained topic, not the compacted one."""
+HISTORY = 64
+"""Passing runs a gated stage's row-count checks look back on (``Gatekeeper.history``)."""
 
 _warned: set[int] = set()
 
@@ -93,16 +95,17 @@ class LedgerBatch:
         self._runs: dict[int, list[dict[str, Any]]] = {}
         self._settles: list[OutMessage] = []
 
-    def add(self, kafka_partition: int, entry: dict[str, Any], settles: bool = False) -> None:
-        """``entry`` from ``run_entry``; ``kafka_partition`` -1 when unknown. ``settles``: the
-        run may have a record on the compacted topic (a retry, replay or unparked run), which
-        goes."""
+    def add(self, kafka_partition: int, entry: dict[str, Any],
+            settle_at: int | None = None) -> None:
+        """``entry`` from ``run_entry``; ``kafka_partition`` -1 when unknown. ``settle_at``:
+        the partition of the run's record on the compacted topic (a retried, replayed or
+        unparked run), which goes."""
         runs = self._runs.get(kafka_partition)
         if runs is None:
             runs = self._runs[kafka_partition] = []
         runs.append(entry)
-        if settles:
-            self._settles.append(settled_message(self.topic, entry["run_id"], kafka_partition))
+        if settle_at is not None:
+            self._settles.append(settled_message(self.topic, entry["run_id"], settle_at))
 
     def drain(self) -> list[OutMessage]:
         """The batch's ledger messages; the book is empty afterwards. Each key is unique (the
@@ -210,16 +213,36 @@ def merge(open_runs: dict[str, dict[str, Any]],
 
 
 async def fold_topic(transport: Transport, topic: str, partitions: set[int] | None = None,
-                     since_ms: int | None = None, stale_before: int | None = None
+                     since_ms: int | None = None, stale_before: int | None = None,
+                     where: dict[str, int] | None = None
                      ) -> tuple[dict[str, dict[str, Any]], list[OutMessage]]:
-    """One ledger topic folded chunk by chunk, and (``stale_before``) its ``stale_batches``."""
+    """One ledger topic folded chunk by chunk, and (``stale_before``) its ``stale_batches``.
+    ``where`` gets the partition of each run whose own latest record there is open (where
+    its tombstone must go)."""
     runs: dict[str, dict[str, Any]] = {}
     stale: list[OutMessage] = []
     async for chunk in transport.scan_topic(topic, partitions, since_ms):
         fold_raw(chunk, runs)
         if stale_before is not None:
             stale += stale_batches(chunk, stale_before)
+        if where is not None:
+            _open_keys(chunk, where)
     return runs, stale
+
+
+def _open_keys(chunk: list[Message], where: dict[str, int]) -> None:
+    for m in chunk:
+        if not m.key or m.key.startswith(b"batch-"):
+            continue
+        key = m.key.decode(errors="replace")
+        try:
+            status = orjson.loads(m.value).get("status") if m.value else None
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if status is None or status in SETTLED:
+            where.pop(key, None)
+        else:
+            where[key] = m.partition
 
 
 async def read_ledger(transport: Transport, runs_topic: str,
@@ -230,6 +253,40 @@ async def read_ledger(transport: Transport, runs_topic: str,
     open_runs, _ = await fold_topic(transport, runs_topic, partitions)
     done, _ = await fold_topic(transport, done_of(runs_topic), partitions, since_ms)
     return merge(open_runs, done)
+
+
+async def ensure_ledger(transport: Transport, namespace_runs_topic: str,
+                        retention_s: float) -> None:
+    """Both ledger topics, the retained one with the compacted one's partition count: a
+    record's partition is its input's, on either topic."""
+    done = done_of(namespace_runs_topic)
+    await transport.ensure_topics([], compacted=[namespace_runs_topic])
+    await transport.ensure_topics(
+        [], retained={done: retention_s},
+        partitions={done: await transport.partition_count(namespace_runs_topic)})
+
+
+async def close_runs(transport: Transport, runs_topic: str,
+                     run_ids: Iterable[str]) -> list[OutMessage]:
+    """Dead-lettered runs being replayed under new run ids: each record moves to the retained
+    topic (still listed until retention) and its key on the compacted one is tombstoned, on
+    the partition its record is on."""
+    want, latest = set(run_ids), {}
+    async for chunk in transport.scan_topic(runs_topic):
+        for m in chunk:
+            key = (m.key or b"").decode(errors="replace")
+            if key in want:
+                latest[key] = m
+    out = []
+    for m in latest.values():
+        try:
+            dead = m.value and orjson.loads(m.value).get("status") == "dead-lettered"
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if dead:
+            out += [OutMessage(done_of(runs_topic), m.value, m.key, [], partition=m.partition),
+                    OutMessage(runs_topic, b"", m.key, [], partition=m.partition)]
+    return out
 
 
 def stale_batches(messages: Iterable[Message], cutoff_ms: int) -> list[OutMessage]:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,17 +243,17 @@ class EmbeddedTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncIterator[list[Message]]:
+                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
         if partitions is not None and 0 not in partitions:
             return
-        after = -1
+        after, end = -1, await self.end_offset(topic)  # what is there now, as on Kafka
         while True:
             # A page per statement, each fetched whole: a statement left open across awaits
             # holds a read snapshot that makes this connection's next write fail as busy when
             # another process (the backfill CLI) wrote meanwhile.
             rows = await self.db.execute_fetchall(
-                "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>? AND ts>=? "
-                "ORDER BY off LIMIT ?", (topic, after, since_ms or 0, SCAN_PAGE))
+                "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>? AND off<? "
+                "AND ts>=? ORDER BY off LIMIT ?", (topic, after, end, since_ms or 0, SCAN_PAGE))
             if not rows:
                 return
             yield [Message(topic, 0, off, key, value, _dec_headers(headers), ts)

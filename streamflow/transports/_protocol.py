@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -117,7 +117,7 @@ class Transport(Protocol):
         ...
 
     def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                   since_ms: int | None = None) -> AsyncIterator[list[Message]]:
+                   since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
         """What ``read_topic`` returns, in chunks of a few thousand records in log order per
         partition: a fold (a restore, the ledger) never holds a whole topic's messages."""
         ...

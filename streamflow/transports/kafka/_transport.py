@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -104,9 +104,7 @@ class KafkaTransport:
                     await admin.create_topics(new)
             old = [t for t in retained if t in existing]
             if old:  # the setting may have changed since the topic was made
-                await admin.alter_configs([
-                    ConfigResource(ConfigResourceType.TOPIC, t, retained_configs(retained[t]))
-                    for t in old])
+                await _retain(admin, {t: retained_configs(retained[t]) for t in old})
         finally:
             await admin.close()
         if new:
@@ -206,7 +204,7 @@ class KafkaTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncIterator[list[Message]]:
+                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -255,7 +253,6 @@ class KafkaTransport:
         return sub
 
 
-
 async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
                 since_ms: int | None) -> None:
     """To the first record at or after ``since_ms`` (the broker's time index), or the start.
@@ -268,3 +265,24 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
     for tp in tps:
         at = found.get(tp)
         consumer.seek(tp, at.offset if at is not None else ends[tp])
+
+
+async def _retain(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
+    """Set retention configs where they differ. ``alter_configs`` replaces a topic's whole
+    dynamic config, so what else was set on it goes along unchanged."""
+    described = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted])
+    changes = []
+    for res in (r for resp in described for r in resp.resources):
+        topic, entries = res[3], res[4]
+        # (name, value, read_only, source or is_default, ...): source 1 is a topic override.
+        current = {e[0]: e[1] for e in entries
+                   if (not e[3] if isinstance(e[3], bool) else e[3] == 1)}
+        if any(current.get(k) != v for k, v in wanted[topic].items()):
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, topic,
+                                          {**current, **wanted[topic]}))
+    if changes:
+        for res in (r for resp in await admin.alter_configs(changes) for r in resp.resources):
+            if res[0]:
+                raise TransportError(f"cannot set the retention of Kafka topic {res[3]}: "
+                                     f"{res[1] or f'error {res[0]}'}")

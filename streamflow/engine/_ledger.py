@@ -1,0 +1,69 @@
+"""What a worker's start reads of the run ledger: its open runs, the dedupe window of its
+settled ones, and (for quality gates) enough passing runs for row-count history. Start-up time
+so follows the open runs and the window, not the ledger's history.
+
+It also tidies what earlier runs left on the compacted topic: batches an older version wrote
+there, once past retention, and open records of runs that settled meanwhile (a crash between
+an attempt's record and the commit, a run re-run after the dedupe window).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamflow.model import OutMessage, Settings, runs_topic
+from streamflow.observability import Metrics
+from streamflow.state import HISTORY, SETTLED, done_of, fold_topic, merge, settled_message
+from streamflow.transports import Transport
+
+log = logging.getLogger("streamflow.engine")
+
+
+@dataclass
+class Loaded:
+    runs: dict[str, dict[str, Any]]
+    """Every run read, as ``fold_raw`` gives it."""
+    open_at: dict[str, int] = field(default_factory=dict)
+    """Open run ids: the partition of their record on the compacted topic."""
+
+
+async def load_ledger(transport: Transport, settings: Settings, metrics: Metrics,
+                      gated: Collection[str] = ()) -> Loaded:
+    topic, now = runs_topic(settings.namespace), time.time()
+    where: dict[str, int] = {}
+    open_runs, stale = await fold_topic(
+        transport, topic, stale_before=int((now - settings.ledger_retention_s) * 1000),
+        where=where)
+    done, span = await _settled(transport, done_of(topic), gated, now, settings)
+    runs = merge(open_runs, done)
+    leaked = [rid for rid in where if runs.get(rid, {}).get("status") in SETTLED]
+    tidy: list[OutMessage] = stale + [settled_message(topic, r, where.pop(r)) for r in leaked]
+    if tidy:
+        await transport.publish(tidy)
+        log.info("run ledger: %d old batches and %d settled runs' open records left the "
+                 "compacted topic", len(stale), len(leaked))
+    metrics.ledger_loaded.update({"open": len(open_runs), "done": len(done)})
+    log.info("run ledger: read %d open runs and %d settled runs of the last %gs at start",
+             len(open_runs), len(done), span)
+    return Loaded(runs, where)
+
+
+async def _settled(transport: Transport, topic: str, gated: Collection[str], now: float,
+                   s: Settings) -> tuple[dict[str, dict[str, Any]], float]:
+    """The dedupe window of settled runs; further back (up to retention, four times the span
+    a step) while a gated stage has fewer passing runs than its history holds."""
+    span = s.dedupe_window_s
+    while True:
+        done, _ = await fold_topic(transport, topic, since_ms=int((now - span) * 1000))
+        if span >= s.ledger_retention_s or all(
+                _passing(done, g) >= HISTORY for g in gated):
+            return done, span
+        span = min(s.ledger_retention_s, span * 4)
+
+
+def _passing(runs: dict[str, dict[str, Any]], stage: str) -> int:
+    return sum(1 for d in runs.values() if d["stage"] == stage and d["status"] == "succeeded")
