@@ -142,11 +142,12 @@ class Changelog:
 
 
 async def read_changelogs(bootstrap: str, ns: str, partitions: int) -> Changelog:
-    """Reads the state topics and the run ledger whole, up to their end offsets now."""
+    """Reads the state topics and both ledger topics whole, up to their end offsets now."""
     out = Changelog()
-    for topic in [f"{ns}.state.join", f"{ns}.state.tumble", f"{ns}.runs"]:
+    # The ledger's retained part counts too: it is the engine's, kept for ledger_retention_s.
+    for topic in [f"{ns}.state.join", f"{ns}.state.tumble", f"{ns}.runs", f"{ns}.runs.done"]:
         latest: dict[bytes | None, int] = {}
-        ledger = topic.endswith(".runs")
+        ledger = topic.endswith((".runs", ".runs.done"))
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     isolation_level="read_committed",
                                     max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)

@@ -89,6 +89,8 @@ def _libs() -> Path:
 
 
 def _server_properties(data_dir: Path) -> str:
+    """One node, loopback only. Retention is checked every 10 s, not 5 minutes, so a short
+    ``ledger_retention_s`` (tests, ``bench soak``) takes effect within a run."""
     return f"""process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{KAFKA_CONTROLLER_PORT}
@@ -107,6 +109,7 @@ group.initial.rebalance.delay.ms=0
 num.partitions=4
 auto.create.topics.enable=true
 log.segment.delete.delay.ms=1000
+log.retention.check.interval.ms=10000
 """
 
 
