@@ -48,9 +48,15 @@ class _Consumer:
         self.sub: Subscription | None = None
         self._stop = asyncio.Event()
         self._acks: list[Awaitable[object]] = []  # publishes whose acks the next commit awaits
+        # At least once: inputs handled and not committed yet, the commit on its way, and what
+        # failed in a commit before a rebalance (raised by the loop).
+        self._pending: list[Message] = []
+        self._committing: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
 
     async def open(self) -> None:
-        self.sub = await self.ctx.transport.subscribe(self.group, self.topics)
+        self.sub = await self.ctx.transport.subscribe(self.group, self.topics,
+                                                      on_revoke=self.handing_over)
 
     def stop(self) -> None:
         self._stop.set()
@@ -67,27 +73,47 @@ class _Consumer:
             await self._run_transactional()
             return
         loop = asyncio.get_running_loop()
-        pending: list[Message] = []
         last_commit = loop.time()
-        committing: asyncio.Task[None] | None = None  # one commit in flight, off the hot path
         while not self._stop.is_set():
+            if self._failed is not None:
+                raise self._failed
             msgs, _ = await self.poll(sub)
             if msgs:
-                pending.extend(await self.handle(msgs))
+                self._pending.extend(await self.handle(msgs))
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
-            if pending and due and (committing is None or committing.done()):
+            committing = self._committing  # one commit in flight, off the hot path
+            if self._pending and due and (committing is None or committing.done()):
                 if committing is not None:
                     committing.result()  # surface a failed commit or publish
-                committing = asyncio.create_task(self._commit_acked(sub, pending, self._acks))
-                pending, self._acks, last_commit = [], [], loop.time()
+                self._committing = asyncio.create_task(
+                    self._commit_acked(sub, self._pending, self._acks))
+                self._pending, self._acks, last_commit = [], [], loop.time()
             elif len(self._acks) > 64:  # bound what is in flight
                 await self._acks.pop(0)
             await self.idle()
-        if committing is not None:
-            await committing
-        if pending or self._acks:
-            await self._commit_acked(sub, pending, self._acks)
+        if self._committing is not None:
+            await self._committing
+        if self._pending or self._acks:
+            await self._commit_acked(sub, self._pending, self._acks)
         await sub.close()
+
+    async def handing_over(self, partitions: set[int]) -> None:
+        """At least once, before a rebalance moves partitions: commit the batches handled so
+        far (once their outputs are acknowledged), so their next owner does not handle them
+        again; only a batch in hand meanwhile is. A failure is the loop's to raise: an
+        output that did not land must not be committed past."""
+        sub = self.sub
+        if sub is None or sub.exactly_once:
+            return
+        committing, self._committing = self._committing, None
+        pending, acks = self._pending, self._acks
+        self._pending, self._acks = [], []
+        try:
+            if committing is not None:
+                await committing
+            await self._commit_acked(sub, pending, acks)
+        except Exception as e:
+            self._failed = e
 
     @staticmethod
     async def _commit_acked(sub: Subscription, pending: list[Message],
