@@ -1,17 +1,19 @@
 """At least once through a rebalance (found by the chaos suite, issue 17 item 7): a consumer
 commits what it handled before its partitions move, and a commit that names a partition moved
 away meanwhile, or that the rebalance refused, leaves it to the next owner instead of killing
-the worker. No broker: the consumer and the subscription are stand-ins."""
+the worker; a poll that fails while the broker restarts is retried. No broker: the consumer and
+the subscription are stand-ins."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, GroupLoadInProgressError
 
 from streamflow.engine._consumer import _Consumer
 from streamflow.model import Message
@@ -107,3 +109,38 @@ async def test_handing_over_does_nothing_exactly_once() -> None:
     c._pending = [msg(0, 1)]
     await c.handing_over({0})
     assert sub.committed == [] and c._pending == [msg(0, 1)]
+
+
+class FlakyPoll(_Consumer):
+    """Polls fail twice as while the broker restarts (its groups loading), then one record
+    comes, and the consumer is stopped."""
+
+    def __init__(self, sub: FakeSub) -> None:
+        super().__init__(cast(Any, SimpleNamespace(commit_interval_s=0.0)))
+        self.sub = cast(Any, sub)
+        self.group, self.polls = "g", 0
+
+    async def poll(self, sub: Any) -> tuple[list[Message], bool]:
+        self.polls += 1
+        if self.polls <= 2:
+            raise GroupLoadInProgressError()
+        if self.polls == 3:
+            return [msg(0, 41)], False
+        self.stop()
+        return [], False
+
+    async def handle(self, msgs: list[Message]) -> list[Message]:
+        return msgs
+
+
+async def test_a_poll_failing_while_the_broker_restarts_is_retried_not_fatal() -> None:
+    sub = FakeSub()
+    sub.close = _noop  # type: ignore[attr-defined]
+    c = FlakyPoll(sub)
+    await asyncio.wait_for(c.run(), 10)
+    assert c.polls == 4
+    assert [m.offset for batch in sub.committed for m in batch] == [41]
+
+
+async def _noop() -> None:
+    return None

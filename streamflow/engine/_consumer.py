@@ -77,7 +77,14 @@ class _Consumer:
         while not self._stop.is_set():
             if self._failed is not None:
                 raise self._failed
-            msgs, _ = await self.poll(sub)
+            try:
+                msgs, _ = await self.poll(sub)
+            except RECOVERABLE as e:  # the broker restarting (a group still loading, say)
+                log.warning("%s: poll failed (%s: %s); polling again", self.group,
+                            type(e).__name__, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+                continue
             if msgs:
                 self._pending.extend(await self.handle(msgs))
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
