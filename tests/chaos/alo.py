@@ -91,27 +91,28 @@ class AtLeastOnce:
             k.unacked = self.claimed()
         self.kills.append(k)
         self.fleet.start(worker_id)
-        self._after.append(asyncio.create_task(self._recover(k, self.watch.baseline(k.at))))
+        self._after.append(asyncio.create_task(self._recover(k)))
 
     def committed_now(self) -> Offsets:
         """What was committed when last seen: taken just before the broker dies."""
         return dict(self.watch.offsets)
 
     def broker_killed(self, at: float, committed: Offsets) -> None:
-        k = Kill("broker-sigkill", at, round(at - self.t0, 2), None, None)
+        k = Kill("broker-sigkill", at, round(at - self.t0, 2), None, None, committed)
         self.kills.append(k)
+        self._after.append(asyncio.create_task(self._recover(k, timeout=180)))
 
-        async def before() -> Offsets:
-            return committed
-
-        self._after.append(asyncio.create_task(self._recover(k, before(), timeout=180)))
-
-    async def _recover(self, k: Kill, base: Any, timeout: float = 60) -> None:
-        k.committed = await base
+    async def _recover(self, k: Kill, timeout: float = 60) -> None:
+        """Recovery: the first commit on the kill's partitions past what a poll begun after
+        the kill read. A worker's committed offsets at its kill are read that way too; the
+        broker's were taken just before it died."""
+        base = await self.watch.baseline(k.at, timeout=timeout)
+        if k.scope is not None:
+            k.committed = base
         scope = k.scope or {g: list(range(64)) for g in self.watch.groups}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = self.watch.first_after(k.at, scope, k.committed)
+            r = self.watch.first_after(k.at, scope, base)
             if r is not None:
                 k.recovery_s = round(r, 3)
                 return
