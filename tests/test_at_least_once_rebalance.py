@@ -15,6 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, GroupLoadInProgressError
 
+from streamflow.engine import _consumer
 from streamflow.engine._consumer import _Consumer
 from streamflow.model import Message
 from streamflow.transports.kafka._subscription import KafkaSubscription
@@ -144,3 +145,66 @@ async def test_a_poll_failing_while_the_broker_restarts_is_retried_not_fatal() -
 
 async def _noop() -> None:
     return None
+
+
+class SlowHandle(_Consumer):
+    """One batch, whose handling waits for ``release``; then stops."""
+
+    def __init__(self, sub: FakeSub) -> None:
+        super().__init__(cast(Any, SimpleNamespace(commit_interval_s=60.0)))
+        self.sub = cast(Any, sub)
+        self.group, self.polls = "g", 0
+        self.handling, self.release = asyncio.Event(), asyncio.Event()
+        self.landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def poll(self, sub: Any) -> tuple[list[Message], bool]:
+        self.polls += 1
+        if self.polls == 1:
+            return [msg(0, 8)], True
+        self.stop()
+        return [], False
+
+    async def handle(self, msgs: list[Message]) -> list[Message]:
+        self._acks.append(self.landed)  # its output, not acknowledged yet
+        self.handling.set()
+        await self.release.wait()
+        return msgs
+
+
+async def test_handing_over_waits_for_the_batch_in_hand_and_its_outputs() -> None:
+    sub = FakeSub()
+    sub.close = _noop  # type: ignore[attr-defined]
+    c = SlowHandle(sub)
+    c._pending = [msg(0, 3)]  # handled earlier, its outputs acknowledged
+    running = asyncio.create_task(c.run())
+    await c.handling.wait()
+    handing = asyncio.create_task(c.handing_over({0}))
+    await asyncio.sleep(0.01)
+    assert sub.committed == [] and not handing.done(), "committed with a batch in hand"
+    c.release.set()  # the batch in hand is done: its output is not acknowledged yet
+    await asyncio.sleep(0.01)
+    assert sub.committed == [], "committed before the batch's output landed"
+    c.landed.set_result(None)
+    await asyncio.wait_for(handing, 10)
+    assert sub.committed == [[msg(0, 3), msg(0, 8)]]
+    await asyncio.wait_for(running, 10)
+    assert sub.committed == [[msg(0, 3), msg(0, 8)]] and c._failed is None
+
+
+async def test_a_batch_in_hand_too_long_is_left_to_the_next_owner(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry waiting for its due time must not hold the rebalance up: nothing is committed
+    then, and what was handled is handled again after it (at least once)."""
+    monkeypatch.setattr(_consumer, "HANDOVER_WAIT_S", 0.05)
+    sub = FakeSub()
+    sub.close = _noop  # type: ignore[attr-defined]
+    c = SlowHandle(sub)
+    c._pending = [msg(0, 3)]
+    running = asyncio.create_task(c.run())
+    await c.handling.wait()
+    await asyncio.wait_for(c.handing_over({0}), 10)
+    assert sub.committed == [] and c._pending == [msg(0, 3)]
+    c.release.set()
+    c.landed.set_result(None)
+    await asyncio.wait_for(running, 10)
+    assert sub.committed == [[msg(0, 3), msg(0, 8)]]

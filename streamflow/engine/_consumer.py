@@ -33,6 +33,8 @@ from streamflow.triggers import PartitionState
 from ._context import Ctx
 
 log = logging.getLogger("streamflow.engine")
+HANDOVER_WAIT_S = 10.0
+"""The longest a rebalance waits for a consumer's batch in hand (at least once)."""
 
 
 class _Consumer:
@@ -48,11 +50,13 @@ class _Consumer:
         self.sub: Subscription | None = None
         self._stop = asyncio.Event()
         self._acks: list[Awaitable[object]] = []  # publishes whose acks the next commit awaits
-        # At least once: inputs handled and not committed yet, the commit on its way, and what
-        # failed in a commit before a rebalance (raised by the loop).
+        # At least once: inputs handled and not committed yet, the commit on its way, what
+        # failed in a commit before a rebalance (raised by the loop), and a lock held while a
+        # batch is handled, so a rebalance commits it with its outputs' acks, or not at all.
         self._pending: list[Message] = []
         self._committing: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._handling = asyncio.Lock()
 
     async def open(self) -> None:
         self.sub = await self.ctx.transport.subscribe(self.group, self.topics,
@@ -86,7 +90,9 @@ class _Consumer:
                     await asyncio.wait_for(self._stop.wait(), 0.5)
                 continue
             if msgs:
-                self._pending.extend(await self.handle(msgs))
+                async with self._handling:
+                    done = await self.handle(msgs)
+                    self._pending.extend(done)
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
             committing = self._committing  # one commit in flight, off the hot path
             if self._pending and due and (committing is None or committing.done()):
@@ -106,21 +112,30 @@ class _Consumer:
 
     async def handing_over(self, partitions: set[int]) -> None:
         """At least once, before a rebalance moves partitions: commit the batches handled so
-        far (once their outputs are acknowledged), so their next owner does not handle them
-        again; only a batch in hand meanwhile is. A failure is the loop's to raise: an
-        output that did not land must not be committed past."""
+        far, the one in hand included (once their outputs are acknowledged), because after
+        it every consumer reads on from its committed offsets. A batch in hand longer than
+        ``HANDOVER_WAIT_S`` (a retry waiting for its due time) is not waited for: nothing is
+        committed then, and it is all handled again. A failed commit or publish is the loop's
+        to raise: an output that did not land must not be committed past."""
         sub = self.sub
         if sub is None or sub.exactly_once:
             return
-        committing, self._committing = self._committing, None
-        pending, acks = self._pending, self._acks
-        self._pending, self._acks = [], []
         try:
+            await asyncio.wait_for(self._handling.acquire(), HANDOVER_WAIT_S)
+        except TimeoutError:
+            log.info("%s: a batch still in hand at a rebalance; not committing", self.group)
+            return
+        try:
+            committing, self._committing = self._committing, None
+            pending, acks = self._pending, self._acks
+            self._pending, self._acks = [], []
             if committing is not None:
                 await committing
             await self._commit_acked(sub, pending, acks)
         except Exception as e:
             self._failed = e
+        finally:
+            self._handling.release()
 
     @staticmethod
     async def _commit_acked(sub: Subscription, pending: list[Message],
