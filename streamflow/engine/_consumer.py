@@ -33,6 +33,8 @@ from streamflow.triggers import PartitionState
 from ._context import Ctx
 
 log = logging.getLogger("streamflow.engine")
+HANDOVER_WAIT_S = 10.0
+"""The longest a rebalance waits for a consumer's batch in hand (at least once)."""
 
 
 class _Consumer:
@@ -48,9 +50,17 @@ class _Consumer:
         self.sub: Subscription | None = None
         self._stop = asyncio.Event()
         self._acks: list[Awaitable[object]] = []  # publishes whose acks the next commit awaits
+        # At least once: inputs handled and not committed yet, the commit on its way, what
+        # failed in a commit before a rebalance (raised by the loop), and a lock held while a
+        # batch is handled, so a rebalance commits it with its outputs' acks, or not at all.
+        self._pending: list[Message] = []
+        self._committing: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        self._handling = asyncio.Lock()
 
     async def open(self) -> None:
-        self.sub = await self.ctx.transport.subscribe(self.group, self.topics)
+        self.sub = await self.ctx.transport.subscribe(self.group, self.topics,
+                                                      on_revoke=self.handing_over)
 
     def stop(self) -> None:
         self._stop.set()
@@ -67,27 +77,65 @@ class _Consumer:
             await self._run_transactional()
             return
         loop = asyncio.get_running_loop()
-        pending: list[Message] = []
         last_commit = loop.time()
-        committing: asyncio.Task[None] | None = None  # one commit in flight, off the hot path
         while not self._stop.is_set():
-            msgs, _ = await self.poll(sub)
+            if self._failed is not None:
+                raise self._failed
+            try:
+                msgs, _ = await self.poll(sub)
+            except RECOVERABLE as e:  # the broker restarting (a group still loading, say)
+                log.warning("%s: poll failed (%s: %s); polling again", self.group,
+                            type(e).__name__, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+                continue
             if msgs:
-                pending.extend(await self.handle(msgs))
+                async with self._handling:
+                    done = await self.handle(msgs)
+                    self._pending.extend(done)
             due = not msgs or loop.time() - last_commit >= self.ctx.commit_interval_s
-            if pending and due and (committing is None or committing.done()):
+            committing = self._committing  # one commit in flight, off the hot path
+            if self._pending and due and (committing is None or committing.done()):
                 if committing is not None:
                     committing.result()  # surface a failed commit or publish
-                committing = asyncio.create_task(self._commit_acked(sub, pending, self._acks))
-                pending, self._acks, last_commit = [], [], loop.time()
+                self._committing = asyncio.create_task(
+                    self._commit_acked(sub, self._pending, self._acks))
+                self._pending, self._acks, last_commit = [], [], loop.time()
             elif len(self._acks) > 64:  # bound what is in flight
                 await self._acks.pop(0)
             await self.idle()
-        if committing is not None:
-            await committing
-        if pending or self._acks:
-            await self._commit_acked(sub, pending, self._acks)
+        if self._committing is not None:
+            await self._committing
+        if self._pending or self._acks:
+            await self._commit_acked(sub, self._pending, self._acks)
         await sub.close()
+
+    async def handing_over(self, partitions: set[int]) -> None:
+        """At least once, before a rebalance moves partitions: commit the batches handled so
+        far, the one in hand included (once their outputs are acknowledged), because after
+        it every consumer reads on from its committed offsets. A batch in hand longer than
+        ``HANDOVER_WAIT_S`` (a retry waiting for its due time) is not waited for: nothing is
+        committed then, and it is all handled again. A failed commit or publish is the loop's
+        to raise: an output that did not land must not be committed past."""
+        sub = self.sub
+        if sub is None or sub.exactly_once:
+            return
+        try:
+            await asyncio.wait_for(self._handling.acquire(), HANDOVER_WAIT_S)
+        except TimeoutError:
+            log.info("%s: a batch still in hand at a rebalance; not committing", self.group)
+            return
+        try:
+            committing, self._committing = self._committing, None
+            pending, acks = self._pending, self._acks
+            self._pending, self._acks = [], []
+            if committing is not None:
+                await committing
+            await self._commit_acked(sub, pending, acks)
+        except Exception as e:
+            self._failed = e
+        finally:
+            self._handling.release()
 
     @staticmethod
     async def _commit_acked(sub: Subscription, pending: list[Message],

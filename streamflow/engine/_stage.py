@@ -133,6 +133,7 @@ class StageRunner(_Consumer):
             self.fired.assigned(partitions)
 
         async def revoke(partitions: set[int]) -> None:
+            await self.handing_over(partitions)
             for st in stores:
                 await st.forget(partitions)
             self.fired.revoked(partitions)

@@ -62,15 +62,18 @@ class Proc:
 class Fleet:
     """The worker processes of one namespace; every one is killed at the end, whatever."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], kafka: str | None) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], kafka: str | None,
+                 exactly_once: bool = True) -> None:
         self.workdir, self.env, self.kafka = workdir, env, kafka
+        self.exactly_once = exactly_once
         self.procs: list[Proc] = []
         self.current: dict[str, Proc] = {}
         self._pollers: list[asyncio.Task[None]] = []
 
     def start(self, worker_id: str, extra_env: dict[str, str] | None = None) -> Proc:
         port = free_port()
-        args = ["-v", "--log-format", "text", "worker", TARGET, "--exactly-once",
+        args = ["-v", "--log-format", "text", "worker", TARGET,
+                *(["--exactly-once"] if self.exactly_once else []),
                 "--worker-id", worker_id, "--http-port", str(port),
                 "--state-dir", str(self.workdir / "state")]
         cmd = faults.command(args, extra_env or {})  # test-only entry point if a fault is asked

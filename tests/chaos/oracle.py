@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamflow.model import Message
 from streamflow.transports import KafkaTransport
 
 from .feed import Plan
@@ -25,11 +26,18 @@ Rows = list[dict[str, Any]]
 async def read_kafka(bootstrap: str, namespace: str,
                      extra: tuple[str, ...] = ()) -> dict[str, Rows]:
     """``priced``, ``settled``, the dead letters and ``extra`` topics, read_committed."""
+    got = await read_messages(bootstrap, namespace, ("priced", "settled", "dead-letters", *extra))
+    return {name: [orjson.loads(m.value) for m in msgs] for name, msgs in got.items()}
+
+
+async def read_messages(bootstrap: str, namespace: str,
+                        names: tuple[str, ...]) -> dict[str, list[Message]]:
+    """The records of ``<namespace>.<name>`` topics as read_committed readers see them, with
+    their partitions, offsets and timestamps."""
     t = KafkaTransport(bootstrap)
     await t.start()
     try:
-        return {name: [orjson.loads(m.value) for m in await t.read_topic(f"{namespace}.{name}")]
-                for name in ("priced", "settled", "dead-letters", *extra)}
+        return {name: await t.read_topic(f"{namespace}.{name}") for name in names}
     finally:
         await t.close()
 
@@ -57,11 +65,21 @@ async def open_transactions(bootstrap: str, namespace: str,
 
 
 def read_sqlite(db: Path, namespace: str) -> dict[str, Rows]:
+    got = read_sqlite_messages(db, namespace, ("priced", "settled", "dead-letters"))
+    return {name: [orjson.loads(m.value) for m in msgs] for name, msgs in got.items()}
+
+
+def read_sqlite_messages(db: Path, namespace: str,
+                         names: tuple[str, ...]) -> dict[str, list[Message]]:
+    """The records of ``<namespace>.<name>`` topics of an embedded log, with their offsets
+    and append times."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {name: [orjson.loads(v) for (v,) in con.execute(
-                    "SELECT value FROM log WHERE topic=? ORDER BY off", (f"{namespace}.{name}",))]
-                for name in ("priced", "settled", "dead-letters")}
+        return {name: [Message(f"{namespace}.{name}", 0, off, key, value, [], ts)
+                       for off, key, value, ts in con.execute(
+                           "SELECT off, key, value, ts FROM log WHERE topic=? ORDER BY off",
+                           (f"{namespace}.{name}",))]
+                for name in names}
     finally:
         con.close()
 
@@ -113,11 +131,11 @@ def judge(plan: Plan, topics: dict[str, Rows], pg: Rows,
         outputs["exported"] = _tally(topics["export.priced"], "order_id", plan.orders,
                                      lambda r, total: abs(r["total"] - total) < 1e-6)
     dead: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    stray = 0
+    stray: list[str] = []
     for d in topics["dead-letters"]:
         found = POISON_ID.search(str(d.get("payload", "")))
         if found is None or found.group() not in plan.poison:
-            stray += 1
+            stray.append(f"{d.get('kind')} {d.get('stage')}: {str(d.get('reason', ''))[:160]}")
         else:
             dead[found.group()].append(d)
     without_reason = sum(1 for pid, ds in dead.items() if not all(x.get("reason") for x in ds))
@@ -140,7 +158,8 @@ def judge(plan: Plan, topics: dict[str, Rows], pg: Rows,
                                                           if len(x[1]) > 1][:5]},
         "dead_letter_missing": sorted(set(plan.poison) - set(dead))[:20],
         "dead_letter_without_reason": without_reason,
-        "dead_letter_stray": stray,
+        "dead_letter_stray": len(stray),
+        "dead_letter_stray_sample": stray[:5],
         "dead_letter_reasons": _reason_sample(dead, plan),
         "poison_blocking": _blocking(plan, topics, partition_of),
     }

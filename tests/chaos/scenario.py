@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.faults import CRASH_BEFORE_COMMIT
 
+from .alo import AtLeastOnce
 from .feed import Feeder
 from .harness import CommitWatch, Fleet, Proc, kill_broker, restart_broker
 
@@ -20,9 +21,14 @@ HOOK = CRASH_BEFORE_COMMIT
 
 
 class Chaos:
+    """Faults on the exactly-once fleet; ``alo``, the at-least-once fleet, if given, gets
+    the same worker kills once the exactly-once fleet has recovered from each (plain
+    SIGKILLs: its commits have no crash hook), and the same broker kill."""
+
     def __init__(self, fleet: Fleet, watch: CommitWatch, feeder: Feeder,
-                 rnd: random.Random) -> None:
+                 rnd: random.Random, alo: AtLeastOnce | None = None) -> None:
         self.fleet, self.watch, self.feeder, self.rnd = fleet, watch, feeder, rnd
+        self.alo = alo
         self.t0 = time.time()
         self.faults: list[dict[str, Any]] = []
         self.recovery: list[float | None] = []
@@ -55,6 +61,8 @@ class Chaos:
         new = self.fleet.start(worker_id, restart_env)
         ended = asyncio.create_task(self.fleet.wait_exit(new, 300)) if restart_env else None
         await self._recover(entry, at, owned)
+        if self.alo is not None:  # once recovered: two restarts at once would slow both
+            await self.alo.kill(worker_id)
         return new, ended
 
     async def kill_before_commit(self, worker_id: str) -> None:
@@ -71,13 +79,18 @@ class Chaos:
                            nth_commit=nth)
         self.fleet.start(worker_id)
         await self._recover(entry, at, owned)
+        if self.alo is not None:
+            await self.alo.kill(worker_id, "sigkill-again")
 
     async def broker(self) -> None:
         """Hard-stop the broker and start it again. Input is paused meanwhile, so no send is
         in flight when it dies (an ambiguous send would have to be repeated)."""
         await self.feeder.pause()
+        committed = self.alo.committed_now() if self.alo is not None else {}
         at = await kill_broker()
         entry = self._note("broker-sigkill", at)
+        if self.alo is not None:
+            self.alo.broker_killed(at, committed)
         await asyncio.sleep(self.rnd.uniform(1, 3))
         up = await restart_broker()
         entry["down_s"] = round(up - at, 2)
@@ -87,7 +100,7 @@ class Chaos:
         entry["recovery_s"] = self.broker_recovery_s = r
         log.info("broker back after %s s; first commit after %s s", entry["down_s"], r)
         await asyncio.sleep(2)
-        self.fleet.check_alive()
+        self.check_alive()
 
     async def scale(self, worker_id: str = "w3") -> None:
         """A worker joins, takes partitions over, and leaves with SIGTERM (must exit 0)."""
@@ -105,4 +118,9 @@ class Chaos:
 
     async def gap(self, low: float = 2, high: float = 5) -> None:
         await asyncio.sleep(self.rnd.uniform(low, high))
+        self.check_alive()
+
+    def check_alive(self) -> None:
         self.fleet.check_alive()
+        if self.alo is not None:
+            self.alo.check_alive()

@@ -131,13 +131,18 @@ class ConnConfig(BaseModel):
     connect_timeout_s: float = Field(10.0, gt=0, description="connect/acquire timeout")
 
 
+_COLUMNS = ("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum")
+
+
 async def table_columns(conn: Any, ref: str) -> dict[str, str] | None:
     """Column -> declared type of a table, or None if it does not exist."""
-    rows = await conn.fetch(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum", ref)
+    rows = await conn.fetch(_COLUMNS, ref)
     if not rows:
-        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", ref)
-        return {} if exists else None
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", ref):
+            return None
+        # It exists now: another writer (a second worker's sink) may have created it between
+        # the two statements, so its columns are read again rather than taken to be none.
+        rows = await conn.fetch(_COLUMNS, ref)
     return {r[0]: r[1] for r in rows}

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streamflow.model import Message
 from streamflow.transports._aio import stop_quietly
 from streamflow.transports._txn import last_offsets
 
 from ._client import KafkaClient
+
+log = logging.getLogger("streamflow.transport")
 
 
 class KafkaSubscription:
@@ -38,9 +42,23 @@ class KafkaSubscription:
         return await self.client.poll(self.consumer, max_records, timeout, topics)
 
     async def commit(self, messages: Sequence[Message]) -> None:
-        last = last_offsets(messages)
-        if last:
-            await self.consumer.commit({TopicPartition(*tp): off for tp, off in last.items()})
+        """Offsets of the partitions still assigned. Those of a partition a rebalance moved
+        away meanwhile, or a commit the rebalance refused, are left uncommitted: the next owner
+        reads them again (at least once), which is no reason to stop."""
+        assigned = self.consumer.assignment()
+        offsets = {TopicPartition(*tp): off for tp, off in last_offsets(messages).items()}
+        moved = [tp for tp in offsets if tp not in assigned]
+        for tp in moved:
+            del offsets[tp]
+        if moved:
+            log.info("%s: not committing %s: no longer assigned", self.group, moved)
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as e:
+            log.warning("%s: commit refused by a rebalance (%s); the next owner reads those "
+                        "records again", self.group, e)
 
     async def lag(self) -> int:
         lags = await self.lags()
