@@ -70,8 +70,9 @@ class WorkerProc:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STREAMFLOW_"))}
         env.update(self.env, STREAMFLOW_NAMESPACE=self.ns, PYTHONPATH=str(REPO))
-        cmd = [sys.executable, "-m", "streamflow", "--log-format", "text", "worker", TARGET,
-               "--kafka", self.bootstrap, "--state-dir", f"/tmp/{self.ns}",
+        verbose = ["-v"] if os.environ.get("BENCH_SOAK_VERBOSE") else []
+        cmd = [sys.executable, "-m", "streamflow", *verbose, "--log-format", "text", "worker",
+               TARGET, "--kafka", self.bootstrap, "--state-dir", f"/tmp/{self.ns}",
                "--partitions", str(self.partitions), "--http-port", str(self.port)]
         if self.exactly_once:
             cmd.append("--exactly-once")
