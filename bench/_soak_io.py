@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from . import _soak_pipeline as sp
+from ._readback import Batch, read_all
 
 INPUTS = {"enrich": ["items"], "join": list(sp.BARRIER_INPUTS), "tumble": ["ticks"]}
 AHEAD = 60_000
@@ -148,30 +149,19 @@ async def read_changelogs(bootstrap: str, ns: str, partitions: int) -> Changelog
     for topic in [f"{ns}.state.join", f"{ns}.state.tumble", f"{ns}.runs", f"{ns}.runs.done"]:
         latest: dict[bytes | None, int] = {}
         ledger = topic.endswith((".runs", ".runs.done"))
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed",
-                                    max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            while any([await consumer.position(tp) < end[tp] for tp in tps]):
-                got = await consumer.getmany(timeout_ms=1000, max_records=20_000)
-                if not got:
-                    break
-                for msgs in got.values():
-                    for m in msgs:
-                        if m.value is None:
-                            latest.pop(m.key, None)
-                            continue
-                        latest[m.key] = len(m.value)
-                        if ledger:
-                            out.ledger_messages += 1
-                            out.ledger_entries += _entries(m.value)
-        finally:
-            await consumer.stop()
+
+        def fold(msgs: Batch, latest: dict[bytes | None, int] = latest,
+                 ledger: bool = ledger) -> None:
+            for m in msgs:
+                if m.value is None:
+                    latest.pop(m.key, None)
+                    continue
+                latest[m.key] = len(m.value)
+                if ledger:
+                    out.ledger_messages += 1
+                    out.ledger_entries += _entries(m.value)
+
+        await read_all(bootstrap, topic, partitions, fold)
         out.live_bytes[topic[len(ns) + 1:]] = sum(latest.values())
     return out
 

@@ -68,10 +68,11 @@ class Planner:
             tracing
         self.forgotten_ms = 0 if retention_s is None else int((time.time() - retention_s) * 1000)
         """Settled runs that ended before then have left the ledger."""
-        self.unruled = 0
+        self.unruled = 0  # per plan: see Plan.unruled
         self.rerun: list[str] = []  # dead-lettered run ids ``--reprocess failed`` sends again
 
     async def plan(self, job: BackfillJob) -> Plan:
+        self.unruled, self.rerun = 0, []
         asset, stages = target_stages(self.p, job.asset, job.stages[0]
                                       if len(job.stages) == 1 else None)
         window = TimeRange(job.start, job.end)

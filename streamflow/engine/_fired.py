@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from streamflow.state import SETTLED, done_of, fired_of, fold_topic, merge
+from streamflow.state import SETTLED, fired_of, read_ledger
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.stage")
@@ -130,10 +130,7 @@ class FiredRuns:
     async def _load(self, partitions: set[int]) -> None:
         since = int((time.time() - self.ids.window_s) * 1000)
         where: dict[str, int] = {}
-        open_runs, _ = await fold_topic(self.transport, self.runs_topic, partitions,
-                                        where=where)
-        done, _ = await fold_topic(self.transport, done_of(self.runs_topic), partitions, since)
-        ledger = merge(open_runs, done)
+        ledger = await read_ledger(self.transport, self.runs_topic, partitions, since, where)
         self.ids.update(fired_of(ledger, self.stage, since, self.ids.max_ids))
         self.ids.open.update({r: p for r, p in where.items() if ledger[r]["stage"] == self.stage
                               and ledger[r]["status"] not in SETTLED})

@@ -246,24 +246,25 @@ def _open_keys(chunk: list[Message], where: dict[str, int]) -> None:
 
 
 async def read_ledger(transport: Transport, runs_topic: str,
-                      partitions: set[int] | None = None,
-                      since_ms: int | None = None) -> dict[str, dict[str, Any]]:
+                      partitions: set[int] | None = None, since_ms: int | None = None,
+                      where: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """The ledger as ``fold_raw`` gives it: the compacted topic whole and the retained one
-    since ``since_ms`` (everything it still holds when None)."""
-    open_runs, _ = await fold_topic(transport, runs_topic, partitions)
+    since ``since_ms`` (everything it still holds when None). ``where``: as ``fold_topic``'s,
+    for the compacted topic."""
+    open_runs, _ = await fold_topic(transport, runs_topic, partitions, where=where)
     done, _ = await fold_topic(transport, done_of(runs_topic), partitions, since_ms)
     return merge(open_runs, done)
 
 
-async def ensure_ledger(transport: Transport, namespace_runs_topic: str,
+async def ensure_ledger(transport: Transport, runs_topic: str,
                         retention_s: float) -> None:
     """Both ledger topics, the retained one with the compacted one's partition count: a
     record's partition is its input's, on either topic."""
-    done = done_of(namespace_runs_topic)
-    await transport.ensure_topics([], compacted=[namespace_runs_topic])
+    done = done_of(runs_topic)
+    await transport.ensure_topics([], compacted=[runs_topic])
     await transport.ensure_topics(
         [], retained={done: retention_s},
-        partitions={done: await transport.partition_count(namespace_runs_topic)})
+        partitions={done: await transport.partition_count(runs_topic)})
 
 
 async def close_runs(transport: Transport, runs_topic: str,
