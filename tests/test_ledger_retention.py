@@ -160,9 +160,9 @@ async def test_kafka_retains_settled_runs_by_time_and_reads_from_a_time(
             await admin.alter_configs([ConfigResource(
                 ConfigResourceType.TOPIC, topic,
                 {**configs_of(resp), "max.message.bytes": "2000000"})])
+            await _settled_config(admin, topic, "max.message.bytes", "2000000")
             await ensure_ledger(t, runs_topic(settings.namespace), 14_400.0)
-            (after,) = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic)])
+            after = await _settled_config(admin, topic, "retention.ms", "14400000")
         finally:
             await admin.close()
     finally:
@@ -185,6 +185,19 @@ async def test_kafka_retains_settled_runs_by_time_and_reads_from_a_time(
     finally:
         await consumer.stop()
     assert [r.value for recs in got.values() for r in recs].count(None) == 1
+
+
+async def _settled_config(admin: Any, topic: str, key: str, value: str) -> Any:
+    """DescribeConfigs once ``key`` reads ``value`` (a change reaches it through the KRaft
+    metadata log, a moment after AlterConfigs returns), or after 10 s as it then is."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    for _ in range(50):
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        if configs_of(resp).get(key) == value:
+            break
+        await asyncio.sleep(0.2)
+    return resp
 
 
 def configs_of(resp: Any) -> dict[str, str]:
