@@ -9,6 +9,7 @@ from streamflow.connectors import ConnectorContext
 from streamflow.gates.runtime import Alerter
 from streamflow.model import Asset
 from streamflow.observability import Metrics, RunEvents, Tracing
+from streamflow.state import Checkpoints
 from streamflow.transports import Transport
 
 
@@ -42,6 +43,8 @@ class Ctx:
     """OpenLineage run events, when ``Settings.lineage`` names a target."""
     kafka_bootstrap: str | None = None
     """The worker's Kafka (None: embedded): a ``TopicSink`` on it joins the transaction."""
+    checkpoints: Checkpoints | None = None
+    """Where trigger state is checkpointed at a clean stop (None: restores read it all)."""
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)

@@ -104,6 +104,8 @@ class StageRunner(_Consumer):
             self.gate = BarrierGate(spec, ctx.transport, ctx.namespace, self.by_asset)
         if self.gate is not None and keeper is not None:
             self.gate.held = keeper.held
+        if self.gate is not None and not retry_lane:  # the input lane is its only writer
+            self.gate.store.checkpoints = ctx.checkpoints
         self._lean = not retry_lane and lean(self)
 
     @property
@@ -159,6 +161,10 @@ class StageRunner(_Consumer):
 
     def committed(self) -> None:
         self.fired.committed()
+
+    async def checkpoint(self) -> None:
+        if self.gate is not None and not self.retry_lane:
+            await self.gate.store.checkpoint()
 
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""

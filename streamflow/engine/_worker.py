@@ -38,7 +38,13 @@ from streamflow.observability import (
     port_holder,
     run_events,
 )
-from streamflow.state import check_contracts, ensure_ledger, fired_of
+from streamflow.state import (
+    Checkpoints,
+    check_contracts,
+    ensure_ledger,
+    fired_of,
+    input_count,
+)
 from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
@@ -122,7 +128,10 @@ class Worker:
                   pipeline=p.name, max_record_bytes=s.max_record_bytes,
                   backfill_batch=s.backfill_batch,
                   lineage=run_events(s.lineage, s.namespace, p.name),
-                  kafka_bootstrap=s.kafka_bootstrap)
+                  kafka_bootstrap=s.kafka_bootstrap,
+                  checkpoints=Checkpoints.under(Path(s.state_dir), s.namespace,
+                                                s.kafka_bootstrap)
+                  if s.state_checkpoints else None)
         sources, sinks = self._build_connectors()
         http = await self._serve_http()
         gc_tuned: tuple[int, int, int] | None = None
@@ -221,7 +230,7 @@ class Worker:
                 held = [RunRecord.model_validate(d) for d in ledger.values()
                         if d["stage"] == st.name and d["status"] == "held"]
                 keeper = Gatekeeper(st, ctx.transport, ctx.namespace, ctx.metrics, alerter,
-                                    p.name, [len(d["inputs"]) for d in done], held)
+                                    p.name, [input_count(d) for d in done], held)
             consumers.append(StageRunner(st, ctx, fired, keeper=keeper))
             consumers.append(StageRunner(st, ctx, fired, retry_lane=True, keeper=keeper))
         consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]

@@ -73,6 +73,10 @@ class Settings(BaseModel):
     dedupe_max_runs: int = Field(
         1_000_000, ge=1000, description="the most run ids a stage remembers within that window "
                                         "(about 130 bytes each, at most twice this many)")
+    state_checkpoints: bool = Field(
+        True, description="at a clean stop, write barrier and window state to state_dir, so "
+                          "the next start reads only the changelog written since (off: "
+                          "restores read the whole changelog)")
     ledger_retention_s: float = Field(
         7 * 86_400.0, gt=0, description="how long the run ledger keeps runs that need nothing "
                                         "more (succeeded, skipped, released); failed, held and "

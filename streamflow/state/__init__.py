@@ -5,6 +5,7 @@ May import ``streamflow.transports`` and ``streamflow.model``.
 """
 
 from ._changelog import StateStore
+from ._checkpoint import Checkpoints
 from ._contracts import check_contracts, compare, signature
 from ._ledger import (
     HISTORY,
@@ -19,6 +20,7 @@ from ._ledger import (
     fold,
     fold_raw,
     fold_topic,
+    input_count,
     merge,
     read_ledger,
     record_message,
@@ -32,6 +34,7 @@ __all__ = [
     "HISTORY",
     "LEDGER_VERSION",
     "SETTLED",
+    "Checkpoints",
     "LedgerBatch",
     "StateStore",
     "check_contracts",
@@ -44,6 +47,7 @@ __all__ = [
     "fold",
     "fold_raw",
     "fold_topic",
+    "input_count",
     "merge",
     "read_ledger",
     "record_message",

@@ -243,10 +243,13 @@ class EmbeddedTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
+                         since_ms: int | None = None,
+                         from_offsets: Mapping[int, int] | None = None,
+                         ) -> AsyncGenerator[list[Message], None]:
         if partitions is not None and 0 not in partitions:
             return
-        after, end = -1, await self.end_offset(topic)  # what is there now, as on Kafka
+        after = (from_offsets or {}).get(0, 0) - 1
+        end = await self.end_offset(topic)  # what is there now, as on Kafka
         while True:
             # A page per statement, each fetched whole: a statement left open across awaits
             # holds a read snapshot that makes this connection's next write fail as busy when

@@ -117,9 +117,11 @@ class Transport(Protocol):
         ...
 
     def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                   since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
+                   since_ms: int | None = None, from_offsets: Mapping[int, int] | None = None,
+                   ) -> AsyncGenerator[list[Message], None]:
         """What ``read_topic`` returns, in chunks of a few thousand records in log order per
-        partition: a fold (a restore, the ledger) never holds a whole topic's messages."""
+        partition: a fold (a restore, the ledger) never holds a whole topic's messages.
+        ``from_offsets``: partitions read from these offsets on (a checkpoint's tail)."""
         ...
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None,

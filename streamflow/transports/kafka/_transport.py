@@ -204,7 +204,9 @@ class KafkaTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
+                         since_ms: int | None = None,
+                         from_offsets: Mapping[int, int] | None = None,
+                         ) -> AsyncGenerator[list[Message], None]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
@@ -221,6 +223,9 @@ class KafkaTransport:
                 return
             consumer.assign(tps)
             await _seek(consumer, tps, since_ms)
+            for tp in tps:
+                if from_offsets is not None and tp.partition in from_offsets:
+                    consumer.seek(tp, from_offsets[tp.partition])
             ends = await consumer.end_offsets(tps)
             while True:
                 positions = [await consumer.position(tp) for tp in tps]
