@@ -58,8 +58,10 @@ class KafkaTransport:
                                   instance_id)
         self._producer: AIOKafkaProducer | None = None
         self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
-        # Read offsets for end_offsets/committed, by group.
+        # Read offsets for end_offsets/committed, by group; made under the lock, or two
+        # callers at once (restores of several partitions) would each make one.
         self._probes: dict[str | None, AIOKafkaConsumer] = {}
+        self._probing = asyncio.Lock()
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(**self.client.producer_config())
@@ -182,13 +184,14 @@ class KafkaTransport:
 
     async def _offsets(self, group: str | None, topic: str) -> dict[int, int]:
         """End offsets (``group`` None) or a group's commits, read without joining it."""
-        consumer = self._probes.get(group)
-        if consumer is None:  # one per group (None: end offsets), never joining it
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
-                                        enable_auto_commit=False,
-                                        isolation_level="read_committed")
-            await consumer.start()
-            self._probes[group] = consumer
+        async with self._probing:
+            consumer = self._probes.get(group)
+            if consumer is None:  # one per group (None: end offsets), never joining it
+                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                            enable_auto_commit=False,
+                                            isolation_level="read_committed")
+                await consumer.start()
+                self._probes[group] = consumer
         parts = consumer.partitions_for_topic(topic)
         if not parts:
             await consumer._client.force_metadata_update()
