@@ -38,7 +38,7 @@ from streamflow.observability import (
     port_holder,
     run_events,
 )
-from streamflow.state import check_contracts, ensure_ledger, fired_of
+from streamflow.state import TopicClaims, check_contracts, ensure_ledger, fired_of
 from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
@@ -104,6 +104,8 @@ class Worker:
         """Spans the trace exporter could not deliver, known after ``run``."""
         self.http_port: int | None = None
         """The bound HTTP port once ``run`` started (``Settings.http_port`` 0 picks one)."""
+        self.claims = TopicClaims(self.transport, self.settings.namespace, pipeline.name)
+        """Claims the sources make (the webhook's idempotency keys), on this transport."""
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -197,7 +199,8 @@ class Worker:
         s, p = self.settings, self.pipeline
         state = str(Path(s.state_dir) / s.namespace / p.name)
         for sp, src in sources:
-            await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
+            await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name,
+                                              self.claims))
         for skp, snk in sinks:
             await snk.setup(
                 connector_context(skp.name, skp.asset, state, s.namespace, p.name))
@@ -267,6 +270,8 @@ class Worker:
         await alerter.close()
         if ctx.lineage is not None:
             await asyncio.to_thread(ctx.lineage.close)
+        with contextlib.suppress(Exception):
+            await self.claims.close()
         await self.transport.close()
         if http is not None:
             await http.close()

@@ -1,10 +1,11 @@
 """What lives on compacted topics: the changelog store behind barrier, window and hold
-state, the run ledger, and the contracts registry.
+state, the run ledger, the contracts registry, and connectors' claims.
 
 May import ``streamflow.transports`` and ``streamflow.model``.
 """
 
 from ._changelog import StateStore
+from ._claims import ClaimTopic, TopicClaims
 from ._contracts import check_contracts, compare, signature
 from ._ledger import (
     HISTORY,
@@ -32,8 +33,10 @@ __all__ = [
     "HISTORY",
     "LEDGER_VERSION",
     "SETTLED",
+    "ClaimTopic",
     "LedgerBatch",
     "StateStore",
+    "TopicClaims",
     "check_contracts",
     "close_runs",
     "compact_inputs",

@@ -21,6 +21,7 @@ import orjson
 from streamflow.model import Message, OutMessage
 
 from ._protocol import AssignCallback
+from ._tail import EmbeddedTail
 from ._txn import CURRENT, before_commit, last_offsets
 
 log = logging.getLogger("streamflow.transport")
@@ -243,10 +244,12 @@ class EmbeddedTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
+                         since_ms: int | None = None,
+                         after: int = -1) -> AsyncGenerator[list[Message], None]:
+        """``after``: only records past this offset (where a tail stopped)."""
         if partitions is not None and 0 not in partitions:
             return
-        after, end = -1, await self.end_offset(topic)  # what is there now, as on Kafka
+        end = await self.end_offset(topic)  # what is there now, as on Kafka
         while True:
             # A page per statement, each fetched whole: a statement left open across awaits
             # holds a read snapshot that makes this connection's next write fail as busy when
@@ -259,6 +262,9 @@ class EmbeddedTransport:
             yield [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
                    for off, key, value, headers, ts in rows]
             after = int(list(rows)[-1][0])
+
+    async def follow(self, topic: str) -> EmbeddedTail:
+        return EmbeddedTail(self, topic)
 
     async def end_offset(self, topic: str) -> int:
         await self._refresh(topic)
