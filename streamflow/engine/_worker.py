@@ -99,7 +99,8 @@ class Worker:
         self.transport = transport or make_transport(self.settings)
         self.counters = Counters()
         self.metrics = Metrics(pipeline.name)
-        self.probe = Probe(pipeline.name, self.transport.name, self.metrics)
+        self.probe = Probe(pipeline.name, self.transport.name, self.metrics,
+                           lag_ttl_s=self.settings.status_lag_ttl_s)
         self.spans_dropped = 0
         """Spans the trace exporter could not deliver, known after ``run``."""
         self.http_port: int | None = None
@@ -281,7 +282,8 @@ class Worker:
         s = self.settings
         if s.http_port is None:
             return None
-        server = HttpServer(self.probe.routes(), s.http_host, s.http_port)
+        server = HttpServer(self.probe.routes(), s.http_host, s.http_port, token=s.http_token,
+                            open_paths=Probe.open_paths)
         try:
             self.http_port = await server.start()
         except OSError as e:
@@ -292,8 +294,12 @@ class Worker:
                 f"{e.strerror or e}{who}. Pick another "
                 "port with --http-port (0: any free one) or STREAMFLOW_HTTP_PORT, or turn it "
                 "off with STREAMFLOW_HTTP_PORT=off") from e
-        log.info("worker HTTP on http://%s:%d (/healthz /readyz /metrics /status)",
-                 s.http_host, self.http_port)
+        guarded = " (/metrics and /status need the bearer token)" if s.http_token else ""
+        log.info("worker HTTP on http://%s:%d (/healthz /readyz /metrics /status)%s",
+                 s.http_host, self.http_port, guarded)
+        if s.http_token is None and s.http_host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("worker HTTP listens on %s without a token: whoever reaches it reads "
+                        "/status and /metrics; set STREAMFLOW_HTTP_TOKEN", s.http_host)
         return server
 
     async def _ensure_lanes(self, ctx: Ctx) -> None:
