@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ._guard import signing_key
+
 REMOVED = {
     "hmac_secret": "hmac_secret (an X-Signature over the body alone, open to replays) was "
                    "removed: set signing_secret and sign requests per Standard Webhooks "
@@ -74,6 +76,13 @@ class WebhookSourceConfig(BaseModel):
                 if name in data:
                     raise ValueError(why)
         return data
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _decodes(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            signing_key(v)
+        return v
 
     @field_validator("path")
     @classmethod

@@ -41,11 +41,11 @@ def signing_key(secret: SecretStr) -> bytes:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         key = b""
-    if len(key) < 16:
+    if len(key) < 16:  # a ValueError: the config's validator reports it as a setting's error
         raise ConnectorError(
-            "webhook signing_secret must be whsec_ followed by the base64 of at least 16 "
-            "random bytes (as Standard Webhooks senders issue it); generate one with: python -c "
-            "\"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
+            "signing_secret must be whsec_ followed by the base64 of at least 16 random bytes "
+            "(as Standard Webhooks senders issue it); generate one with: python -c \"import "
+            "base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
     return key
 
 

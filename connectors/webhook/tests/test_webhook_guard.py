@@ -221,12 +221,13 @@ async def test_secrets_stay_out_of_logs_errors_and_reprs(
     for bad in ({"host": "0.0.0.0", "tls_cert": "c.pem", "token": token},
                 {"signing_secret": "whsec_not-base64!" + token}):
         with pytest.raises(ConnectorError) as e:
-            await build_source("webhook", bad).setup(ConnectorContext("h", "e", "/tmp"))
+            build_source("webhook", bad)
         shown.append(str(e.value))
-    with pytest.raises(ValueError) as ve:
-        WebhookSourceConfig(host="0.0.0.0", tls_cert=Path("c.pem"), token=token)  # type: ignore[arg-type]
-    shown.append(str(ve.value))
+        with pytest.raises(ValueError) as ve:
+            WebhookSourceConfig(**bad)  # type: ignore[arg-type]
+        shown.append(str(ve.value))
     text = "\n".join([*shown, caplog.text])
-    assert "signing_secret must be whsec_" in text
+    assert "setting 'signing_secret': Value error, signing_secret must be whsec_" in text
+    assert "tls_cert and tls_key go together" in text
     for leak in (token, secret, secret.removeprefix("whsec_")):
         assert leak not in text
