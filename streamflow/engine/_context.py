@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamflow.connectors import ConnectorContext
+from streamflow.connectors import Claims, ConnectorContext
 from streamflow.gates.runtime import Alerter
 from streamflow.model import Asset
 from streamflow.observability import Metrics, RunEvents, Tracing
@@ -51,8 +51,9 @@ class Ctx:
 
 
 def connector_context(
-    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str
+    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str,
+    claims: Claims | None = None,
 ) -> ConnectorContext:
     return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
                             namespace=namespace, pipeline=pipeline,
-                            partition_by=asset.partition_by)
+                            partition_by=asset.partition_by, claims=claims)

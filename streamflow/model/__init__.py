@@ -38,6 +38,7 @@ from ._settings import Settings
 from ._sources import check_record, origin_text, reject_id, source_arrival, source_arrival_id
 from ._topics import (
     asset_topic,
+    claims_topic,
     contracts_topic,
     done_runs_topic,
     hold_topic,
@@ -100,6 +101,7 @@ __all__ = [
     "arrival_headers",
     "asset_topic",
     "check_record",
+    "claims_topic",
     "contracts_topic",
     "dead_letter_message",
     "describe_validation",

@@ -21,6 +21,7 @@ import orjson
 from streamflow.model import Message, OutMessage
 
 from ._protocol import AssignCallback
+from ._tail import EmbeddedTail
 from ._txn import CURRENT, before_commit, last_offsets
 
 log = logging.getLogger("streamflow.transport")
@@ -262,6 +263,9 @@ class EmbeddedTransport:
             yield [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
                    for off, key, value, headers, ts in rows]
             after = int(list(rows)[-1][0])
+
+    async def follow(self, topic: str) -> EmbeddedTail:
+        return EmbeddedTail(self, topic)
 
     async def end_offset(self, topic: str) -> int:
         await self._refresh(topic)
