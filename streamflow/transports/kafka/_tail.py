@@ -27,10 +27,7 @@ class KafkaTail:
         tail); False when there is no partition to read."""
         consumer = self.consumer
         await consumer.start()
-        parts = consumer.partitions_for_topic(self.topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(self.topic) or set()
+        parts = await tracked_partitions(consumer, self.topic)
         self.tps = [TopicPartition(self.topic, p) for p in sorted(parts)
                     if self.partitions is None or p in self.partitions]
         if not self.tps:
@@ -77,3 +74,17 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
     for tp in tps:
         at = found.get(tp)
         consumer.seek(tp, at.offset if at is not None else ends[tp])
+
+
+async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """``topic``'s partitions, once the consumer tracks it. A client that tracks no topic
+    keeps (and refreshes) the metadata of every topic on the cluster: thousands of partition
+    records in each long-lived probe and tail, a worker's memory following the cluster's."""
+    client = consumer._client
+    if topic not in client._topics:
+        await client.add_topic(topic)  # a metadata refresh of the tracked topics only
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:  # created a moment ago
+        await client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return set(parts or ())

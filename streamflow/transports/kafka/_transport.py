@@ -21,7 +21,7 @@ from streamflow.transports._txn import CURRENT
 from ._client import KafkaClient, Listener
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
-from ._tail import KafkaTail
+from ._tail import KafkaTail, tracked_partitions
 
 COMPACTED_CONFIGS = {
     "cleanup.policy": "compact",
@@ -205,10 +205,7 @@ class KafkaTransport:
                                             isolation_level="read_committed")
                 await consumer.start()
                 self._probes[group] = consumer
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+        parts = await tracked_partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if group is None:
             ends = await consumer.end_offsets(tps)
