@@ -44,6 +44,8 @@ class _Consumer:
     topics: list[str]
     name: str
     kind: DeadLetterKind = "stage"
+    sensitive: tuple[str, ...] = ()
+    """The sensitive fields of the records it dead-letters (``dlq show`` masks them)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -314,7 +316,7 @@ class _Consumer:
                    if k.startswith("sf-") or k == H_TRACEPARENT}
         dl = DeadLetter(reason, self.name, origin, m.value.decode("utf-8", "replace"),
                         error_info(exc) if exc is not None else {}, arr.arrival_id,
-                        run_id, attempts, arrival, kind)
+                        run_id, attempts, arrival, kind, self.sensitive)
         return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
 
 

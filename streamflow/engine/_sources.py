@@ -20,6 +20,7 @@ from streamflow.model import (
     reject_id,
     source_arrival,
     source_arrival_id,
+    use_redaction,
 )
 from streamflow.observability import (
     AttrValue,
@@ -31,6 +32,7 @@ from streamflow.observability import (
 )
 
 from ._context import Ctx
+from ._redact import names_of, source_redaction
 
 
 class SourceRunner:
@@ -42,6 +44,7 @@ class SourceRunner:
         tr = self.ctx.tracing
         topic = self.ctx.topic(asset)
         async for batch in self.source.read():
+            use_redaction(source_redaction(asset, batch))  # this source's task, batch by batch
             out: list[OutMessage] = []
             spans: list[RecSpan | None] = []
             for rec in batch.records:
@@ -124,5 +127,5 @@ class SourceRunner:
         mt.add(mt.dead_letters, ("source", self.spec.name))
         mt.failed("source", self.spec.name, reason)
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
-                        kind="source")
+                        kind="source", sensitive=names_of([self.spec.asset]))
         return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))

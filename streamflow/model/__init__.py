@@ -1,5 +1,6 @@
 """The pure model: assets, arrivals, headers, topic names, runs and run ids, dead letters,
-the pipeline declaration, trigger conditions, checks, retry policy and settings.
+the pipeline declaration, trigger conditions, checks, retry policy, settings, and what a
+contract's sensitive fields withhold.
 
 No I/O and no clients: it may import the connector SDK's types and ``streamflow.errors``
 only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces it).
@@ -8,7 +9,7 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 from ._alerts import Alert, AlertKind, AlertSink
 from ._arrivals import Arrival, DeadLetter, arrival_headers
 from ._assets import Asset, output_id, stable_id, stable_id3
-from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
+from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks, withhold_values
 from ._deadletters import dead_letter_message, describe_validation, error_info
 from ._headers import (
     H_ARRIVAL_ID,
@@ -34,6 +35,20 @@ from ._messages import Message, OutMessage
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
+from ._sensitive import (
+    MASK,
+    FieldPath,
+    Redaction,
+    Sensitive,
+    current_redaction,
+    is_sensitive,
+    mask_payload,
+    redacting,
+    sensitive_fields,
+    sensitive_names,
+    use_redaction,
+    withheld,
+)
 from ._settings import Settings
 from ._sources import check_record, origin_text, reject_id, source_arrival, source_arrival_id
 from ._topics import (
@@ -68,6 +83,7 @@ __all__ = [
     "H_RETRY_AT",
     "H_TRACEPARENT",
     "H_VERSION",
+    "MASK",
     "MAX_VALUES",
     "Alert",
     "AlertKind",
@@ -81,6 +97,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterKind",
     "DeadlinePolicy",
+    "FieldPath",
     "Inputs",
     "Message",
     "Mode",
@@ -88,10 +105,12 @@ __all__ = [
     "OutMessage",
     "Pipeline",
     "PlannedRun",
+    "Redaction",
     "RetryPolicy",
     "RunInput",
     "RunRecord",
     "RunStatus",
+    "Sensitive",
     "Settings",
     "SinkSpec",
     "SourceSpec",
@@ -103,24 +122,30 @@ __all__ = [
     "check_record",
     "claims_topic",
     "contracts_topic",
+    "current_redaction",
     "dead_letter_message",
     "describe_validation",
     "done_runs_topic",
     "error_info",
     "header_int",
     "hold_topic",
+    "is_sensitive",
     "jobs_topic",
     "lane_topic",
     "load_pipeline",
+    "mask_payload",
     "mode_of",
     "origin_text",
     "output_id",
     "passed",
+    "redacting",
     "reject_id",
     "replay_topic",
     "run_checks",
     "run_id_of",
     "runs_topic",
+    "sensitive_fields",
+    "sensitive_names",
     "sink_group",
     "source_arrival",
     "source_arrival_id",
@@ -128,4 +153,7 @@ __all__ = [
     "stable_id3",
     "stage_group",
     "state_topic",
+    "use_redaction",
+    "withheld",
+    "withhold_values",
 ]
