@@ -3,6 +3,7 @@ the next start reads it plus the changelog's tail instead of the changelog's his
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from streamflow import AllOf, Settings, run_pipeline
+from streamflow.model import OutMessage
 from streamflow.state import Checkpoints
 from streamflow.transports import Transport, make_transport
 from streamflow.triggers._state import PartitionState, Slot
@@ -105,7 +107,7 @@ async def test_a_restore_from_a_checkpoint_and_the_tail_equals_one_from_the_star
 
         first = _store(t, topic, cps)
         await first.restore(parts)
-        await first.checkpoint()
+        await first.checkpoint(parts)
         assert all(cps.path(topic, p).exists() for p in parts)
 
         await _changes(t, writer, rnd, 300, len(parts))  # the tail: another owner's changes, say
@@ -125,6 +127,62 @@ async def test_a_restore_from_a_checkpoint_and_the_tail_equals_one_from_the_star
             await recreated.restore(parts)
         assert "past the changelog's end" in caplog.text
         assert _view(recreated) == _view(from_start)
+        assert not cps.path(topic, 0).exists(), "a rejected checkpoint is deleted"
+    finally:
+        await t.close()
+
+
+async def test_a_checkpoint_leaves_out_what_it_cannot_vouch_for(
+    settings: Settings, tmp_path: Path
+) -> None:
+    t = make_transport(settings)
+    await t.start()
+    topic = f"{settings.namespace}.state.s"
+    cps = Checkpoints(tmp_path / "ckpt")
+    try:
+        await t.ensure_topics([], compacted=[topic])
+        parts = set(range(await t.partition_count(topic)))
+        await _changes(t, _store(t, topic, None), random.Random(5), 200, len(parts))
+        store = _store(t, topic, cps)
+        await store.restore(parts)
+        assert store.states
+
+        # Not assigned any more, or revoked while the end offsets are read: left out.
+        real_ends = t.end_offsets
+
+        async def revoking(topic: str) -> dict[int, int]:
+            await store.forget({0})
+            return await real_ends(topic)
+
+        t.end_offsets = revoking  # type: ignore[method-assign]
+        await store.checkpoint(parts - {1})
+        t.end_offsets = real_ends  # type: ignore[method-assign]
+        assert not any(cps.path(topic, p).exists() for p in parts), "nothing to vouch for"
+
+        # A view decided in memory and never published, or holding records it could not
+        # read (a newer format), is not checkpointed, and an older checkpoint of it goes.
+        again = _store(t, topic, cps)
+        await again.restore(parts)
+        await again.checkpoint(parts)
+        assert all(cps.path(topic, p).exists() for p in parts)
+        again.unsure.add(0)
+        await t.publish([OutMessage(topic, b'{"v": 99}', b"future", partition=0)])
+        newer = _store(t, topic, cps)
+        await newer.restore(parts)
+        assert 0 in newer.unreadable
+        await again.checkpoint(parts)
+        assert not cps.path(topic, 0).exists()
+        await newer.checkpoint(parts)
+        assert not cps.path(topic, 0).exists()
+
+        # A revoke while a checkpoint is folded: nothing of it stays behind.
+        await _store(t, topic, None).restore(parts)
+        cps.save(topic, 0, 1, [(b"k1", store.message("k1", PartitionState("k1", 0, 1)).value)])
+        racing = _store(t, topic, cps)
+        racing.prefetch({0})
+        await racing.forget({0})
+        await asyncio.sleep(0.5)
+        assert not racing.states and not racing.loaded(0)
     finally:
         await t.close()
 

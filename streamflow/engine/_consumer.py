@@ -110,7 +110,8 @@ class _Consumer:
             await self._committing
         if self._pending or self._acks:
             await self._commit_acked(sub, self._pending, self._acks)
-        await self._checkpoint()
+        if self._failed is None:  # a failed handover commit: what it held may be lost
+            await self._checkpoint()
         await sub.close()
 
     async def handing_over(self, partitions: set[int]) -> None:

@@ -26,6 +26,8 @@ async def expire(st: StageLike) -> None:
             if owned:
                 with redacting(Redaction()):  # the runs it fires add their inputs (add_plan)
                     await _expire_partition(st, due)
+            else:  # decided in memory, never published: keep this view out of checkpoints
+                st.gate.store.unsure.add(n)
 
 
 async def _expire_partition(st: StageLike,

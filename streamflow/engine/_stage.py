@@ -167,8 +167,8 @@ class StageRunner(_Consumer):
         self.fired.committed()
 
     async def checkpoint(self) -> None:
-        if self.gate is not None and not self.retry_lane:
-            await self.gate.store.checkpoint()
+        if self.gate is not None and not self.retry_lane and self.sub is not None:
+            await self.gate.store.checkpoint(set(self.sub.assigned))
 
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -58,6 +58,12 @@ class StateStore(Generic[S]):
         self.transport, self.topic, self.stage, self.decode = transport, topic, stage, decode
         self.states: dict[str, S] = {}
         self._restores: dict[int, asyncio.Future[None]] = {}
+        self.unsure: set[int] = set()
+        """Partitions whose view may differ from their changelog (work decided in memory but
+        not published: a deadline met outside its partition's transaction); never
+        checkpointed, until restored again."""
+        self.unreadable: set[int] = set()
+        """Partitions with records of a newer format, skipped: a checkpoint would lose them."""
         self.checkpoints: Checkpoints | None = None
         """Where this store's partitions are checkpointed (None: restores read from the start).
         Set only on stores with one writer per partition: a checkpoint must hold nothing
@@ -111,16 +117,19 @@ class StateStore(Generic[S]):
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0
+        self.unsure.discard(partition)
         snap = await self._usable_checkpoint(partition)
-        if snap is not None:
-            for chunk in snap.chunks(self.topic, partition):
-                n += self._fold(chunk, partition)
+        for chunk in () if snap is None else snap.chunks(self.topic, partition):
+            if self._restores.get(partition) is not asyncio.current_task():
+                return  # revoked (forgotten) while loading: its state is its new owner's
+            n += self._fold(chunk, partition)
+            await asyncio.sleep(0)  # a large checkpoint must not hold up heartbeats
         start = None if snap is None else {partition: snap.offset}
         async with contextlib.aclosing(
                 self.transport.scan_topic(self.topic, {partition}, from_offsets=start)) as scan:
             async for chunk in scan:
                 if self._restores.get(partition) is not asyncio.current_task():
-                    return  # revoked (forgotten) while loading: its state is its new owner's
+                    return
                 n += self._fold(chunk, partition)
         if self._restores.get(partition) is not asyncio.current_task():
             return
@@ -131,37 +140,43 @@ class StateStore(Generic[S]):
                  self.stage, n, partition, since, time.perf_counter() - t0)
 
     async def _usable_checkpoint(self, partition: int) -> Snapshot | None:
-        if self.checkpoints is None:
+        cps = self.checkpoints
+        if cps is None:
             return None
-        snap = await asyncio.to_thread(self.checkpoints.load, self.topic, partition)
+        snap = await asyncio.to_thread(cps.load, self.topic, partition)
         if snap is None:
             return None
         end = (await self.transport.end_offsets(self.topic)).get(partition, 0)
         if snap.offset > end:
             log.warning("stage %s: the checkpoint of %s partition %d covers offset %d, past the "
                         "changelog's end %d (the topic was created again?); restoring from the "
-                        "start", self.stage, self.topic, partition, snap.offset, end)
+                        "start and deleting it", self.stage, self.topic, partition, snap.offset,
+                        end)
+            await asyncio.to_thread(cps.discard, self.topic, partition)
             return None
         return snap
 
-    async def checkpoint(self) -> None:
-        """Write a checkpoint of every restored partition at the changelog's end. Call it only
-        once everything this store's state reflects is committed (a clean stop's last commit):
-        the changelog's end then covers all of it."""
-        if self.checkpoints is None:
-            return
-        parts = {p for p in self._restores if self.loaded(p)}
-        if not parts:
+    async def checkpoint(self, assigned: Collection[int]) -> None:
+        """Write a checkpoint of every restored partition still ``assigned`` at the changelog's
+        end. Call it only once everything this store's state reflects is committed (a clean
+        stop's last commit): the changelog's end then covers all of it. The end is read
+        first and the view taken after it with no wait between, so a revoke meanwhile
+        leaves its partition out instead of checkpointing it empty."""
+        cps = self.checkpoints
+        if cps is None:
             return
         t0 = time.perf_counter()
         ends = await self.transport.end_offsets(self.topic)
+        parts = {p for p in self._restores if self.loaded(p) and p in assigned
+                 and p not in self.unsure and p not in self.unreadable}
         snaps = self.snapshot(parts)
         for p in sorted(parts):
             records = snaps.get(p, [])
-            size = await asyncio.to_thread(self.checkpoints.save, self.topic, p,
-                                           ends.get(p, 0), records)
+            size = await asyncio.to_thread(cps.save, self.topic, p, ends.get(p, 0), records)
             log.info("stage %s: checkpointed %d state records (%d bytes) of %s partition %d at "
                      "offset %d", self.stage, len(records), size, self.topic, p, ends.get(p, 0))
+        for p in self.unsure | self.unreadable:  # an older checkpoint of it is wrong now too
+            await asyncio.to_thread(cps.discard, self.topic, p)
         log.debug("stage %s: checkpoints took %.3fs", self.stage, time.perf_counter() - t0)
 
     def snapshot(self, partitions: set[int]) -> dict[int, list[tuple[bytes, bytes]]]:
@@ -194,6 +209,7 @@ class StateStore(Generic[S]):
             d = orjson.loads(m.value)
             v = d.pop("v", 1)
             if v not in self.readable:
+                self.unreadable.add(partition)
                 log.warning("stage %s: state %r on %s is of format v%s, not this worker's v%d; "
                             "skipped (upgrade StreamFlow to read it)", self.stage, key,
                             self.topic, v, self.version)

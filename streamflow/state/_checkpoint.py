@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import struct
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,8 @@ log = logging.getLogger("streamflow.state")
 
 MAX_AGE_S = 12 * 3600.0
 """Half the tombstone retention of both transports (``delete.retention.ms``, 24 hours)."""
+SKEW_S = 60.0
+"""A checkpoint written up to this far in the future (another machine's clock) is still used."""
 MAGIC = b"SFCKPT1\n"
 _LEN = struct.Struct(">II")
 CHUNK = 5000
@@ -91,8 +94,8 @@ class Checkpoints:
                              "bytes": len(body), "crc": zlib.crc32(body)})
         path = self.path(topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + head + b"\n")
             f.write(body)
             f.flush()
@@ -115,13 +118,20 @@ class Checkpoints:
         except (ValueError, KeyError, struct.error) as e:
             log.warning("checkpoint %s is damaged (%s); restoring from the changelog's start",
                         path, e)
+            self.discard(topic, partition)
             return None
         age_s = time.time() - snap.written_ms / 1000
-        if age_s > self.max_age_s:
-            log.info("checkpoint %s is %.1f h old (more than %.1f h): restoring from the "
-                     "changelog's start", path, age_s / 3600, self.max_age_s / 3600)
+        if not -SKEW_S <= age_s <= self.max_age_s:
+            log.info("checkpoint %s is %.1f h old (usable between 0 and %.1f h): restoring from "
+                     "the changelog's start", path, age_s / 3600, self.max_age_s / 3600)
+            self.discard(topic, partition)
             return None
         return snap
+
+    def discard(self, topic: str, partition: int) -> None:
+        """A checkpoint that was found unusable, or whose view went wrong: gone, so that no
+        later start (after the changelog has grown past its offset) takes it for good."""
+        self.path(topic, partition).unlink(missing_ok=True)
 
 
 def _parse(data: bytes, topic: str, partition: int) -> Snapshot:

@@ -81,10 +81,9 @@ async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]
     keeps (and refreshes) the metadata of every topic on the cluster: thousands of partition
     records in each long-lived probe and tail, a worker's memory following the cluster's."""
     client = consumer._client
-    if topic not in client._topics:
-        await client.add_topic(topic)  # a metadata refresh of the tracked topics only
+    await client.add_topic(topic)  # a refresh of the tracked topics only, unless tracked
     parts = consumer.partitions_for_topic(topic)
-    if not parts:  # created a moment ago
+    if not parts:  # created a moment ago, or a refresh already in flight without it
         await client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
     return set(parts or ())

@@ -28,12 +28,14 @@ COMPACTED_CONFIGS = {
     "segment.ms": "3600000",
     "max.compaction.lag.ms": "3600000",
     "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "86400000",
 }
 """Changelogs, the ledger and the other compacted topics StreamFlow creates: the cleaner only
 compacts closed segments, and by default a segment stays open for 7 days (or 1 GiB) and a
 topic waits until half of it is dirty, so a restore would read days of history. An hour's
 segment, a forced compaction after an hour and a 10% dirty ratio bound that to about an hour
-of changes beyond the live keys."""
+of changes beyond the live keys. Tombstones stay 24 hours, whatever the broker's default:
+a state checkpoint is used for half that (``streamflow.state._checkpoint.MAX_AGE_S``)."""
 
 
 def retained_configs(seconds: float) -> dict[str, str]:
