@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from opentelemetry.trace import SpanKind
 
 from streamflow.connectors import BackfillSource, SourceBatch, TimeRange, build_source
@@ -31,6 +30,7 @@ from streamflow.model import (
     dead_letter_message,
     lane_topic,
     origin_text,
+    record_text,
     reject_id,
     run_id_of,
     runs_topic,
@@ -137,8 +137,8 @@ class Planner:
             model = check_record(asset, rec)
             if isinstance(model, str):
                 reason = f"backfill {job.id}, source {source} ({origin_text(rec.origin)}): {model}"
-                dead.append(self._dead(job, reason, rec.origin, orjson.dumps(rec.data).decode(),
-                                       arrival_id))
+                dead.append(self._dead(job, reason, rec.origin, record_text(rec.data),
+                                       arrival_id, dead))
                 continue
             t = asset.event_time_ms(model) if asset.event_time is not None else start_ms
             if not start_ms <= t < end_ms:
@@ -149,7 +149,7 @@ class Planner:
         for rej in batch.rejects:
             reason = f"backfill {job.id}, source {source}: {rej.reason}"
             dead.append(self._dead(job, reason, rej.origin, rej.payload,
-                                   reject_id(asset, rej.origin)))
+                                   reject_id(asset, rej.origin), dead))
         return out, dead, late
 
     async def _from_topic(self, job: BackfillJob, asset: Asset[Any],
@@ -205,10 +205,10 @@ class Planner:
         return msg
 
     def _dead(self, job: BackfillJob, reason: str, origin: dict[str, Any], payload: str,
-              arrival_id: str) -> OutMessage:
+              arrival_id: str, spill: list[OutMessage]) -> OutMessage:
         dl = DeadLetter(reason, f"backfill {job.id}", origin, payload, arrival_id=arrival_id,
                         kind="source")
-        return dead_letter_message(self.dlq, dl, None)
+        return dead_letter_message(self.dlq, dl, None, spill)
 
 
 def _plain(a: Arrival) -> Arrival:

@@ -31,11 +31,19 @@ from ._headers import (
     mode_of,
 )
 from ._messages import Message, OutMessage
+from ._payloads import H_PART, MAX_DEAD_LETTER_BYTES, payloads_topic, record_text
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
 from ._settings import Settings
-from ._sources import check_record, origin_text, reject_id, source_arrival, source_arrival_id
+from ._sources import (
+    check_record,
+    origin_text,
+    reject_id,
+    source_arrival,
+    source_arrival_id,
+    too_large,
+)
 from ._topics import (
     asset_topic,
     contracts_topic,
@@ -60,6 +68,7 @@ __all__ = [
     "H_BACKFILL_STAGES",
     "H_EVENT_TIME",
     "H_MODE",
+    "H_PART",
     "H_PARTITION",
     "H_PLANNED",
     "H_REPLAY",
@@ -67,6 +76,7 @@ __all__ = [
     "H_RETRY_AT",
     "H_TRACEPARENT",
     "H_VERSION",
+    "MAX_DEAD_LETTER_BYTES",
     "MAX_VALUES",
     "Alert",
     "AlertKind",
@@ -114,6 +124,8 @@ __all__ = [
     "origin_text",
     "output_id",
     "passed",
+    "payloads_topic",
+    "record_text",
     "reject_id",
     "replay_topic",
     "run_checks",
@@ -126,4 +138,5 @@ __all__ = [
     "stable_id3",
     "stage_group",
     "state_topic",
+    "too_large",
 ]

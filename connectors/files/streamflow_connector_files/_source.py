@@ -28,6 +28,9 @@ class FilesSourceConfig(BaseModel):
     watch: bool = Field(False, description="keep watching for new files instead of ending")
     poll_interval_s: float = Field(0.2, gt=0)
     settle_s: float = Field(0.2, ge=0, description="a file must be unchanged this long")
+    allow_duplicate_keys: bool = Field(
+        False, description="accept a JSON Lines object with a name twice (the last one wins) "
+        "instead of dead-lettering it")
 
 
 def _candidate(f: Path) -> bool:
@@ -133,7 +136,8 @@ class FilesSource:
             if self.cfg.format == "csv":
                 records, rejects = parse_csv(path.name, digest, text)
             elif self.cfg.format == "jsonl":
-                records, rejects = parse_jsonl(path.name, digest, text)
+                records, rejects = parse_jsonl(path.name, digest, text,
+                                               self.cfg.allow_duplicate_keys)
             else:
                 records, rejects = parse_parquet(path.name, digest, raw), []
         except Unreadable as e:

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from streamflow.connectors import ConnectorContext, ConnectorError, SourceBatch, SourceRecord
+from streamflow.connectors import (
+    ConnectorContext,
+    ConnectorError,
+    Reject,
+    SourceBatch,
+    SourceRecord,
+    duplicate_name,
+    first_duplicate,
+    parse_marked,
+)
 
 from ._aiohttp import aiohttp_module
 
@@ -47,6 +56,9 @@ class WebhookSourceConfig(BaseModel):
     max_pending: int = Field(
         default=64, ge=1,
         description="requests queued for publishing; more wait (backpressure)")
+    allow_duplicate_keys: bool = Field(
+        default=False, description="accept an object with a name twice (the last one wins) "
+        "instead of dead-lettering it")
 
     @field_validator("path")
     @classmethod
@@ -147,7 +159,7 @@ class WebhookSource:
         except _BadRequest as e:
             headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
             return web.json_response({"error": e.reason}, status=e.status, headers=headers)
-        if not batch.records:
+        if not batch.records and not batch.rejects:
             return web.json_response({"accepted": 0}, status=202)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[batch.position] = fut
@@ -162,9 +174,9 @@ class WebhookSource:
         finally:
             self._pending.pop(batch.position, None)
         return web.json_response(
-            {"accepted": len(batch.records) - batch.dead_lettered,
+            {"accepted": len(batch.records) + len(batch.rejects) - batch.dead_lettered,
              "dead_lettered": batch.dead_lettered,
-             "request": batch.records[0].origin["request"]},
+             "request": (batch.records or batch.rejects)[0].origin["request"]},
             status=202)
 
     async def _publish(self, batch: SourceBatch, fut: asyncio.Future[None]) -> None:
@@ -221,12 +233,18 @@ class WebhookSource:
             req = "body:" + hashlib.sha256(body).hexdigest()[:32]
         tp = request.headers.get("traceparent", "").strip().lower()
         traceparent = tp.encode() if TRACEPARENT.match(tp) else None
-        records = [
-            SourceRecord(item, {"webhook": self.cfg.path, "request": req, "index": i},
-                         f"{req}:{i}", traceparent)
-            for i, item in enumerate(items)
-        ]
-        return SourceBatch(records, position=uuid.uuid4().hex)
+        dups = [None] * len(items) if self.cfg.allow_duplicate_keys else _duplicates(body, items)
+        batch = SourceBatch([], position=uuid.uuid4().hex)
+        for i, item in enumerate(items):
+            origin = {"webhook": self.cfg.path, "request": req, "index": i}
+            if dups[i] is None:
+                batch.records.append(SourceRecord(item, origin, f"{req}:{i}", traceparent))
+            else:
+                batch.rejects.append(Reject(origin, (
+                    f"request {req} item {i}: the name {dups[i]!r} appears twice in one JSON "
+                    "object (set allow_duplicate_keys to accept such records, the last one "
+                    "winning)"), _text(item, body)))
+        return batch
 
 
 def _parse(body: bytes) -> list[dict[str, Any]]:
@@ -243,6 +261,24 @@ def _parse(body: bytes) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise _BadRequest(400, f"array item {i} is not a JSON object (got {_json_type(item)})")
     return data
+
+
+def _duplicates(body: bytes, items: list[dict[str, Any]]) -> list[str | None]:
+    """Per item, a name it gives twice, if any (most bodies have none: one cheap check)."""
+    if duplicate_name(body, items if body.lstrip()[:1] == b"[" else items[0]) is None:
+        return [None] * len(items)
+    marked = parse_marked(body)
+    if not isinstance(marked, list):
+        marked = [marked]
+    return [first_duplicate(m) for m in marked] + [None] * (len(items) - len(marked))
+
+
+def _text(item: dict[str, Any], body: bytes) -> str:
+    """An item's JSON text; the whole body if it is nested too deep for orjson to write."""
+    try:
+        return orjson.dumps(item).decode()
+    except orjson.JSONEncodeError:
+        return body.decode("utf-8", "replace")
 
 
 def _json_type(v: object) -> str:
