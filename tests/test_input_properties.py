@@ -197,3 +197,15 @@ def test_a_dead_letter_never_passes_the_limit_and_says_where_the_whole_is(
         assert body["truncated"]["whole"]["topic"] == "dlq.payloads"
         assert b"".join(m.value for m in spill).decode() == payload
         assert all(len(m.value) <= MAX_DEAD_LETTER_BYTES and m.key == b"a1" for m in spill)
+
+
+def test_a_dead_letter_with_huge_check_results_still_fits() -> None:
+    """A gate's results carry up to 20 offending values: large records make them large."""
+    checks = [{"check": "not_null", "values": ["y" * 100_000] * 20}]
+    dl = DeadLetter("held", "s", {"topic": "t", "partition": 0, "offset": 3}, "x" * 900_000,
+                    error={"type": "HoldError", "message": "m", "checks": checks})
+    msg = dead_letter_message("dlq", dl, None)
+    body = orjson.loads(msg.value)
+    assert len(msg.value) <= MAX_DEAD_LETTER_BYTES
+    assert body["error"]["type"] == "HoldError" and "more characters" in body["error"]["checks"]
+    assert body["truncated"]["whole"] == {"topic": "t", "partition": 0, "offset": 3}

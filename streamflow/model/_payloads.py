@@ -90,6 +90,9 @@ def truncated(body: dict[str, Any], whole: dict[str, Any] | None) -> bytes:
     if isinstance(body.get("error"), dict):
         body["error"] = {k: _cut(v, k) if isinstance(v, str) else v
                          for k, v in body["error"].items()}
+        if len(orjson.dumps(body["error"])) > MAX_DEAD_LETTER_BYTES // 2:  # a gate's values
+            body["error"] = {k: v if isinstance(v, str) else _cut(
+                record_text(v), "message") for k, v in body["error"].items()}
     body["truncated"] = {"bytes": len(payload.encode()), "whole": whole}
     budget = MAX_DEAD_LETTER_BYTES - len(orjson.dumps(body)) - 64
     n = len(payload)
