@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,23 +49,89 @@ def test_all_of_fires_exactly_once_per_complete_partition(
     assert all(len(runs) == 1 for runs in fired.values())
 
 
-@settings(max_examples=100, deadline=None)
-@given(arrivals=arrivals)
-def test_a_new_version_refires_only_when_asked(arrivals: list[tuple[str, str]]) -> None:
-    for policy, expect_refire in (("ignore", False), ("refire", True)):
-        barrier = Barrier("report", INPUTS, AllOf(on_new_version=policy))  # type: ignore[arg-type]
+Kind = Literal["new", "redelivery", "same-content"]
+"""How an arrival relates to the input's previous one for its partition: a new version with new
+content, the same arrival again, or a new arrival id carrying the same bytes."""
+
+versioned = st.lists(
+    st.tuples(st.sampled_from(["d1", "d2", "d3"]), st.sampled_from(INPUTS),
+              st.sampled_from(["new", "new", "redelivery", "same-content"])),
+    min_size=1, max_size=60,
+)
+
+
+def expected_fires(arrivals: list[tuple[str, str, Kind]], refire: bool) -> dict[str, int]:
+    """The oracle: a partition fires when its last input first arrives; after that, under
+    ``refire`` each new version of an input fires again (a redelivery or the same content
+    never does); under ``ignore`` nothing more fires."""
+    seen: dict[str, set[str]] = {}
+    fires: dict[str, int] = {}
+    for partition, asset, kind in arrivals:
+        inputs = seen.setdefault(partition, set())
+        if asset in inputs and kind != "new":
+            continue
+        inputs.add(asset)
+        if inputs == set(INPUTS) and (refire or partition not in fires):
+            fires[partition] = fires.get(partition, 0) + 1
+    return fires
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=versioned, restarts=st.sets(st.integers(0, 60)))
+def test_a_new_version_refires_exactly_when_asked(
+    arrivals: list[tuple[str, str, Kind]], restarts: set[int]
+) -> None:
+    """``refire`` fires once per new version of a fired partition, with the latest slot of
+    every input and the new version as the completing input; ``ignore`` fires once. Neither
+    fires on a redelivery or on the same content under a new arrival id, across restarts."""
+    for policy in ("ignore", "refire"):
+        barrier = Barrier("report", INPUTS, AllOf(on_new_version=policy))
         states: dict[str, PartitionState] = {}
-        versions: dict[tuple[str, str], int] = {}
-        fires: dict[str, int] = {}
-        for partition, asset in [*arrivals, *arrivals]:  # the second pass brings new versions
-            v = versions[(partition, asset)] = versions.get((partition, asset), -1) + 1
+        latest: dict[tuple[str, str], Slot] = {}
+        fires: dict[str, list[str]] = {}
+        for i, (partition, asset, kind) in enumerate(arrivals):
+            if i in restarts:
+                states = {k: PartitionState.from_json(orjson.loads(orjson.dumps(s.to_json())))
+                          for k, s in states.items()}
+            prev = latest.get((partition, asset))
+            if prev is None or kind == "new":
+                version = 0 if prev is None else prev.version + 1
+                new = Slot(f"{asset}-{partition}-v{version}", version,
+                           orjson.dumps({"v": version}), [])
+            elif kind == "redelivery":
+                new = prev
+            else:
+                new = Slot(f"{prev.arrival_id}-again", prev.version, prev.value, [])
+            if prev is None or kind == "new":
+                latest[(partition, asset)] = new
             state = states.setdefault(partition, PartitionState(partition, 0, 0))
-            if barrier.offer(state, asset, slot(partition, asset, v)) is not None:
-                fires[partition] = fires.get(partition, 0) + 1
-        if not expect_refire:
-            assert all(n == 1 for n in fires.values())
-        else:
-            assert all(n >= 1 for n in fires.values())
+            fire = barrier.offer(state, asset, new)
+            if fire is not None:
+                fires.setdefault(partition, []).append(fire.run_id)
+                assert fire.completing == asset
+                assert {a: s.arrival_id for a, s in fire.slots.items()} == {
+                    a: latest[(partition, a)].arrival_id for a in INPUTS}
+        counts = {p: len(runs) for p, runs in fires.items()}
+        assert counts == expected_fires(arrivals, refire=policy == "refire")
+        assert all(len(set(runs)) == len(runs) for runs in fires.values())
+
+
+def test_refire_fires_again_on_each_new_version_only() -> None:
+    """The oracle's reading of ``refire``, spelled out on one partition."""
+    barrier = Barrier("report", INPUTS, AllOf(on_new_version="refire"))
+    state = PartitionState("d1", 0, 0)
+
+    def offer(asset: str, version: int, value: bytes | None = None) -> bool:
+        body = value if value is not None else orjson.dumps({"v": version})
+        return barrier.offer(state, asset, Slot(f"{asset}-v{version}", version, body, [])) \
+            is not None
+
+    assert [offer("sales", 0), offer("fx", 0), offer("sales", 1)] == [False, False, False]
+    assert offer("loyalty", 0)  # complete: the first firing
+    assert offer("fx", 1)  # a new version: fires again
+    assert not offer("fx", 1)  # redelivered
+    assert not offer("fx", 2, orjson.dumps({"v": 1}))  # the same content under a new id
+    assert offer("sales", 2)
 
 
 def test_any_of_fires_per_new_arrival_and_dedupes() -> None:

@@ -45,3 +45,25 @@ async def test_split_polls_shorten_the_prefetch_backoff_and_whole_polls_restore_
         assert fetcher._prefetch_backoff == PREFETCH_BACKOFF_S
     finally:
         await t.close()
+
+
+async def test_long_lived_readers_keep_metadata_of_their_topics_only(
+        kafka_bootstrap: str, namespace: str) -> None:
+    """A client tracking no topic refreshes every topic of the cluster: a worker's memory
+    would follow the cluster's size (thousands of topics: 6,000 partition records a probe)."""
+    a, b = f"{namespace}.a", f"{namespace}.b"
+    t = KafkaTransport(kafka_bootstrap, partitions=2)
+    await t.start()
+    tail = None
+    try:
+        await t.ensure_topics([a, b, f"{namespace}.other"])
+        assert set(await t.end_offsets(a)) == {0, 1}
+        assert set(await t.committed(f"{namespace}.g", b)) == {0, 1}
+        assert t._probes[None]._client.cluster.topics() == {a}
+        assert t._probes[f"{namespace}.g"]._client.cluster.topics() == {b}
+        tail = await t.follow(b)
+        assert tail.consumer._client.cluster.topics() == {b}
+    finally:
+        if tail is not None:
+            await tail.close()
+        await t.close()

@@ -23,7 +23,7 @@ from streamflow.engine._ledger import load_ledger
 from streamflow.model import Message, OutMessage, RetryPolicy, done_runs_topic, runs_topic
 from streamflow.observability import Metrics, Tracing
 from streamflow.ops import list_runs
-from streamflow.state import ensure_ledger, fold_raw, merge, stale_batches
+from streamflow.state import ensure_ledger, fold_raw, input_count, merge, stale_batches
 from streamflow.transports import make_transport
 
 from .helpers import memory_source, read_topic
@@ -292,3 +292,23 @@ async def test_a_start_tidies_open_records_of_settled_runs_and_finds_gate_histor
     assert list(left) == ["r2"], "r1's open record was tombstoned at start"
     assert not any(r.startswith("g") for r in plain.runs), "older than the dedupe window"
     assert sum(r.startswith("g") for r in gated.runs) == 70, "read back for gate history"
+
+
+def test_a_brief_fold_keeps_what_a_start_needs_of_each_run_and_format() -> None:
+    v2 = _legacy_batch("ns.runs.done", 7)
+    body = orjson.loads(v2.value)
+    body["runs"][0]["inputs"] = [["a", "p", 1, "id1"], ["b", "p", 1, "id2"]]
+    body["runs"].append({"run_id": "r-skip", "partition": "q", "attempt": 1, "started_ms": 1,
+                         "ended_ms": 8, "inputs": [["a", "q", 1, "id3"]], "outputs": [],
+                         "status": "skipped"})
+    v1 = {"run_id": "r-v1", "stage": "work", "partition": "z", "status": "released",
+          "attempt": 1, "max_attempts": 1, "started_ms": 1, "ended_ms": 9,
+          "inputs": [{"asset": "a", "partition": "z", "version": 1, "arrival_id": "x"}]}
+    msgs = [Message("ns.runs.done", 0, 0, b"b", orjson.dumps(body), [], 0),
+            Message("ns.runs.done", 0, 1, b"r-v1", orjson.dumps(v1), [], 0)]
+    whole, brief = fold_raw(msgs), fold_raw(msgs, brief=True)
+    assert set(whole) == set(brief) == {"r-old", "r-skip", "r-v1"}
+    for rid, d in whole.items():
+        assert brief[rid] == {"stage": d["stage"], "status": d["status"],
+                              "ended_ms": d["ended_ms"], "n_inputs": len(d["inputs"])}
+        assert input_count(brief[rid]) == input_count(d) == len(d["inputs"])

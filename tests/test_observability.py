@@ -4,12 +4,14 @@ HTTP client and checked against the work done), /status and ``streamflow status`
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from streamflow import ConfigError, Pipeline, Settings, Worker
 from streamflow.cli import main
@@ -66,7 +68,8 @@ async def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def
 async def test_health_metrics_and_status_match_the_work_done(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    worker = Worker(pipeline(), settings)
+    # Lag read on every request: this test compares it with the work done at each moment.
+    worker = Worker(pipeline(), settings.model_copy(update={"status_lag_ttl_s": 0.0}))
     task = asyncio.create_task(worker.run())
     while worker.http_port is None:
         assert not task.done(), task
@@ -184,3 +187,81 @@ async def test_probes_follow_the_worker_phase_and_a_dead_consumer() -> None:
     assert (await code("/healthz"), await code("/readyz")) == (200, 503)
     _, _, body = await routes["/readyz"]()
     assert b"draining" in body
+
+
+async def test_a_token_guards_status_and_metrics_and_lag_is_cached(
+    settings: Settings, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "tok-3f9a-never-shown"
+    caplog.set_level(logging.DEBUG)
+    settings = settings.model_copy(update={"http_token": SecretStr(token),
+                                           "status_lag_ttl_s": 2.0})
+    worker = Worker(pipeline(), settings)
+    lag_reads = 0
+
+    async def wait_ready() -> None:
+        assert worker.probe.ready()[0]
+
+    task = asyncio.create_task(worker.run())
+    while worker.http_port is None:
+        assert not task.done(), task
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{worker.http_port}"
+    try:
+        await wait_for(wait_ready)
+        for c in worker.probe.consumers:  # count the broker readings behind /status
+            assert c.sub is not None
+            real = c.sub.lags
+
+            async def counted(real=real):  # type: ignore[no-untyped-def]
+                nonlocal lag_reads
+                lag_reads += 1
+                return await real()
+
+            monkeypatch.setattr(c.sub, "lags", counted)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            assert (await http.get("/healthz")).json()["status"] == "ok"
+            assert "ready" in (await http.get("/readyz")).json()  # open: 200 or 503, no 401
+            for route in ("/status", "/metrics", "/nope"):
+                for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                    r = await http.get(route, headers=auth)
+                    assert r.status_code == 401, (route, auth)
+                    assert r.headers["WWW-Authenticate"] == 'Bearer realm="streamflow"'
+                    assert token not in r.text
+            good = {"Authorization": f"Bearer {token}"}
+            await asyncio.sleep(2.1)  # what start-up read has expired
+            before = lag_reads
+            for _ in range(5):
+                assert "stages" in (await http.get("/status", headers=good)).json()
+                assert (await http.get("/metrics", headers=good)).status_code == 200
+            per_reading = len(worker.probe.consumers)
+            assert lag_reads - before == per_reading, "one lag reading serves every request"
+            await asyncio.sleep(2.1)
+            assert (await http.get("/status", headers=good)).status_code == 200
+            assert lag_reads - before == 2 * per_reading, "read again once stale"
+
+            assert await asyncio.to_thread(main, ["status", "--url", base]) == 2  # an error
+            monkeypatch.setenv("STREAMFLOW_HTTP_TOKEN", token)
+            assert await asyncio.to_thread(main, ["status", "--url", base]) == 0
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 120)
+    out = capsys.readouterr()
+    assert "answered 401" in out.err
+    assert "(/metrics and /status need the bearer token)" in caplog.text
+    for shown in (out.out, out.err, caplog.text, repr(settings), str(settings)):
+        assert token not in shown
+
+
+def test_the_http_token_comes_from_the_environment_and_stays_out_of_errors(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMFLOW_HTTP_TOKEN", "env-token-xyz")
+    s = Settings.load()
+    assert s.http_token is not None and s.http_token.get_secret_value() == "env-token-xyz"
+    assert "env-token-xyz" not in repr(s)
+    monkeypatch.setenv("STREAMFLOW_DEDUPE_WINDOW_S", str(30 * 86_400))  # an invalid pair
+    with pytest.raises(ConfigError) as e:
+        Settings.load()
+    assert "ledger_retention_s" in str(e.value) and "env-token-xyz" not in str(e.value)

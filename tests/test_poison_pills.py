@@ -37,6 +37,9 @@ from .pipelines.echo import Person
 from .test_bad_input import _aged, echo_pipeline
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def deep(levels: int) -> bytes:
     """A record whose name is a list nested ``levels`` deep: orjson reads up to 1024 levels
     and writes up to 254."""
@@ -79,13 +82,13 @@ async def test_a_deeply_nested_webhook_record_is_dead_lettered(settings: Setting
     try:
         await wait_for(lambda: src.port != 0 or run.done(), "the webhook to listen")
         async with httpx.AsyncClient(base_url=src.location, timeout=60) as c:
-            r = await c.post("", content=b"[" + deep(1000) + b"]")
+            r = await c.post("", content=b"[" + deep(1000) + b"]", headers=JSON)
             assert r.status_code == 202, r.text
             assert r.json()["dead_lettered"] == 1
             ok = await c.post("", json={"id": 2, "name": "bob"})
             assert ok.status_code == 202 and ok.json()["accepted"] == 1
             dup = await c.post("", content=b'[{"id": 3, "name": "cy"}, {"id": 4, "id": 5, '
-                               b'"name": "di"}]', headers={"Idempotency-Key": "dup-1"})
+                               b'"name": "di"}]', headers={**JSON, "webhook-id": "dup-1"})
             assert dup.status_code == 202, dup.text
             assert (dup.json()["accepted"], dup.json()["dead_lettered"]) == (1, 1)
         await wait_for(lambda: len(read_rows(tmp_path / "out")) == 2, "the good records")

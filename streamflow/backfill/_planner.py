@@ -26,6 +26,7 @@ from streamflow.model import (
     OnEach,
     OutMessage,
     Pipeline,
+    Redaction,
     check_record,
     dead_letter_message,
     lane_topic,
@@ -34,6 +35,7 @@ from streamflow.model import (
     reject_id,
     run_id_of,
     runs_topic,
+    sensitive_names,
     source_arrival,
     source_arrival_id,
 )
@@ -137,7 +139,7 @@ class Planner:
             model = check_record(asset, rec)
             if isinstance(model, str):
                 reason = f"backfill {job.id}, source {source} ({origin_text(rec.origin)}): {model}"
-                dead.append(self._dead(job, reason, rec.origin, record_text(rec.data),
+                dead.append(self._dead(job, asset, reason, rec.origin, record_text(rec.data),
                                        arrival_id, dead))
                 continue
             t = asset.event_time_ms(model) if asset.event_time is not None else start_ms
@@ -148,7 +150,7 @@ class Planner:
                                       key=asset.key_bytes(model), event_time_ms=t))
         for rej in batch.rejects:
             reason = f"backfill {job.id}, source {source}: {rej.reason}"
-            dead.append(self._dead(job, reason, rej.origin, rej.payload,
+            dead.append(self._dead(job, asset, reason, rej.origin, rej.payload,
                                    reject_id(asset, rej.origin), dead))
         return out, dead, late
 
@@ -204,10 +206,13 @@ class Planner:
         msg.headers.append((H_BACKFILL_STAGES, ",".join(job.stages).encode()))
         return msg
 
-    def _dead(self, job: BackfillJob, reason: str, origin: dict[str, Any], payload: str,
-              arrival_id: str, spill: list[OutMessage]) -> OutMessage:
-        dl = DeadLetter(reason, f"backfill {job.id}", origin, payload, arrival_id=arrival_id,
-                        kind="source")
+    def _dead(self, job: BackfillJob, asset: Asset[Any], reason: str, origin: dict[str, Any],
+              payload: str, arrival_id: str, spill: list[OutMessage]) -> OutMessage:
+        secret = Redaction()
+        secret.add(asset.contract, payload)
+        dl = DeadLetter(secret.text(reason), f"backfill {job.id}", origin, payload,
+                        arrival_id=arrival_id, kind="source",
+                        sensitive=sensitive_names(asset.contract))
         return dead_letter_message(self.dlq, dl, None, spill)
 
 

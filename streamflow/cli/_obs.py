@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,14 +22,18 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "open barriers and recent failures.")
     st.add_argument("--url", default="http://127.0.0.1:9464",
                     help="the worker's HTTP address (default http://127.0.0.1:9464)")
-    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.add_argument("--json", action="store_true", help="print the raw JSON (a worker with a "
+                    "token: set STREAMFLOW_HTTP_TOKEN here too)")
     st.set_defaults(func=_status)
     add_trace_cli(sub)
 
 
-def fetch_json(url: str, what: str, hint: str) -> Any:
+def fetch_json(url: str, what: str, hint: str, token: str | None = None) -> Any:
+    """``token``: sent as a bearer token (a worker port with STREAMFLOW_HTTP_TOKEN)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=10) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as e:
         raise OpsError(f"{what} at {url} answered {e.code}: {e.read()[:200]!r}") from e
@@ -39,7 +44,8 @@ def fetch_json(url: str, what: str, hint: str) -> Any:
 def _status(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/status"
     st = fetch_json(url, "the worker", "Is a worker running (`streamflow run …`)? Pass "
-                    "--url if it uses another --http-port.")
+                    "--url if it uses another --http-port.",
+                    token=os.environ.get("STREAMFLOW_HTTP_TOKEN") or None)
     if args.json:
         print(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
         return 0

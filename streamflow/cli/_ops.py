@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
 
 import orjson
 
 from streamflow.model import RunRecord, Settings
-from streamflow.ops import DeadLetterEntry, find, list_dead_letters, list_runs, replay, retry_run
+from streamflow.ops import find, list_dead_letters, list_runs, replay, retry_run
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -25,6 +24,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="embedded log location (default .streamflow)")
     p.add_argument("--namespace", help="topic prefix (default sf)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _reveal(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reveal", action="store_true",
+                   help="show the payload's sensitive fields (masked as *** by default)")
 
 
 def _ts(ms: int) -> str:
@@ -63,15 +67,11 @@ def _run_retry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_row(e: DeadLetterEntry) -> dict[str, Any]:
-    return {"id": e.id, **e.body}
-
-
 def _dlq_list(args: argparse.Namespace) -> int:
     entries = [e for e in asyncio.run(list_dead_letters(_settings(args)))
                if not args.stage or e.consumer == args.stage]
     if args.json:
-        print(orjson.dumps([_dlq_row(e) for e in entries]).decode())
+        print(orjson.dumps([e.shown(args.reveal) for e in entries]).decode())
         return 0
     print(f"{'ID':<10} {'KIND':<7} {'BY':<20} REASON")
     for e in entries:
@@ -81,7 +81,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
 def _dlq_show(args: argparse.Namespace) -> int:
     (entry,) = find(asyncio.run(list_dead_letters(_settings(args))), [args.id])
-    print(orjson.dumps(_dlq_row(entry), option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(entry.shown(args.reveal), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -125,10 +125,12 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = ds.add_parser("list", help="every dead letter with its reason")
     _common(p)
     p.add_argument("--stage", help="only those given up by this stage or sink")
+    _reveal(p)
     p.set_defaults(func=_dlq_list)
     p = ds.add_parser("show", help="one dead letter in full: reason, origin, error, payload")
     _common(p)
     p.add_argument("id", help="<partition>:<offset>, as `dlq list` shows")
+    _reveal(p)
     p.set_defaults(func=_dlq_show)
     p = ds.add_parser("replay", help="re-inject dead letters into their stage or sink")
     _common(p)

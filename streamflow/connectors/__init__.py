@@ -22,6 +22,7 @@ from ._api import (
     TopicRecord,
     TopicSink,
 )
+from ._claims import Claims, ClaimTable, LocalClaims
 from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
 from ._json import duplicate_name, first_duplicate, parse_marked
@@ -39,9 +40,12 @@ from ._registry import (
 __all__ = [
     "GROUP",
     "BackfillSource",
+    "ClaimTable",
+    "Claims",
     "ConnectorContext",
     "ConnectorError",
     "ConnectorSpec",
+    "LocalClaims",
     "Reject",
     "Retries",
     "Sink",

@@ -9,6 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from ._claims import Claims
+
 
 @dataclass(slots=True)
 class SourceRecord:
@@ -89,6 +91,9 @@ class ConnectorContext:
     partition_by: str | None = None
     """The asset's ``partition_by`` field, or None: then its records' partition is only their key,
     so a sink that lays out files or tables per partition should treat the asset as one."""
+    claims: Claims | None = None
+    """Claims shared by every worker of the pipeline (a compacted topic on the transport);
+    None outside a worker: use ``LocalClaims``."""
 
 
 @runtime_checkable

@@ -55,7 +55,7 @@ async def post_with_retries(session: ClientSession, url: str, body: bytes, key: 
                                 f"{resp.status} means the request itself is wrong)")
                 retry_after = _seconds(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as e:
-            last = f"{type(e).__name__}: {e}"
+            last = f"{type(e).__name__}: {e}".replace(url, redact(url))  # InvalidURL names it
         if attempt < retries.max_retries:
             logger.log(retry_level, "%s failed (attempt %d): %s; retrying", what, attempt + 1,
                        last)
@@ -64,8 +64,16 @@ async def post_with_retries(session: ClientSession, url: str, body: bytes, key: 
 
 
 def redact(url: str) -> str:
-    """A URL fit for logs and errors: credentials never shown."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
+    """A URL fit for logs and errors: credentials never shown, neither ``user:password@`` nor
+    in the query or fragment (``?token=...``): which parameter carries a secret cannot be
+    known, so every value (and a part with no name) is masked and only the names stay."""
+    url = re.sub(r"//[^/@?#]*@", "//***@", url)
+    head, sep, fragment = url.partition("#")
+    base, qsep, query = head.partition("?")
+    if qsep:  # a bare part (``?s3cret``) may be a token too
+        query = "&".join(p.split("=", 1)[0] + "=***" if "=" in p else "***" if p else p
+                         for p in query.split("&"))
+    return base + qsep + query + (sep + "***" if sep and fragment else sep)
 
 
 def _seconds(raw: str | None) -> float | None:

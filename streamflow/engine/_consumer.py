@@ -44,6 +44,8 @@ class _Consumer:
     topics: list[str]
     name: str
     kind: DeadLetterKind = "stage"
+    sensitive: tuple[str, ...] = ()
+    """The sensitive fields of the records it dead-letters (``dlq show`` masks them)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -108,6 +110,7 @@ class _Consumer:
             await self._committing
         if self._pending or self._acks:
             await self._commit_acked(sub, self._pending, self._acks)
+        await self._checkpoint()
         await sub.close()
 
     async def handing_over(self, partitions: set[int]) -> None:
@@ -191,9 +194,13 @@ class _Consumer:
                 await self._rewind(e)
         sub = self.sub
         if sub is not None and _transactional(sub):
-            with contextlib.suppress(TransactionFailed):  # the next owner redoes it
+            try:
                 # Only what was handled: a batch cut short by the stop was read past.
                 await sub.flush(at_position=False)
+            except TransactionFailed:
+                pass  # the next owner redoes it; the state held it, so no checkpoint
+            else:
+                await self._checkpoint()
             await sub.close()
 
     async def _rewind(self, e: BaseException) -> None:
@@ -226,6 +233,16 @@ class _Consumer:
 
     async def rewound(self) -> None:
         """Hook: forget state derived from uncommitted work."""
+
+    async def checkpoint(self) -> None:
+        """Hook: a clean stop committed everything; local state may be checkpointed."""
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self.checkpoint()
+        except Exception as e:  # a full disk must not fail the stop: the changelog has it all
+            log.warning("%s: no checkpoint written (%s: %s); the next start restores from the "
+                        "changelog", self.group, type(e).__name__, e)
 
     async def wait_ready(self, msgs: list[Message]) -> bool:
         """Hook: wait, outside the partition's transaction, until ``msgs`` may be handled;
@@ -299,7 +316,7 @@ class _Consumer:
                    if k.startswith("sf-") or k == H_TRACEPARENT}
         dl = DeadLetter(reason, self.name, origin, m.value.decode("utf-8", "replace"),
                         error_info(exc) if exc is not None else {}, arr.arrival_id,
-                        run_id, attempts, arrival, kind)
+                        run_id, attempts, arrival, kind, self.sensitive)
         return dead_letter_message(topic, dl, traceparent_of(send, arr.traceparent))
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamflow.connectors import ConnectorContext
+from streamflow.connectors import Claims, ConnectorContext
 from streamflow.gates.runtime import Alerter
 from streamflow.model import Asset
 from streamflow.observability import Metrics, RunEvents, Tracing
+from streamflow.state import Checkpoints
 from streamflow.transports import Transport
 
 
@@ -42,14 +43,17 @@ class Ctx:
     """OpenLineage run events, when ``Settings.lineage`` names a target."""
     kafka_bootstrap: str | None = None
     """The worker's Kafka (None: embedded): a ``TopicSink`` on it joins the transaction."""
+    checkpoints: Checkpoints | None = None
+    """Where trigger state is checkpointed at a clean stop (None: restores read it all)."""
 
     def topic(self, asset: Asset[Any]) -> str:
         return asset.topic(self.namespace)
 
 
 def connector_context(
-    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str
+    name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str,
+    claims: Claims | None = None,
 ) -> ConnectorContext:
     return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
                             namespace=namespace, pipeline=pipeline,
-                            partition_by=asset.partition_by)
+                            partition_by=asset.partition_by, claims=claims)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from streamflow.model import Alert, DeadlinePolicy, OutMessage, PlannedRun
+from streamflow.model import Alert, DeadlinePolicy, OutMessage, PlannedRun, Redaction, redacting
 from streamflow.observability import RecSpan, end_spans
 
 from ._outcomes import StageLike, dead_letter_run, execute, ledger_record
@@ -24,7 +24,8 @@ async def expire(st: StageLike) -> None:
     for n, due in by_partition.items():
         async with st.scope(n) as owned:
             if owned:
-                await _expire_partition(st, due)
+                with redacting(Redaction()):  # the runs it fires add their inputs (add_plan)
+                    await _expire_partition(st, due)
 
 
 async def _expire_partition(st: StageLike,

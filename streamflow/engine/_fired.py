@@ -130,7 +130,8 @@ class FiredRuns:
     async def _load(self, partitions: set[int]) -> None:
         since = int((time.time() - self.ids.window_s) * 1000)
         where: dict[str, int] = {}
-        ledger = await read_ledger(self.transport, self.runs_topic, partitions, since, where)
+        ledger = await read_ledger(self.transport, self.runs_topic, partitions, since, where,
+                                   brief=True)
         self.ids.update(fired_of(ledger, self.stage, since, self.ids.max_ids))
         self.ids.open.update({r: p for r, p in where.items() if ledger[r]["stage"] == self.stage
                               and ledger[r]["status"] not in SETTLED})

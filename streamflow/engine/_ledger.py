@@ -26,7 +26,7 @@ log = logging.getLogger("streamflow.engine")
 @dataclass
 class Loaded:
     runs: dict[str, dict[str, Any]]
-    """Every run read, as ``fold_raw`` gives it."""
+    """Every run read, as ``fold_raw`` gives it: open runs whole, settled ones brief."""
     open_at: dict[str, int] = field(default_factory=dict)
     """Open run ids: the partition of their record on the compacted topic."""
 
@@ -58,7 +58,8 @@ async def _settled(transport: Transport, topic: str, gated: Collection[str], now
     a step) while a gated stage has fewer passing runs than its history holds."""
     span = s.dedupe_window_s
     while True:
-        done, _ = await fold_topic(transport, topic, since_ms=int((now - span) * 1000))
+        done, _ = await fold_topic(transport, topic, since_ms=int((now - span) * 1000),
+                                   brief=True)
         if span >= s.ledger_retention_s or all(
                 _passing(done, g) >= HISTORY for g in gated):
             return done, span

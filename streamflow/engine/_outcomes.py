@@ -49,6 +49,7 @@ from streamflow.triggers import Refused, TriggerRuntime
 
 from ._context import Ctx
 from ._fired import FiredRuns
+from ._redact import add_messages, add_output_error, add_plan
 
 log = logging.getLogger("streamflow.stage")
 
@@ -85,6 +86,7 @@ async def execute(st: StageLike, plan: PlannedRun, attempt: int, m: Message | No
         try:
             again = _unpark(st, parked, arr)
         except (ValueError, LookupError, Refused) as e:  # a contract grew stricter meanwhile
+            add_messages([parked], st.by_asset)
             reason = (f"stage {st.name!r}: a run parked behind the hold on partition "
                       f"{plan.partition!r} cannot run: {type(e).__name__}: {e}")
             out.append(st.dead_letter(reason, parked, arr, None, spans, e))
@@ -115,6 +117,7 @@ async def _run(st: StageLike, plan: PlannedRun, attempt: int, m: Message | None,
         st.ctx.counters.deduped += 1
         st.ctx.metrics.add(st.ctx.metrics.runs, (spec.name, "deduped"))
         return []
+    add_plan(plan)
     run = None if not tr.enabled else tr.start_child(
         f"run {spec.name}", proc or plan.parent, SpanKind.INTERNAL,
         _run_attrs(st, plan, attempt), links=plan.links)
@@ -157,6 +160,7 @@ def failed(st: StageLike, e: Exception, plan: PlannedRun, attempt: int, m: Messa
             started: float) -> None:
     """The attempt raised: retry it later, or dead-letter the run once retries are spent."""
     tr, spec, mt = st.ctx.tracing, st.spec, st.ctx.metrics
+    add_output_error(e, spec.output)
     policy = spec.retry
     reason = f"stage {spec.name!r} failed in run {plan.run_id} (attempt {attempt} of " \
              f"{policy.attempts}): {type(e).__name__}: {e}"

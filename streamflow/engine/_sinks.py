@@ -17,6 +17,7 @@ from streamflow.model import (
     Message,
     OutMessage,
     SinkSpec,
+    redacting,
     replay_topic,
     sink_group,
 )
@@ -24,6 +25,7 @@ from streamflow.observability import AttrValue, RecSpan, end_spans, fail_span, t
 
 from ._consumer import _Consumer
 from ._context import Ctx
+from ._redact import batch_redaction, names_of
 
 log = logging.getLogger("streamflow.sink")
 
@@ -33,6 +35,7 @@ class SinkRunner(_Consumer):
         super().__init__(ctx)
         self.spec, self.sink = spec, sink
         self.name = spec.name
+        self.sensitive = names_of([spec.asset])
         self.connector = spec.connector if isinstance(spec.connector, str) \
             else type(spec.connector).__qualname__
         self.group = sink_group(ctx.namespace, spec.name)
@@ -60,6 +63,11 @@ class SinkRunner(_Consumer):
                      "name the same host:port to write exactly once", self.name, sink.cluster, own)
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
+        asset = self.spec.asset
+        with redacting(batch_redaction(msgs, {asset.name: asset}, {})):
+            return await self._handle(msgs)
+
+    async def _handle(self, msgs: list[Message]) -> list[Message]:
         tr = self.ctx.tracing
         records: list[SinkRecord] = []
         delivered: list[tuple[Message, Arrival, RecSpan | None]] = []

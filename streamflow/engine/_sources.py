@@ -21,6 +21,7 @@ from streamflow.model import (
     source_arrival,
     source_arrival_id,
     too_large,
+    use_redaction,
 )
 from streamflow.observability import (
     AttrValue,
@@ -32,6 +33,7 @@ from streamflow.observability import (
 )
 
 from ._context import Ctx
+from ._redact import names_of, source_redaction
 
 
 class SourceRunner:
@@ -43,6 +45,7 @@ class SourceRunner:
         tr = self.ctx.tracing
         topic = self.ctx.topic(asset)
         async for batch in self.source.read():
+            use_redaction(source_redaction(asset, batch))  # this source's task, batch by batch
             out: list[OutMessage] = []
             spans: list[RecSpan | None] = []
             for rec in batch.records:
@@ -80,7 +83,7 @@ class SourceRunner:
             # Counted from this batch's own messages: sources run concurrently.
             batch.dead_lettered = sum(1 for o in out if o.topic == self.ctx.dlq_topic)
             mt = self.ctx.metrics
-            mt.add(mt.arrivals_out, (asset.name,), len(out) - batch.dead_lettered)
+            mt.add(mt.arrivals_out, (asset.name,), sum(1 for o in out if o.topic == topic))
             await self.source.ack(batch)
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
@@ -138,5 +141,5 @@ class SourceRunner:
         mt.add(mt.dead_letters, ("source", self.spec.name))
         mt.failed("source", self.spec.name, reason)
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
-                        kind="source")
+                        kind="source", sensitive=names_of([self.spec.asset]))
         return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send), spill)

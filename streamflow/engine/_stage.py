@@ -41,9 +41,11 @@ from streamflow.model import (
     describe_validation,
     header_int,
     lane_topic,
+    redacting,
     replay_topic,
     run_id_of,
     runs_topic,
+    sensitive_fields,
     stage_group,
     too_large,
 )
@@ -59,6 +61,7 @@ from ._deadlines import expire
 from ._each import handle_each, lean
 from ._fired import FiredRuns, RecentRuns
 from ._lanes import LanePolling
+from ._redact import batch_redaction, names_of
 
 log = logging.getLogger("streamflow.stage")
 
@@ -82,6 +85,7 @@ class StageRunner(_Consumer):
         self.input_topic = self.topics[0]
         self.by_asset: dict[str, Asset[Any]] = {a.name: a for a in spec.inputs}
         self.by_topic: dict[str, Asset[Any]] = {ctx.topic(a): a for a in spec.inputs}
+        self.sensitive = names_of(spec.inputs)
         # The backfill lane: replayed arrivals, read in small slices once live input is done.
         self.live_topics = frozenset(self.topics)
         self.lane_topics = frozenset() if retry_lane else frozenset(
@@ -105,6 +109,8 @@ class StageRunner(_Consumer):
             self.gate = BarrierGate(spec, ctx.transport, ctx.namespace, self.by_asset)
         if self.gate is not None and keeper is not None:
             self.gate.held = keeper.held
+        if self.gate is not None and not retry_lane:  # the input lane is its only writer
+            self.gate.store.checkpoints = ctx.checkpoints
         self._lean = not retry_lane and lean(self)
 
     @property
@@ -161,6 +167,10 @@ class StageRunner(_Consumer):
     def committed(self) -> None:
         self.fired.committed()
 
+    async def checkpoint(self) -> None:
+        if self.gate is not None and not self.retry_lane:
+            await self.gate.store.checkpoint()
+
     async def rewound(self) -> None:
         """The open transaction was discarded: so are its states and its fired runs."""
         for st in self._stores():
@@ -208,6 +218,10 @@ class StageRunner(_Consumer):
         return self.keeper.lock if self.keeper is not None else contextlib.nullcontext()
 
     async def handle(self, msgs: list[Message]) -> list[Message]:
+        with redacting(batch_redaction(msgs, self.by_asset, self.by_topic, self.spec.output)):
+            return await self._handle(msgs)
+
+    async def _handle(self, msgs: list[Message]) -> list[Message]:
         if self.fired.loading:
             await self.fired.loaded()
         if not self.retry_lane:  # one lane rotates: a lean batch's sets stay the current ones
@@ -330,7 +344,9 @@ class StageRunner(_Consumer):
         except ValidationError as e:
             if not m.value:
                 return f"{_where(m)}: tombstone (a null value): there is no record to process"
-            return f"{_where(m)}: {describe_validation(e, asset.contract.__name__, asset.version)}"
+            why = describe_validation(e, asset.contract.__name__, asset.version,
+                                      sensitive_fields(asset.contract))
+            return f"{_where(m)}: {why}"
         return record
 
     def _reject(self, reason: str, m: Message, arr: Arrival, proc: RecSpan | None,

@@ -39,7 +39,14 @@ from streamflow.observability import (
     port_holder,
     run_events,
 )
-from streamflow.state import check_contracts, ensure_ledger, fired_of
+from streamflow.state import (
+    Checkpoints,
+    TopicClaims,
+    check_contracts,
+    ensure_ledger,
+    fired_of,
+    input_count,
+)
 from streamflow.transports import Transport, make_transport
 
 from ._context import Counters, Ctx, connector_context
@@ -100,11 +107,14 @@ class Worker:
         self.transport = transport or make_transport(self.settings)
         self.counters = Counters()
         self.metrics = Metrics(pipeline.name)
-        self.probe = Probe(pipeline.name, self.transport.name, self.metrics)
+        self.probe = Probe(pipeline.name, self.transport.name, self.metrics,
+                           lag_ttl_s=self.settings.status_lag_ttl_s)
         self.spans_dropped = 0
         """Spans the trace exporter could not deliver, known after ``run``."""
         self.http_port: int | None = None
         """The bound HTTP port once ``run`` started (``Settings.http_port`` 0 picks one)."""
+        self.claims = TopicClaims(self.transport, self.settings.namespace, pipeline.name)
+        """Claims the sources make (the webhook's idempotency keys), on this transport."""
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -123,7 +133,10 @@ class Worker:
                   pipeline=p.name, max_record_bytes=s.max_record_bytes,
                   backfill_batch=s.backfill_batch,
                   lineage=run_events(s.lineage, s.namespace, p.name),
-                  kafka_bootstrap=s.kafka_bootstrap)
+                  kafka_bootstrap=s.kafka_bootstrap,
+                  checkpoints=Checkpoints.under(Path(s.state_dir), s.namespace,
+                                                s.kafka_bootstrap)
+                  if s.state_checkpoints else None)
         sources, sinks = self._build_connectors()
         http = await self._serve_http()
         gc_tuned: tuple[int, int, int] | None = None
@@ -199,7 +212,8 @@ class Worker:
         s, p = self.settings, self.pipeline
         state = str(Path(s.state_dir) / s.namespace / p.name)
         for sp, src in sources:
-            await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name))
+            await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name,
+                                              self.claims))
         for skp, snk in sinks:
             await snk.setup(
                 connector_context(skp.name, skp.asset, state, s.namespace, p.name))
@@ -223,7 +237,7 @@ class Worker:
                 held = [RunRecord.model_validate(d) for d in ledger.values()
                         if d["stage"] == st.name and d["status"] == "held"]
                 keeper = Gatekeeper(st, ctx.transport, ctx.namespace, ctx.metrics, alerter,
-                                    p.name, [len(d["inputs"]) for d in done], held)
+                                    p.name, [input_count(d) for d in done], held)
             consumers.append(StageRunner(st, ctx, fired, keeper=keeper))
             consumers.append(StageRunner(st, ctx, fired, retry_lane=True, keeper=keeper))
         consumers += [SinkRunner(skp, snk, ctx) for skp, snk in sinks]
@@ -269,6 +283,8 @@ class Worker:
         await alerter.close()
         if ctx.lineage is not None:
             await asyncio.to_thread(ctx.lineage.close)
+        with contextlib.suppress(Exception):
+            await self.claims.close()
         await self.transport.close()
         if http is not None:
             await http.close()
@@ -278,7 +294,8 @@ class Worker:
         s = self.settings
         if s.http_port is None:
             return None
-        server = HttpServer(self.probe.routes(), s.http_host, s.http_port)
+        server = HttpServer(self.probe.routes(), s.http_host, s.http_port, token=s.http_token,
+                            open_paths=Probe.open_paths)
         try:
             self.http_port = await server.start()
         except OSError as e:
@@ -289,8 +306,12 @@ class Worker:
                 f"{e.strerror or e}{who}. Pick another "
                 "port with --http-port (0: any free one) or STREAMFLOW_HTTP_PORT, or turn it "
                 "off with STREAMFLOW_HTTP_PORT=off") from e
-        log.info("worker HTTP on http://%s:%d (/healthz /readyz /metrics /status)",
-                 s.http_host, self.http_port)
+        guarded = " (/metrics and /status need the bearer token)" if s.http_token else ""
+        log.info("worker HTTP on http://%s:%d (/healthz /readyz /metrics /status)%s",
+                 s.http_host, self.http_port, guarded)
+        if s.http_token is None and s.http_host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("worker HTTP listens on %s without a token: whoever reaches it reads "
+                        "/status and /metrics; set STREAMFLOW_HTTP_TOKEN", s.http_host)
         return server
 
     async def _ensure_lanes(self, ctx: Ctx) -> None:

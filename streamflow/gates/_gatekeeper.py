@@ -42,6 +42,8 @@ from streamflow.model import (
     hold_topic,
     passed,
     run_checks,
+    withheld,
+    withhold_values,
 )
 from streamflow.observability import Metrics, trace_id_of
 from streamflow.state import StateStore
@@ -174,6 +176,7 @@ class Gatekeeper:
             for labels in self._ok_labels:
                 tally[labels] = tally.get(labels, 0) + 1
             return Verdict(results, records, inputs, self._ok_json, clean=True)
+        results = withhold_values(results, records)
         for r in results:  # once per check per run: kept to plain dict arithmetic
             outcome = "passed" if r.passed else ("failed" if r.level == "error" else "warned")
             labels = (stage, r.check, outcome)
@@ -249,7 +252,8 @@ class Gatekeeper:
         crash in between re-decides it after restart instead of alerting twice."""
         trace_id = trace_id_of(plan.parent)
         self._pending.append(Alert(kind, self.pipeline, self.spec.name, plan.partition,
-                                   plan.run_id, summary, checks, int(time.time() * 1000),
+                                   plan.run_id, withheld(summary), checks,
+                                   int(time.time() * 1000),
                                    trace_id))
 
     def published(self) -> None:

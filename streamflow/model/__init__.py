@@ -1,5 +1,6 @@
 """The pure model: assets, arrivals, headers, topic names, runs and run ids, dead letters,
-the pipeline declaration, trigger conditions, checks, retry policy and settings.
+the pipeline declaration, trigger conditions, checks, retry policy, settings, and what a
+contract's sensitive fields withhold.
 
 No I/O and no clients: it may import the connector SDK's types and ``streamflow.errors``
 only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces it).
@@ -8,7 +9,7 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 from ._alerts import Alert, AlertKind, AlertSink
 from ._arrivals import Arrival, DeadLetter, arrival_headers
 from ._assets import Asset, output_id, stable_id, stable_id3
-from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks
+from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks, withhold_values
 from ._deadletters import dead_letter_message, describe_validation, error_info
 from ._headers import (
     H_ARRIVAL_ID,
@@ -35,6 +36,20 @@ from ._payloads import H_PART, MAX_DEAD_LETTER_BYTES, payloads_topic, record_tex
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
+from ._sensitive import (
+    MASK,
+    FieldPath,
+    Redaction,
+    Sensitive,
+    current_redaction,
+    is_sensitive,
+    mask_payload,
+    redacting,
+    sensitive_fields,
+    sensitive_names,
+    use_redaction,
+    withheld,
+)
 from ._settings import Settings
 from ._sources import (
     check_record,
@@ -46,6 +61,7 @@ from ._sources import (
 )
 from ._topics import (
     asset_topic,
+    claims_topic,
     contracts_topic,
     done_runs_topic,
     hold_topic,
@@ -76,6 +92,7 @@ __all__ = [
     "H_RETRY_AT",
     "H_TRACEPARENT",
     "H_VERSION",
+    "MASK",
     "MAX_DEAD_LETTER_BYTES",
     "MAX_VALUES",
     "Alert",
@@ -90,6 +107,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterKind",
     "DeadlinePolicy",
+    "FieldPath",
     "Inputs",
     "Message",
     "Mode",
@@ -97,10 +115,12 @@ __all__ = [
     "OutMessage",
     "Pipeline",
     "PlannedRun",
+    "Redaction",
     "RetryPolicy",
     "RunInput",
     "RunRecord",
     "RunStatus",
+    "Sensitive",
     "Settings",
     "SinkSpec",
     "SourceSpec",
@@ -110,27 +130,34 @@ __all__ = [
     "arrival_headers",
     "asset_topic",
     "check_record",
+    "claims_topic",
     "contracts_topic",
+    "current_redaction",
     "dead_letter_message",
     "describe_validation",
     "done_runs_topic",
     "error_info",
     "header_int",
     "hold_topic",
+    "is_sensitive",
     "jobs_topic",
     "lane_topic",
     "load_pipeline",
+    "mask_payload",
     "mode_of",
     "origin_text",
     "output_id",
     "passed",
     "payloads_topic",
     "record_text",
+    "redacting",
     "reject_id",
     "replay_topic",
     "run_checks",
     "run_id_of",
     "runs_topic",
+    "sensitive_fields",
+    "sensitive_names",
     "sink_group",
     "source_arrival",
     "source_arrival_id",
@@ -139,4 +166,7 @@ __all__ = [
     "stage_group",
     "state_topic",
     "too_large",
+    "use_redaction",
+    "withheld",
+    "withhold_values",
 ]

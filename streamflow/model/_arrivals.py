@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,3 +127,5 @@ class DeadLetter:
     """The arrival's headers, so ``streamflow dlq replay`` can re-inject it as it was."""
     kind: DeadLetterKind = "stage"
     """Who gave up on it: ``source``, ``stage`` or ``sink`` (only the last two can replay)."""
+    sensitive: Sequence[str] = ()
+    """Dotted names of the payload's sensitive fields: ``dlq show`` masks them."""

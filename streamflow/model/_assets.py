@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from streamflow.errors import PipelineError
 
+from ._sensitive import sensitive_fields
 from ._topics import DEFAULT_NAMESPACE, asset_topic
 
 M = TypeVar("M", bound=BaseModel)
@@ -45,6 +46,12 @@ class Asset(Generic[M]):
                     f"asset {self.name!r}: {role}={fname!r} is not a field of "
                     f"{self.contract.__name__} (fields: {', '.join(fields)})"
                 )
+            if fname is not None and (fname,) in sensitive_fields(self.contract):
+                raise PipelineError(
+                    f"asset {self.name!r}: {role}={fname!r} is a sensitive field of "
+                    f"{self.contract.__name__}; the {role} travels in clear (message keys, "
+                    "headers, run ids, the ledger): use a field derived from it, such as a "
+                    "hash, instead")
 
     def topic(self, namespace: str = DEFAULT_NAMESPACE) -> str:
         """Its topic; the namespace keeps several deployments (or tests) apart on one broker."""

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from streamflow.errors import PipelineError
 
+from ._sensitive import MASK, Redaction
+
 Level = Literal["error", "warn"]
 MAX_VALUES = 20  # offending values kept per result
 _SHOWN = 3  # distinct reasons (or duplicated values) quoted in a detail line
@@ -122,6 +124,28 @@ def run_checks(
             out.append(CheckResult(check.name, check.level, False,
                                    f"check raised {type(e).__name__}: {e}"))
     return out
+
+
+def withhold_values(results: list[CheckResult], records: Sequence[BaseModel]
+                    ) -> list[CheckResult]:
+    """The results with the values of the records' sensitive fields masked in their details
+    and offending values: they go to the ledger, holds, alerts, spans and dead letters."""
+    r = Redaction()
+    for rec in records:
+        r.add(type(rec), rec)
+    if not r.values():
+        return results
+    return [res if res.passed else CheckResult(
+        res.check, res.level, False, r.text(res.detail), res.failing,
+        tuple(_masked(v, r) for v in res.values)) for res in results]
+
+
+def _masked(v: Any, r: Redaction) -> Any:
+    if isinstance(v, list):
+        return [_masked(x, r) for x in v]
+    if isinstance(v, str):
+        return r.text(v)
+    return MASK if v is not None and (str(v) in r.values() or repr(v) in r.values()) else v
 
 
 def _settle(check: Any, default: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reprlib
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -19,21 +20,29 @@ from ._payloads import (
     truncated,
     where_whole,
 )
+from ._sensitive import MASK, FieldPath, withheld
 
 _SHOWN = reprlib.Repr()  # bounded: a huge or deeply nested value makes a short reason
 _SHOWN.maxstring = _SHOWN.maxother = 120
 _SHOWN.maxlevel = 3
 
 
-def describe_validation(e: ValidationError, contract: str, version: int) -> str:
-    """One line naming each bad field, its value and the contract version."""
+def describe_validation(e: ValidationError, contract: str, version: int,
+                        sensitive: Sequence[FieldPath] = ()) -> str:
+    """One line naming each bad field, its value and the contract version. The value of a
+    ``sensitive`` field is never shown, nor the record as a whole if it has any."""
     parts = []
     for err in e.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
         shown = _SHOWN.repr(value) if not isinstance(value, dict) else "<missing>"
+        names = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+        if any(names[:len(p)] == p for p in sensitive):
+            shown = f"{MASK} (sensitive)"
         if not loc:  # the record as a whole: not JSON, or not an object
             shown = repr(value[:80]) if isinstance(value, str | bytes) else shown
+            if sensitive:
+                shown = f"{MASK} (a record with sensitive fields)"
             parts.append(f"the record is not a valid {contract}: {err['msg']} (got {shown})")
         elif err["type"] == "missing":
             parts.append(f"field {loc!r} is missing")
@@ -43,10 +52,11 @@ def describe_validation(e: ValidationError, contract: str, version: int) -> str:
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
+    """The exception as a dead letter or the ledger keeps it, sensitive values withheld."""
     info: dict[str, Any] = {
         "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": withheld(str(exc)),
+        "traceback": withheld("".join(traceback.format_exception(exc))),
     }
     checks = getattr(exc, "checks", None)  # a gate's results: the checks and offending values
     if isinstance(checks, list):
@@ -64,9 +74,10 @@ def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None,
     truncated payload and names where the whole one is: the log position it was read from, the
     ledger's record of a planned run, or else (given ``spill``) the side store, whose parts go
     to ``spill`` to be published with it."""
+    reason = withheld(dl.reason)
     body: dict[str, Any] = {
         "v": DEAD_LETTER_VERSION,
-        "reason": dl.reason,
+        "reason": reason,
         "kind": dl.kind,
         "stage": dl.stage,
         "origin": dl.origin,
@@ -79,7 +90,9 @@ def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None,
         body["attempts"] = dl.attempts
     if dl.arrival is not None:
         body["arrival"] = dl.arrival
-    headers = [(H_REASON, dl.reason.encode()[:1024])]
+    if dl.sensitive:
+        body["sensitive"] = list(dl.sensitive)
+    headers = [(H_REASON, reason.encode()[:1024])]
     if traceparent is not None:
         headers.append((H_TRACEPARENT, traceparent))
     key = (dl.arrival_id or orjson.dumps(dl.origin).decode()).encode()

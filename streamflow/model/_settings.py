@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,7 +32,8 @@ class Settings(BaseModel):
     ``STREAMFLOW_CONFIG`` (or ``./streamflow.toml``), then these defaults.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs stay out of validation errors: they may hold http_token.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap: str | None = None
     state_dir: Path = Path(".streamflow")
@@ -48,6 +50,12 @@ class Settings(BaseModel):
         description="worker HTTP port for /healthz, /readyz, /metrics, /status "
                     "(0: any free port; unset with STREAMFLOW_HTTP_PORT=off)")
     http_host: str = "127.0.0.1"
+    http_token: SecretStr | None = Field(
+        None, description="require `Authorization: Bearer <token>` for /status and /metrics "
+                          "(/healthz and /readyz stay open); unset: no token")
+    status_lag_ttl_s: float = Field(
+        5.0, ge=0, description="how long one reading of consumer lag serves /status and "
+                               "/metrics (each reading asks the broker)")
     exactly_once: bool = Field(
         False, description="consume, run and produce in one transaction per input partition "
                            "(Kafka transactions; one SQLite transaction on the embedded log)")
@@ -73,6 +81,10 @@ class Settings(BaseModel):
     dedupe_max_runs: int = Field(
         1_000_000, ge=1000, description="the most run ids a stage remembers within that window "
                                         "(about 130 bytes each, at most twice this many)")
+    state_checkpoints: bool = Field(
+        True, description="at a clean stop, write barrier and window state to state_dir, so "
+                          "the next start reads only the changelog written since (off: "
+                          "restores read the whole changelog)")
     ledger_retention_s: float = Field(
         7 * 86_400.0, gt=0, description="how long the run ledger keeps runs that need nothing "
                                         "more (succeeded, skipped, released); failed, held and "

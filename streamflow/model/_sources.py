@@ -14,6 +14,7 @@ from ._arrivals import Arrival
 from ._assets import Asset, stable_id
 from ._deadletters import describe_validation
 from ._headers import Mode
+from ._sensitive import sensitive_fields
 
 
 def origin_text(origin: dict[str, Any]) -> str:
@@ -43,7 +44,8 @@ def check_record(asset: Asset[Any], rec: SourceRecord) -> BaseModel | str:
     try:
         record: BaseModel = asset.contract.model_validate(rec.data)
     except ValidationError as e:
-        return describe_validation(e, asset.contract.__name__, asset.version)
+        return describe_validation(e, asset.contract.__name__, asset.version,
+                                   sensitive_fields(asset.contract))
     return record
 
 

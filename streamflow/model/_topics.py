@@ -3,6 +3,8 @@ apart on one broker."""
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_NAMESPACE = "sf"
 
 
@@ -47,6 +49,13 @@ def done_runs_topic(namespace: str) -> str:
 
 def state_topic(namespace: str, stage: str) -> str:
     return f"{namespace}.state.{stage}"
+
+
+def claims_topic(namespace: str, pipeline: str, table: str) -> str:
+    """A connector's claims (the webhook's idempotency keys), shared by the pipeline's workers:
+    compacted, and retained for the table's retention."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{pipeline}.{table}")
+    return f"{namespace}.claims.{name}"
 
 
 def dead_letter_topic(namespace: str) -> str:

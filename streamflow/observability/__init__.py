@@ -7,7 +7,7 @@ May import ``streamflow.model`` only.
 from ._health import Probe
 from ._http import HttpServer, describe_process, port_holder
 from ._jaeger import JSpan, get_trace, search_service, tree_lines
-from ._logging import JsonFormatter, configure_logging
+from ._logging import JsonFormatter, TextFormatter, configure_logging
 from ._metrics import Metrics
 from ._otlp_json import encode
 from ._run_events import RunEvents, run_events
@@ -33,6 +33,7 @@ __all__ = [
     "RecSpan",
     "RunEvents",
     "Sampling",
+    "TextFormatter",
     "Tracing",
     "configure_logging",
     "configure_tracing",

@@ -54,8 +54,17 @@ class Reporting(Protocol):
 
 
 class Probe:
-    def __init__(self, pipeline: str, transport: str, metrics: Metrics) -> None:
+    open_paths = ("/healthz", "/readyz")
+    """Routes an orchestrator probes: open even when the port has a token."""
+
+    def __init__(self, pipeline: str, transport: str, metrics: Metrics,
+                 lag_ttl_s: float = 5.0) -> None:
         self.pipeline, self.transport, self.metrics = pipeline, transport, metrics
+        self.lag_ttl_s = lag_ttl_s
+        """How long a lag reading serves ``/status`` and ``/metrics``: each costs broker round
+        trips per consumer group, and a scrape loop or a curl in a loop must not add load."""
+        self._lag_at = -float("inf")
+        self._lag_lock = asyncio.Lock()
         self.consumers: Sequence[Reporting] = ()
         self.tasks: list[asyncio.Task[None]] = []
         self.phase: Phase = "starting"
@@ -76,16 +85,25 @@ class Probe:
             return False, f"restoring state of {', '.join(sorted(set(restoring)))}"
         return True, "ready"
 
+    async def refresh_lag(self) -> None:
+        """Lags need broker round trips: read at most once per ``lag_ttl_s``, and requests
+        that arrive during a reading share it."""
+        async with self._lag_lock:
+            if time.monotonic() - self._lag_at < self.lag_ttl_s:
+                return
+            lag: dict[tuple[str, str, int], int] = {}
+            for c in self.consumers:
+                if c.sub is None:
+                    continue
+                for (topic, partition), n in (await c.sub.lags()).items():
+                    lag[(c.group, topic, partition)] = n
+            self.metrics.snapshot.lag = lag
+            self._lag_at = time.monotonic()
+
     async def refresh(self) -> None:
-        """Lags need broker round trips; barrier ages need a walk: both are taken per scrape."""
+        """Barrier ages need a walk of local state, taken per scrape; lags are cached."""
+        await self.refresh_lag()
         snap = self.metrics.snapshot
-        lag: dict[tuple[str, str, int], int] = {}
-        for c in self.consumers:
-            if c.sub is None:
-                continue
-            for (topic, partition), n in (await c.sub.lags()).items():
-                lag[(c.group, topic, partition)] = n
-        snap.lag = lag
         now_ms = time.time() * 1000
         opened: dict[str, int] = {}
         oldest: dict[str, float] = {}

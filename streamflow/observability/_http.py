@@ -1,24 +1,28 @@
 """The worker's HTTP port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/status``.
 
 A few read-only GET routes do not justify a web framework dependency, so this is a minimal
-HTTP/1.1 responder on asyncio streams (one request per connection), bound to loopback.
+HTTP/1.1 responder on asyncio streams (one request per connection), bound to loopback. With a
+token, every route but the open ones (the probes an orchestrator calls) needs
+``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import orjson
 import psutil
+from pydantic import SecretStr
 
 log = logging.getLogger("streamflow.http")
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def json_response(status: int, body: object) -> tuple[int, str, bytes]:
@@ -26,8 +30,10 @@ def json_response(status: int, body: object) -> tuple[int, str, bytes]:
 
 
 class HttpServer:
-    def __init__(self, routes: dict[str, Handler], host: str, port: int) -> None:
+    def __init__(self, routes: dict[str, Handler], host: str, port: int,
+                 token: SecretStr | None = None, open_paths: Collection[str] = ()) -> None:
         self.routes, self.host, self.port = routes, host, port
+        self.token, self.open_paths = token, frozenset(open_paths)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -45,11 +51,18 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, _, rest = request.decode("latin-1").partition(" ")
+            line, *header_lines = request.decode("latin-1").split("\r\n")
+            method, _, rest = line.partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             handler = self.routes.get(path)
+            extra = ""
             if method not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"only GET\n"
+            elif not self._authorized(path, header_lines):
+                status, ctype, body = 401, "text/plain", (
+                    f"{path} needs Authorization: Bearer <token> (STREAMFLOW_HTTP_TOKEN)\n"
+                    .encode())
+                extra = 'WWW-Authenticate: Bearer realm="streamflow"\r\n'
             elif handler is None:
                 routes = ", ".join(sorted(self.routes))
                 status, ctype, body = 404, "text/plain", f"no route {path}; try {routes}\n".encode()
@@ -60,7 +73,7 @@ class HttpServer:
                     log.exception("HTTP %s failed", path)
                     status, ctype, body = 500, "text/plain", f"{type(e).__name__}: {e}\n".encode()
             head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+                    f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
             writer.write(head.encode() + (body if method == "GET" else b""))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -69,6 +82,16 @@ class HttpServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _authorized(self, path: str, header_lines: list[str]) -> bool:
+        if self.token is None or path in self.open_paths:
+            return True
+        want = f"Bearer {self.token.get_secret_value()}".encode()
+        for h in header_lines:
+            name, _, value = h.partition(":")
+            if name.strip().lower() == "authorization":
+                return hmac.compare_digest(value.strip().encode("latin-1"), want)
+        return False
 
 
 def port_holder(port: int) -> psutil.Process | None:

@@ -42,7 +42,7 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.transport.transport import Transport
 
 from streamflow.errors import ConfigError
-from streamflow.model import Mode, RunStatus
+from streamflow.model import Mode, RunStatus, withheld
 
 log = logging.getLogger("streamflow.lineage")
 
@@ -227,7 +227,7 @@ class Lineage:
         FAIL and ABORT carry an ``errorMessage`` facet with ``error`` (or why, when None);
         every event's ``streamflow`` facet carries the exact ledger status."""
         self._put((False, stage, run_id, partition, attempt, mode, backfill, tuple(inputs),
-                   output, at_ms, status, error))
+                   output, at_ms, status, None if error is None else withheld(error)))
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (for up to ``timeout`` seconds), then stop the thread."""

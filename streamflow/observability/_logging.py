@@ -11,11 +11,29 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
+from streamflow.model import withheld
+
 _STD = set(vars(logging.makeLogRecord({})))
 
 
-class JsonFormatter(logging.Formatter):
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, sensitive values withheld (see ``withheld``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
     def format(self, record: logging.LogRecord) -> str:
+        return withheld(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. A record logged while the engine handles records with
+    sensitive fields (a stage function's own logging included) has their values withheld."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return withheld(self._json(record))
+
+    def _json(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -39,8 +57,7 @@ def configure_logging(fmt: str = "auto", level: int = logging.WARNING) -> None:
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

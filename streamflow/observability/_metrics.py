@@ -29,6 +29,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from streamflow.model import withheld
+
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -168,7 +170,8 @@ class Metrics:
         tally[labels] = tally.get(labels, 0) + n
 
     def failed(self, kind: str, name: str, reason: str, run_id: str | None = None) -> None:
-        self.recent.append(Failure(int(time.time() * 1000), kind, name, reason, run_id))
+        self.recent.append(Failure(int(time.time() * 1000), kind, name, withheld(reason),
+                                   run_id))
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         for (group, topic, partition), lag in self.snapshot.lag.items():

@@ -24,6 +24,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from streamflow.connectors import redact
+
 from ._spans import RecSpan, otlp_attributes, rec_span_json
 
 log = logging.getLogger("streamflow.telemetry")
@@ -172,7 +174,7 @@ class JsonSpanProcessor(SpanProcessor):
                 self._reset()
             time.sleep(0.2 * (attempt + 1))
         self.dropped += len(spans)
-        log.warning("could not export %d spans to %s", len(spans), self.url.geturl())
+        log.warning("could not export %d spans to %s", len(spans), redact(self.url.geturl()))
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from streamflow.model import withheld
+
 AttrValue = str | int | float | bool
 
 STATUS_ERROR = 2
@@ -58,13 +60,14 @@ class RecSpan:
         self.events.append((name, time.time_ns(), attributes))
 
     def fail(self, message: str, exc: BaseException | None = None) -> None:
-        """ERROR status with ``message``; the exception, if any, as an ``exception`` event."""
-        self.status_code, self.status_message = STATUS_ERROR, message
+        """ERROR status with ``message``; the exception, if any, as an ``exception`` event;
+        the values of the records' sensitive fields withheld from both."""
+        self.status_code, self.status_message = STATUS_ERROR, withheld(message)
         if exc is not None:
             self.events.append(("exception", time.time_ns(), {
                 "exception.type": type(exc).__qualname__,
-                "exception.message": str(exc),
-                "exception.stacktrace": "".join(traceback.format_exception(exc)),
+                "exception.message": withheld(str(exc)),
+                "exception.stacktrace": withheld("".join(traceback.format_exception(exc))),
             }))
 
     def end(self) -> None:

@@ -22,6 +22,7 @@ from streamflow.model import (
     OutMessage,
     RunRecord,
     Settings,
+    mask_payload,
     replay_topic,
     runs_topic,
 )
@@ -45,6 +46,15 @@ class DeadLetterEntry:
     @property
     def consumer(self) -> str:
         return str(self.body.get("stage", ""))
+
+    def shown(self, reveal: bool = False) -> dict[str, Any]:
+        """As an operator sees it: the payload's sensitive fields masked unless ``reveal``
+        (the dead letter itself keeps them: replay needs the record)."""
+        body = {"id": self.id, **self.body}
+        names = body.get("sensitive")
+        if not reveal and names and isinstance(body.get("payload"), str):
+            body["payload"] = mask_payload(body["payload"], [str(n) for n in names])
+        return body
 
     @property
     def replayable(self) -> bool:

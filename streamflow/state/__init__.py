@@ -1,10 +1,12 @@
 """What lives on compacted topics: the changelog store behind barrier, window and hold
-state, the run ledger, and the contracts registry.
+state, the run ledger, the contracts registry, and connectors' claims.
 
 May import ``streamflow.transports`` and ``streamflow.model``.
 """
 
 from ._changelog import StateStore
+from ._checkpoint import Checkpoints
+from ._claims import ClaimTopic, TopicClaims
 from ._contracts import check_contracts, compare, signature
 from ._ledger import (
     HISTORY,
@@ -19,6 +21,7 @@ from ._ledger import (
     fold,
     fold_raw,
     fold_topic,
+    input_count,
     merge,
     read_ledger,
     record_message,
@@ -32,8 +35,11 @@ __all__ = [
     "HISTORY",
     "LEDGER_VERSION",
     "SETTLED",
+    "Checkpoints",
+    "ClaimTopic",
     "LedgerBatch",
     "StateStore",
+    "TopicClaims",
     "check_contracts",
     "close_runs",
     "compact_inputs",
@@ -44,6 +50,7 @@ __all__ = [
     "fold",
     "fold_raw",
     "fold_topic",
+    "input_count",
     "merge",
     "read_ledger",
     "record_message",

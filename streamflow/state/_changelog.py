@@ -23,6 +23,8 @@ import orjson
 from streamflow.model import Message, OutMessage
 from streamflow.transports import Transport
 
+from ._checkpoint import Checkpoints, Snapshot
+
 log = logging.getLogger("streamflow.state")
 
 STATE_VERSION = 1
@@ -56,6 +58,10 @@ class StateStore(Generic[S]):
         self.transport, self.topic, self.stage, self.decode = transport, topic, stage, decode
         self.states: dict[str, S] = {}
         self._restores: dict[int, asyncio.Future[None]] = {}
+        self.checkpoints: Checkpoints | None = None
+        """Where this store's partitions are checkpointed (None: restores read from the start).
+        Set only on stores with one writer per partition: a checkpoint must hold nothing
+        another loop might still fail to publish."""
 
     async def restore(self, partitions: set[int]) -> None:
         """Partitions were assigned to us: load their states from the changelog."""
@@ -105,7 +111,13 @@ class StateStore(Generic[S]):
     async def _load(self, partition: int) -> None:
         t0 = time.perf_counter()
         n = 0
-        async with contextlib.aclosing(self.transport.scan_topic(self.topic, {partition})) as scan:
+        snap = await self._usable_checkpoint(partition)
+        if snap is not None:
+            for chunk in snap.chunks(self.topic, partition):
+                n += self._fold(chunk, partition)
+        start = None if snap is None else {partition: snap.offset}
+        async with contextlib.aclosing(
+                self.transport.scan_topic(self.topic, {partition}, from_offsets=start)) as scan:
             async for chunk in scan:
                 if self._restores.get(partition) is not asyncio.current_task():
                     return  # revoked (forgotten) while loading: its state is its new owner's
@@ -113,8 +125,63 @@ class StateStore(Generic[S]):
         if self._restores.get(partition) is not asyncio.current_task():
             return
         self.settle(partition)
-        log.info("stage %s: restored %d state records of partition %d in %.3fs",
-                 self.stage, n, partition, time.perf_counter() - t0)
+        since = "" if snap is None else (
+            f" ({len(snap.records)} from a checkpoint at offset {snap.offset})")
+        log.info("stage %s: restored %d state records of partition %d%s in %.3fs",
+                 self.stage, n, partition, since, time.perf_counter() - t0)
+
+    async def _usable_checkpoint(self, partition: int) -> Snapshot | None:
+        if self.checkpoints is None:
+            return None
+        snap = await asyncio.to_thread(self.checkpoints.load, self.topic, partition)
+        if snap is None:
+            return None
+        end = (await self.transport.end_offsets(self.topic)).get(partition, 0)
+        if snap.offset > end:
+            log.warning("stage %s: the checkpoint of %s partition %d covers offset %d, past the "
+                        "changelog's end %d (the topic was created again?); restoring from the "
+                        "start", self.stage, self.topic, partition, snap.offset, end)
+            return None
+        return snap
+
+    async def checkpoint(self) -> None:
+        """Write a checkpoint of every restored partition at the changelog's end. Call it only
+        once everything this store's state reflects is committed (a clean stop's last commit):
+        the changelog's end then covers all of it."""
+        if self.checkpoints is None:
+            return
+        parts = {p for p in self._restores if self.loaded(p)}
+        if not parts:
+            return
+        t0 = time.perf_counter()
+        ends = await self.transport.end_offsets(self.topic)
+        snaps = self.snapshot(parts)
+        for p in sorted(parts):
+            records = snaps.get(p, [])
+            size = await asyncio.to_thread(self.checkpoints.save, self.topic, p,
+                                           ends.get(p, 0), records)
+            log.info("stage %s: checkpointed %d state records (%d bytes) of %s partition %d at "
+                     "offset %d", self.stage, len(records), size, self.topic, p, ends.get(p, 0))
+        log.debug("stage %s: checkpoints took %.3fs", self.stage, time.perf_counter() - t0)
+
+    def snapshot(self, partitions: set[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+        """The changelog records whose fold is this view of ``partitions``."""
+        out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
+        for key, state in self.states.items():
+            records = out.get(state.kafka_partition)
+            if records is not None:
+                records.extend((m.key or b"", m.value) for m in self.records_of(key, state))
+        for p, records in out.items():
+            records.extend((m.key or b"", m.value) for m in self.partition_records(p))
+        return out
+
+    def records_of(self, key: str, state: S) -> list[OutMessage]:
+        """The latest record(s) of ``key``: what a fold needs to rebuild it."""
+        return [self.message(key, state)]
+
+    def partition_records(self, partition: int) -> list[OutMessage]:
+        """Records of a partition besides its states' (a trigger's mark)."""
+        return []
 
     def _fold(self, msgs: list[Message], partition: int) -> int:
         """One chunk of a partition's restore; returns the records applied."""
@@ -166,3 +233,4 @@ class StateStore(Generic[S]):
     def tombstone(self, key: str, kafka_partition: int) -> OutMessage:
         """The key's state is gone (an empty value; folding drops it)."""
         return OutMessage(self.topic, b"", key.encode(), [], partition=kafka_partition)
+

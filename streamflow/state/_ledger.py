@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -180,12 +181,13 @@ def _records(d: Any) -> Iterable[dict[str, Any]]:
     return ()
 
 
-def fold_raw(messages: Iterable[Message],
-             runs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def fold_raw(messages: Iterable[Message], runs: dict[str, dict[str, Any]] | None = None,
+             brief: bool = False) -> dict[str, dict[str, Any]]:
     """Latest record per run id as plain JSON, in log order (into ``runs``, to fold a topic
     chunk by chunk): a worker reads the ledger at start, and orjson parses it ten times faster
     than validating every record (a restarted worker's recovery time). A tombstone drops its
-    run; unreadable messages are skipped."""
+    run; unreadable messages are skipped. ``brief``: only what a start needs of a settled run
+    (``BRIEF``), a tenth of the memory of the whole record."""
     runs = {} if runs is None else runs
     for m in messages:
         if not m.value:
@@ -193,11 +195,36 @@ def fold_raw(messages: Iterable[Message],
                 runs.pop(m.key.decode(errors="replace"), None)
             continue
         try:
-            for d in _records(orjson.loads(m.value)):
-                runs[d["run_id"]] = d
+            d = orjson.loads(m.value)
+            if brief:
+                runs.update(_briefs(d))
+            else:
+                for r in _records(d):
+                    runs[r["run_id"]] = r
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return runs
+
+
+BRIEF = ("stage", "status", "ended_ms", "n_inputs")
+"""What a brief record keeps: the dedupe window's and the row-count history's needs."""
+
+
+def _briefs(d: Any) -> Iterable[tuple[str, dict[str, Any]]]:
+    if isinstance(d, dict) and d.get("v", 1) == 2:  # a batch: no v1 record built
+        stage = sys.intern(d["stage"])
+        return ((e["run_id"], {"stage": stage, "status": sys.intern(e.get("status", "succeeded")),
+                               "ended_ms": int(e["ended_ms"]), "n_inputs": len(e["inputs"])})
+                for e in d["runs"])
+    return ((r["run_id"], {"stage": sys.intern(r["stage"]), "status": sys.intern(r["status"]),
+                           "ended_ms": int(r.get("ended_ms") or 0),
+                           "n_inputs": input_count(r)}) for r in _records(d))
+
+
+def input_count(d: dict[str, Any]) -> int:
+    """A run's number of inputs, of a whole record or a brief one."""
+    n = d.get("n_inputs")
+    return int(n) if n is not None else len(d.get("inputs") or ())
 
 
 def merge(open_runs: dict[str, dict[str, Any]],
@@ -214,15 +241,15 @@ def merge(open_runs: dict[str, dict[str, Any]],
 
 async def fold_topic(transport: Transport, topic: str, partitions: set[int] | None = None,
                      since_ms: int | None = None, stale_before: int | None = None,
-                     where: dict[str, int] | None = None
+                     where: dict[str, int] | None = None, brief: bool = False,
                      ) -> tuple[dict[str, dict[str, Any]], list[OutMessage]]:
     """One ledger topic folded chunk by chunk, and (``stale_before``) its ``stale_batches``.
     ``where`` gets the partition of each run whose own latest record there is open (where
-    its tombstone must go)."""
+    its tombstone must go). ``brief``: as ``fold_raw``'s."""
     runs: dict[str, dict[str, Any]] = {}
     stale: list[OutMessage] = []
     async for chunk in transport.scan_topic(topic, partitions, since_ms):
-        fold_raw(chunk, runs)
+        fold_raw(chunk, runs, brief)
         if stale_before is not None:
             stale += stale_batches(chunk, stale_before)
         if where is not None:
@@ -247,12 +274,14 @@ def _open_keys(chunk: list[Message], where: dict[str, int]) -> None:
 
 async def read_ledger(transport: Transport, runs_topic: str,
                       partitions: set[int] | None = None, since_ms: int | None = None,
-                      where: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+                      where: dict[str, int] | None = None,
+                      brief: bool = False) -> dict[str, dict[str, Any]]:
     """The ledger as ``fold_raw`` gives it: the compacted topic whole and the retained one
     since ``since_ms`` (everything it still holds when None). ``where``: as ``fold_topic``'s,
-    for the compacted topic."""
+    for the compacted topic. ``brief``: settled runs brief (``BRIEF``)."""
     open_runs, _ = await fold_topic(transport, runs_topic, partitions, where=where)
-    done, _ = await fold_topic(transport, done_of(runs_topic), partitions, since_ms)
+    done, _ = await fold_topic(transport, done_of(runs_topic), partitions, since_ms,
+                               brief=brief)
     return merge(open_runs, done)
 
 

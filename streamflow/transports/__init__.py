@@ -11,7 +11,7 @@ from streamflow.errors import TransactionFailed, TransportError
 from streamflow.model import Message, OutMessage
 
 from ._factory import make_transport
-from ._protocol import Subscription, TransactionalSubscription, Transport
+from ._protocol import Subscription, TopicTail, TransactionalSubscription, Transport
 from .kafka import KafkaTransport
 
 RECOVERABLE: tuple[type[BaseException], ...] = (TransactionFailed, _KafkaError, ConnectionError,
@@ -25,6 +25,7 @@ __all__ = [
     "Message",
     "OutMessage",
     "Subscription",
+    "TopicTail",
     "TransactionFailed",
     "TransactionalSubscription",
     "Transport",

@@ -72,6 +72,17 @@ class TransactionalSubscription(Subscription, Protocol):
         ...
 
 
+class TopicTail(Protocol):
+    """A reader of a whole topic, outside any group, that keeps its position between reads."""
+
+    async def read_new(self) -> list[Message]:
+        """What was committed since the last call (the first: since the start), up to the end
+        as of this call: after ``publish`` returned, the next call includes those messages."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Transport(Protocol):
     name: str
     messaging_system: str
@@ -86,7 +97,8 @@ class Transport(Protocol):
         """Create missing topics; those in ``compacted`` keep the latest record per key forever
         (ledgers) instead of expiring by age. ``partitions``: counts other than the default
         (a backfill lane gets its live topic's). ``retained``: topics whose records go after
-        so many seconds, applied to existing topics too (the ledger's succeeded runs)."""
+        so many seconds, applied to existing topics too (the ledger's succeeded runs); one in
+        both keeps the latest record per key for that long (idempotency claims)."""
         ...
 
     async def publish(self, messages: Sequence[OutMessage]) -> None:
@@ -117,9 +129,16 @@ class Transport(Protocol):
         ...
 
     def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                   since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
+                   since_ms: int | None = None, from_offsets: Mapping[int, int] | None = None,
+                   ) -> AsyncGenerator[list[Message], None]:
         """What ``read_topic`` returns, in chunks of a few thousand records in log order per
-        partition: a fold (a restore, the ledger) never holds a whole topic's messages."""
+        partition: a fold (a restore, the ledger) never holds a whole topic's messages.
+        ``from_offsets``: partitions read from these offsets on (a checkpoint's tail)."""
+        ...
+
+    async def follow(self, topic: str) -> TopicTail:
+        """Start reading all of ``topic`` from its beginning, position kept between reads:
+        a view of a small shared topic that every worker keeps whole (claims)."""
         ...
 
     async def read_topic(self, topic: str, partitions: Collection[int] | None = None,

@@ -164,14 +164,32 @@ class TriggerStore(StateStore[PartitionState]):
         self.legacy.discard(key)
         return out
 
+    def records_of(self, key: str, state: PartitionState) -> list[OutMessage]:
+        """A barrier is one record; a window its header and a record per slot (inline in the
+        header while ``legacy``)."""
+        if state.window_start_ms is None:
+            return [self.message(key, state)]
+        kp = state.kafka_partition
+        slots = [] if key in self.legacy else [self.slot(key, k, s, kp)
+                                              for k, s in state.slots.items()]
+        return [self.header(key, state), *slots]
+
+    def partition_records(self, partition: int) -> list[OutMessage]:
+        """The partition's mark: its durable positions, and the watermarks as they are now
+        (a checkpoint is taken at a clean stop, when every input behind them is committed)."""
+        book = self.books.get(partition)
+        if book is None:
+            return []
+        d = {"v": self.version, "kafka_partition": partition, "wm": book.wm, "wms": book.wms,
+             "pos": book.marked}
+        return [OutMessage(self.topic, orjson.dumps(d), f"{MARK}{partition}".encode(), [],
+                           partition=partition)]
+
     def mark(self, partition: int) -> OutMessage:
         """The partition's watermark and positions, durable with the changes they cover."""
         book = self.book(partition)
         book.marked.update(book.pos)
-        d = {"v": self.version, "kafka_partition": partition, "wm": book.wm, "wms": book.wms,
-             "pos": book.marked}
-        return OutMessage(self.topic, orjson.dumps(d), f"{MARK}{partition}".encode(), [],
-                          partition=partition)
+        return self.partition_records(partition)[0]
 
 
 def _slot_key(wkey: str, skey: str) -> str:

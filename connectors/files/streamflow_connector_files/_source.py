@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from streamflow.connectors import ConnectorContext, Reject, SourceBatch, TimeRan
 from ._formats import Unreadable, parse_csv, parse_jsonl, parse_parquet, pyarrow_modules
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class FilesSourceConfig(BaseModel):
@@ -28,6 +30,9 @@ class FilesSourceConfig(BaseModel):
     watch: bool = Field(False, description="keep watching for new files instead of ending")
     poll_interval_s: float = Field(0.2, gt=0)
     settle_s: float = Field(0.2, ge=0, description="a file must be unchanged this long")
+    max_file_bytes: int = Field(
+        MAX_FILE_BYTES, gt=0,
+        description="a larger file is quarantined unread (a file is parsed in memory)")
     allow_duplicate_keys: bool = Field(
         False, description="accept a JSON Lines object with a name twice (the last one wins) "
         "instead of dead-lettering it")
@@ -126,10 +131,12 @@ class FilesSource:
 
     def _load(self, path: Path) -> SourceBatch | str:
         """The file's batch, or why it cannot be read."""
+        raw = self._read_bytes(path)
+        if isinstance(raw, str):
+            return raw
         try:
-            raw = path.read_bytes()
             text = raw.decode("utf-8") if self.cfg.format != "parquet" else ""
-        except (OSError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
             return f"cannot read {path.name}: {e}"
         digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
         try:
@@ -144,6 +151,34 @@ class FilesSource:
             return str(e)
         return SourceBatch(records, rejects, position=path.name)
 
+    def _read_bytes(self, path: Path) -> bytes | str:
+        """The file's bytes, or why it is refused: a symbolic link that leaves the landing
+        folder, or a file above ``max_file_bytes`` (judged by its size before any is read)."""
+        target = path
+        if path.is_symlink():
+            # A link's target is taken relative to the landing folder, where it was landed.
+            home = Path(os.path.realpath(self.landing))
+            target = Path(os.path.realpath(self.landing / os.readlink(path)))
+            if not target.is_relative_to(home):
+                return (f"{path.name}: a symbolic link to {target}, outside the landing folder "
+                        f"{home}; not read")
+        limit = self.cfg.max_file_bytes
+        try:  # O_NOFOLLOW: the checked target cannot be swapped for a link before the open
+            with os.fdopen(os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)),
+                           "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return f"{path.name}: not a regular file; not read"
+                if st.st_size > limit:
+                    return (f"{path.name}: {st.st_size} bytes, above max_file_bytes ({limit}); "
+                            "not read")
+                raw = fh.read(limit + 1)
+        except OSError as e:
+            return f"cannot read {path.name}: {e}"
+        if len(raw) > limit:
+            return f"{path.name}: grew past max_file_bytes ({limit}) while being read; not read"
+        return raw
+
     def _quarantine(self, path: Path, reason: str) -> None:
         dest = self.quarantine / path.name
         os.replace(path, dest)
@@ -152,7 +187,7 @@ class FilesSource:
 
     async def ack(self, batch: SourceBatch) -> None:
         src = self.claimed / batch.position
-        if src.exists():
+        if src.is_symlink() or src.exists():  # a relative link dangles in .claimed/
             os.replace(src, self.processed / batch.position)
 
     async def stop(self) -> None:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # annotations only: aiohttp is the optional `webhook` extra
 
 
 class WebhookSinkConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Inputs stay out of validation errors: headers may carry credentials.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     url: str = Field(description="endpoint each batch is POSTed to")
     batch_size: int = Field(default=100, ge=1, description="records per POST")

@@ -21,6 +21,7 @@ from streamflow.transports._txn import CURRENT
 from ._client import KafkaClient, Listener
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
+from ._tail import KafkaTail, tracked_partitions
 
 COMPACTED_CONFIGS = {
     "cleanup.policy": "compact",
@@ -44,6 +45,19 @@ def retained_configs(seconds: float) -> dict[str, str]:
             "segment.ms": str(max(1000, min(3_600_000, ms // 4)))}
 
 
+def _configs(topic: str, compacted: Sequence[str],
+             retained: Mapping[str, float]) -> dict[str, str] | None:
+    """A topic both compacted and retained keeps the latest record per key, and only for
+    that long (``compact,delete``: idempotency records)."""
+    if topic in compacted and topic in retained:
+        timed = retained_configs(retained[topic])
+        return {**COMPACTED_CONFIGS, **timed, "cleanup.policy": "compact,delete",
+                "segment.ms": min(timed["segment.ms"], COMPACTED_CONFIGS["segment.ms"], key=int)}
+    if topic in compacted:
+        return COMPACTED_CONFIGS
+    return retained_configs(retained[topic]) if topic in retained else None
+
+
 class KafkaTransport:
     name = "kafka"
     messaging_system = "kafka"
@@ -58,8 +72,10 @@ class KafkaTransport:
                                   instance_id)
         self._producer: AIOKafkaProducer | None = None
         self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
-        # Read offsets for end_offsets/committed, by group.
+        # Read offsets for end_offsets/committed, by group; made under the lock, or two
+        # callers at once (restores of several partitions) would each make one.
         self._probes: dict[str | None, AIOKafkaConsumer] = {}
+        self._probing = asyncio.Lock()
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(**self.client.producer_config())
@@ -95,8 +111,7 @@ class KafkaTransport:
             existing = set(await admin.list_topics())
             new = [
                 NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
-                         topic_configs=COMPACTED_CONFIGS if t in compacted
-                         else retained_configs(retained[t]) if t in retained else None)
+                         topic_configs=_configs(t, compacted, retained))
                 for t in dict.fromkeys([*topics, *compacted, *retained]) if t not in existing
             ]
             if new:
@@ -104,7 +119,7 @@ class KafkaTransport:
                     await admin.create_topics(new)
             old = [t for t in retained if t in existing]
             if old:  # the setting may have changed since the topic was made
-                await _retain(admin, {t: retained_configs(retained[t]) for t in old})
+                await _retain(admin, {t: _configs(t, compacted, retained) or {} for t in old})
         finally:
             await admin.close()
         if new:
@@ -182,17 +197,15 @@ class KafkaTransport:
 
     async def _offsets(self, group: str | None, topic: str) -> dict[int, int]:
         """End offsets (``group`` None) or a group's commits, read without joining it."""
-        consumer = self._probes.get(group)
-        if consumer is None:  # one per group (None: end offsets), never joining it
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
-                                        enable_auto_commit=False,
-                                        isolation_level="read_committed")
-            await consumer.start()
-            self._probes[group] = consumer
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+        async with self._probing:
+            consumer = self._probes.get(group)
+            if consumer is None:  # one per group (None: end offsets), never joining it
+                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                            enable_auto_commit=False,
+                                            isolation_level="read_committed")
+                await consumer.start()
+                self._probes[group] = consumer
+        parts = await tracked_partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if group is None:
             ends = await consumer.end_offsets(tps)
@@ -204,36 +217,25 @@ class KafkaTransport:
         return [m async for chunk in self.scan_topic(topic, partitions, since_ms) for m in chunk]
 
     async def scan_topic(self, topic: str, partitions: Collection[int] | None = None,
-                         since_ms: int | None = None) -> AsyncGenerator[list[Message], None]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-            isolation_level="read_committed", auto_offset_reset="earliest",
-        )
-        await consumer.start()
+                         since_ms: int | None = None,
+                         from_offsets: Mapping[int, int] | None = None,
+                         ) -> AsyncGenerator[list[Message], None]:
+        tail = KafkaTail(self.bootstrap, topic, partitions)
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)
-                   if partitions is None or p in partitions]
-            if not tps:
-                return
-            consumer.assign(tps)
-            await _seek(consumer, tps, since_ms)
-            ends = await consumer.end_offsets(tps)
-            while True:
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                    break
-                batches = await consumer.getmany(*tps, timeout_ms=500, max_records=5000)
-                chunk = [Message(r.topic, r.partition, r.offset, r.key, r.value or b"",
-                                 list(r.headers), r.timestamp)
-                         for records in batches.values() for r in records]
-                if chunk:
+            if await tail.start(since_ms, from_offsets):
+                async for chunk in tail.chunks():
                     yield chunk
         finally:
-            await consumer.stop()
+            await tail.close()
+
+    async def follow(self, topic: str) -> KafkaTail:
+        tail = KafkaTail(self.bootstrap, topic)
+        try:
+            await tail.start()
+        except BaseException:
+            await tail.close()
+            raise
+        return tail
 
     async def subscribe(
         self, group: str, topics: Sequence[str], on_assign: AssignCallback | None = None,
@@ -251,20 +253,6 @@ class KafkaTransport:
         sub = KafkaSubscription(self.client, self._subs.remove, consumer, group, list(topics))
         self._subs.append(sub)
         return sub
-
-
-async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
-                since_ms: int | None) -> None:
-    """To the first record at or after ``since_ms`` (the broker's time index), or the start.
-    Explicit offsets only: a lazy reset to the end could still meet ``auto_offset_reset``."""
-    if since_ms is None:
-        await consumer.seek_to_beginning(*tps)
-        return
-    found = await consumer.offsets_for_times({tp: max(0, since_ms) for tp in tps})
-    ends = await consumer.end_offsets(tps)
-    for tp in tps:
-        at = found.get(tp)
-        consumer.seek(tp, at.offset if at is not None else ends[tp])
 
 
 async def _retain(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
