@@ -18,7 +18,13 @@ from streamflow_connector_kafka import KafkaSource, KafkaSourceConfig
 from streamflow_connector_webhook._source import _duplicates, _parse
 
 from streamflow.connectors import SourceBatch, duplicate_name
-from streamflow.model import MAX_DEAD_LETTER_BYTES, DeadLetter, dead_letter_message, record_text
+from streamflow.model import (
+    MAX_DEAD_LETTER_BYTES,
+    DeadLetter,
+    dead_letter_message,
+    mask_payload,
+    record_text,
+)
 
 ODD = "\u2028\u0085\ufeff\r:\"\\,{}[]\x00\x01é😀"
 text = st.text(st.one_of(st.sampled_from(ODD), st.characters(codec="utf-8")), max_size=12)
@@ -209,3 +215,10 @@ def test_a_dead_letter_with_huge_check_results_still_fits() -> None:
     assert len(msg.value) <= MAX_DEAD_LETTER_BYTES
     assert body["error"]["type"] == "HoldError" and "more characters" in body["error"]["checks"]
     assert body["truncated"]["whole"] == {"topic": "t", "partition": 0, "offset": 3}
+
+
+@given(deep_json)
+def test_dlq_show_masks_a_record_nested_past_orjsons_writing_limit(deep: bytes) -> None:
+    payload = '{"card": "4111", "v": ' + deep.decode() + "}"
+    shown = orjson.loads(mask_payload(payload, ["card"]))
+    assert shown == {**orjson.loads(payload), "card": "***"}

@@ -36,7 +36,6 @@ from .helpers import memory_source, read_topic, wait_for
 from .pipelines.echo import Person
 from .test_bad_input import _aged, echo_pipeline
 
-
 JSON = {"Content-Type": "application/json"}
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from streamflow.model import Message, OutMessage
 
+from ._codec import dec_headers, enc_headers
 from ._protocol import AssignCallback
 from ._tail import EmbeddedTail
 from ._txn import CURRENT, before_commit, last_offsets
@@ -44,14 +44,6 @@ SCAN_PAGE = 5000
 TOMBSTONE_RETENTION_MS = 86_400_000
 """As Kafka's ``delete.retention.ms``: a tombstone stays this long, so a reader that was
 restoring meanwhile still sees the key go."""
-
-
-def _enc_headers(h: list[tuple[str, bytes]]) -> bytes:
-    return orjson.dumps([[k, v.decode("latin-1")] for k, v in h])
-
-
-def _dec_headers(b: bytes) -> list[tuple[str, bytes]]:
-    return [(k, v.encode("latin-1")) for k, v in orjson.loads(b)]
 
 
 class EmbeddedTransport:
@@ -200,7 +192,7 @@ class EmbeddedTransport:
             for m in messages:
                 off = nxt.get(m.topic, 0)
                 nxt[m.topic] = off + 1
-                rows.append((m.topic, off, m.key, m.value, _enc_headers(m.headers), now))
+                rows.append((m.topic, off, m.key, m.value, enc_headers(m.headers), now))
             try:
                 # The write lock first, waiting for another process's write if need be: a
                 # deferred transaction that has read cannot wait for it and fails as busy.
@@ -264,7 +256,7 @@ class EmbeddedTransport:
                 "AND ts>=? ORDER BY off LIMIT ?", (topic, after, end, since_ms or 0, SCAN_PAGE))
             if not rows:
                 return
-            yield [Message(topic, 0, off, key, value, _dec_headers(headers), ts)
+            yield [Message(topic, 0, off, key, value, dec_headers(headers), ts)
                    for off, key, value, headers, ts in rows]
             after = int(list(rows)[-1][0])
 
@@ -378,7 +370,7 @@ class EmbeddedSubscription:
             for off, key, value, headers, ts in await self.t.db.execute_fetchall(
                     "SELECT off, key, value, headers, ts FROM log WHERE topic=? AND off>=? "
                     "ORDER BY off LIMIT ?", (topic, pos, max_records - len(out))):
-                out.append(Message(topic, 0, off, key, value, _dec_headers(headers), ts))
+                out.append(Message(topic, 0, off, key, value, dec_headers(headers), ts))
             if out and out[-1].topic == topic:
                 self._pos[topic] = out[-1].offset + 1
         return out
