@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +26,15 @@ async def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> l
         return await asyncio.wait_for(transport.read_topic(topic), timeout)
     finally:
         await transport.close()
+
+
+async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 def values(msgs: list[Message]) -> list[dict[str, object]]:

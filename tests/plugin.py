@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from streamflow import Settings
 
@@ -31,6 +32,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter is not None:
             reporter.write_line(f"FAILED: {skipped} test(s) skipped; CI allows none", red=True)
+
+
+# Property tests: CI runs a fixed, bounded set of examples (the same every run); a developer
+# gets fresh random ones (HYPOTHESIS_PROFILE=ci reproduces CI). A test's own max_examples wins.
+hypothesis_settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None,
+                                     database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", max_examples=50, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI") == "true" else "dev"))
 
 
 # Every topic a test or benchmark creates: a throwaway namespace or a prefixed raw topic.

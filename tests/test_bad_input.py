@@ -176,3 +176,38 @@ async def test_a_failing_sink_parks_its_batch_in_dead_letters(
     assert sorted(orjson.loads(str(d["payload"]))["id"] for d in dead) == [1, 2]
     assert all("database unreachable" in str(d["reason"]) for d in dead)
     assert all(d["error"]["type"] == "ConnectionError" for d in dead)  # type: ignore[index]
+
+
+async def test_odd_but_legal_files_read_right_and_malformed_ones_dead_letter(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A byte-order mark opens a CSV and a JSON Lines file; U+2028 and U+0085 sit inside
+    strings; lines end in CRLF. A duplicate name and a quote never closed are dead-lettered."""
+    people = Asset("people", Person, key="id")
+    landing, out = tmp_path / "landing", tmp_path / "out"
+    landing.mkdir()
+    (landing / "csv").mkdir()
+    _aged(landing / "csv" / "bom.csv",
+          b'\xef\xbb\xbfid,name\r\n1,ada\r\n2,"b\xe2\x80\xa8ob"\r\n3,"cy\r\n4,di\r\n')
+    _aged(landing / "bom.jsonl", "\ufeff".encode() + '{"id": 5, "name": "e\u2028v\u0085e"}\r\n'
+          '{"id": 6, "id": 7, "name": "fay"}\n{"id": 8, "name": "gus"}'.encode())
+    p = Pipeline("odd-files")
+    p.source("files", asset=people, path=landing / "csv", format="csv", settle_s=0,
+             name="csv-src")
+    p.source("files", asset=people, path=landing, format="jsonl", settle_s=0,
+             pattern="*.jsonl", name="jsonl-src")
+    p.sink("files", asset=people, path=out)
+
+    summary = await run_pipeline(p, settings)
+
+    assert (summary.records_in, summary.records_out, summary.dead_lettered) == (6, 4, 2)
+    names = {int(str(r["id"])): r["name"] for r in read_rows(out)}
+    assert names == {1: "ada", 2: "b\u2028ob", 5: "e\u2028v\u0085e", 8: "gus"}
+    dead = sorted(values(await read_topic(settings, settings.dead_letter_topic)),
+                  key=lambda d: str(d["origin"]))
+    assert [d["origin"] for d in dead] == [{"file": "bom.csv", "line": 4},
+                                           {"file": "bom.jsonl", "line": 2}]
+    assert "bom.csv line 4: malformed CSV: a quoted field opened on this line is never " \
+        "closed" in str(dead[0]["reason"])
+    assert dead[0]["payload"] == '3,"cy\r\n4,di\r\n'
+    assert "bom.jsonl line 2: the name 'id' appears twice" in str(dead[1]["reason"])

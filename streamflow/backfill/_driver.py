@@ -70,6 +70,7 @@ class Driver:
         await self.t.ensure_topics([self.lane], partitions={self.lane: await self.t
                                    .partition_count(asset_topic(self.ns, job.asset))})
         if self.plan.dead or self.plan.settle:
+            await self.t.ensure_topics(sorted({m.topic for m in self.plan.dead}))
             await self.t.publish(self.plan.dead + self.plan.settle)
         job.status = "running"
         job.driver = f"{socket.gethostname()}:{os.getpid()}"

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from opentelemetry.trace import SpanKind
 
 from streamflow.connectors import BackfillSource, SourceBatch, TimeRange, build_source
@@ -32,6 +31,7 @@ from streamflow.model import (
     dead_letter_message,
     lane_topic,
     origin_text,
+    record_text,
     reject_id,
     run_id_of,
     runs_topic,
@@ -139,8 +139,8 @@ class Planner:
             model = check_record(asset, rec)
             if isinstance(model, str):
                 reason = f"backfill {job.id}, source {source} ({origin_text(rec.origin)}): {model}"
-                dead.append(self._dead(job, asset, reason, rec.origin,
-                                       orjson.dumps(rec.data).decode(), arrival_id))
+                dead.append(self._dead(job, asset, reason, rec.origin, record_text(rec.data),
+                                       arrival_id, dead))
                 continue
             t = asset.event_time_ms(model) if asset.event_time is not None else start_ms
             if not start_ms <= t < end_ms:
@@ -151,7 +151,7 @@ class Planner:
         for rej in batch.rejects:
             reason = f"backfill {job.id}, source {source}: {rej.reason}"
             dead.append(self._dead(job, asset, reason, rej.origin, rej.payload,
-                                   reject_id(asset, rej.origin)))
+                                   reject_id(asset, rej.origin), dead))
         return out, dead, late
 
     async def _from_topic(self, job: BackfillJob, asset: Asset[Any],
@@ -207,13 +207,13 @@ class Planner:
         return msg
 
     def _dead(self, job: BackfillJob, asset: Asset[Any], reason: str, origin: dict[str, Any],
-              payload: str, arrival_id: str) -> OutMessage:
+              payload: str, arrival_id: str, spill: list[OutMessage]) -> OutMessage:
         secret = Redaction()
         secret.add(asset.contract, payload)
         dl = DeadLetter(secret.text(reason), f"backfill {job.id}", origin, payload,
                         arrival_id=arrival_id, kind="source",
                         sensitive=sensitive_names(asset.contract))
-        return dead_letter_message(self.dlq, dl, None)
+        return dead_letter_message(self.dlq, dl, None, spill)
 
 
 def _plain(a: Arrival) -> Arrival:

@@ -25,6 +25,7 @@ from ._api import (
 from ._claims import Claims, ClaimTable, LocalClaims
 from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
+from ._json import duplicate_name, first_duplicate, parse_marked
 from ._registry import (
     GROUP,
     ConnectorError,
@@ -59,8 +60,11 @@ __all__ = [
     "build_sink",
     "build_source",
     "distribution_of",
+    "duplicate_name",
+    "first_duplicate",
     "known_connectors",
     "load_spec",
+    "parse_marked",
     "post_with_retries",
     "redact",
     "write_atomic",

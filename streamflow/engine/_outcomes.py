@@ -45,7 +45,7 @@ from streamflow.observability import (
     traceparent_of,
 )
 from streamflow.state import SETTLED, LedgerBatch, compact_inputs, record_message, run_entry
-from streamflow.triggers import TriggerRuntime
+from streamflow.triggers import Refused, TriggerRuntime
 
 from ._context import Ctx
 from ._fired import FiredRuns
@@ -85,7 +85,7 @@ async def execute(st: StageLike, plan: PlannedRun, attempt: int, m: Message | No
         arr = Arrival.from_message(parked.key, parked.value, parked.headers)
         try:
             again = _unpark(st, parked, arr)
-        except (ValueError, LookupError) as e:  # a contract grew stricter meanwhile
+        except (ValueError, LookupError, Refused) as e:  # a contract grew stricter meanwhile
             add_messages([parked], st.by_asset)
             reason = (f"stage {st.name!r}: a run parked behind the hold on partition "
                       f"{plan.partition!r} cannot run: {type(e).__name__}: {e}")
@@ -98,8 +98,6 @@ def _unpark(st: StageLike, parked: Message, arr: Arrival) -> PlannedRun:
     if any(k == H_PLANNED for k, _ in parked.headers):
         assert st.gate is not None, "a planned run parked at a stage without a trigger"
         again = st.gate.replan(parked.value, arr)
-        if again is None:
-            raise ValueError("its planned inputs are unreadable")
         again.kafka_partition = parked.partition
         again.settles = True
         return again

@@ -84,7 +84,9 @@ class SinkRunner(_Consumer):
                 if not isinstance(value, dict):
                     raise TypeError(f"expected a JSON object, got {type(value).__name__}")
             except (orjson.JSONDecodeError, TypeError) as e:
-                reason = f"{m.topic}@{m.partition}:{m.offset}: undecodable record: {e}"
+                what = "tombstone (a null value): there is no record to write" if not m.value \
+                    else f"undecodable record: {e}"
+                reason = f"{m.topic}@{m.partition}:{m.offset}: {what}"
                 fail_span(proc, e, reason)
                 dead.append(self.dead_letter(reason, m, arr, proc, spans, e))
                 continue

@@ -6,7 +6,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import orjson
 from opentelemetry.trace import SpanKind
 
 from streamflow.connectors import Source, SourceRecord
@@ -17,9 +16,11 @@ from streamflow.model import (
     check_record,
     dead_letter_message,
     origin_text,
+    record_text,
     reject_id,
     source_arrival,
     source_arrival_id,
+    too_large,
     use_redaction,
 )
 from streamflow.observability import (
@@ -53,19 +54,19 @@ class SourceRunner:
                 arrival_id = source_arrival_id(asset, rec)
                 model = check_record(asset, rec)
                 if isinstance(model, str):
-                    reason = f"{origin_text(rec.origin)}: {model}"
-                    root = root or self._failed_root(rec, root_tp, spans)
-                    fail_span(root, None, reason)
-                    out.append(self.dead_letter(reason, rec.origin, orjson.dumps(rec.data).decode(),
-                                          arrival_id, root, spans))
+                    self._refuse(rec, model, arrival_id, root, root_tp, spans, out)
                     continue
                 key_b = asset.key_bytes(model)
+                arr = source_arrival(asset, arrival_id, model, self.spec.name, "live", key=key_b)
+                if len(arr.value) > self.ctx.max_record_bytes:  # the broker would refuse it
+                    reason = too_large(len(arr.value), self.ctx.max_record_bytes)
+                    self._refuse(rec, reason, arrival_id, root, root_tp, spans, out)
+                    continue
                 send = None if root is None else tr.start_child(
                     f"send {topic}", root, SpanKind.PRODUCER,
                     partial(tr.send_attributes, topic, key_b))
                 spans.append(send)
-                arr = source_arrival(asset, arrival_id, model, self.spec.name, "live", key=key_b,
-                                     traceparent=traceparent_of(send, root_tp))
+                arr.traceparent = traceparent_of(send, root_tp)
                 out.append(arr.message(topic))
             for rej in batch.rejects:
                 root, tp = tr.start_root(f"read {self.spec.name}",
@@ -76,16 +77,26 @@ class SourceRunner:
                 spans.append(root)
                 fail_span(root, None, rej.reason)
                 out.append(self.dead_letter(rej.reason, rej.origin, rej.payload,
-                                            reject_id(asset, rej.origin), root, spans))
+                                            reject_id(asset, rej.origin), root, spans, out))
             await self.ctx.transport.publish(out)
             end_spans(reversed(spans))
             # Counted from this batch's own messages: sources run concurrently.
             batch.dead_lettered = sum(1 for o in out if o.topic == self.ctx.dlq_topic)
             mt = self.ctx.metrics
-            mt.add(mt.arrivals_out, (asset.name,), len(out) - batch.dead_lettered)
+            mt.add(mt.arrivals_out, (asset.name,), sum(1 for o in out if o.topic == topic))
             await self.source.ack(batch)
             c = self.ctx.counters
             c.records_in += len(batch.records) + len(batch.rejects)
+
+    def _refuse(self, rec: SourceRecord, why: str, arrival_id: str, root: RecSpan | None,
+                root_tp: bytes | None, spans: list[RecSpan | None],
+                out: list[OutMessage]) -> None:
+        """Dead-letter a record that failed its contract or is too large to publish."""
+        reason = f"{origin_text(rec.origin)}: {why}"
+        root = root or self._failed_root(rec, root_tp, spans)
+        fail_span(root, None, reason)
+        out.append(self.dead_letter(reason, rec.origin, record_text(rec.data), arrival_id, root,
+                                    spans, out))
 
     def _read_attrs(self, rec: SourceRecord) -> dict[str, AttrValue]:
         return {
@@ -117,7 +128,10 @@ class SourceRunner:
         return span
 
     def dead_letter(self, reason: str, origin: dict[str, Any], payload: str, arrival_id: str,
-              parent: RecSpan | None, spans: list[RecSpan | None]) -> OutMessage:
+                    parent: RecSpan | None, spans: list[RecSpan | None],
+                    spill: list[OutMessage]) -> OutMessage:
+        """The dead letter; a payload too large for one goes whole to ``spill`` (the side
+        store, published with the batch)."""
         tr = self.ctx.tracing
         send = tr.start_child(f"send {self.ctx.dlq_topic}", parent, SpanKind.PRODUCER,
                               partial(tr.send_attributes, self.ctx.dlq_topic, arrival_id.encode()))
@@ -128,4 +142,4 @@ class SourceRunner:
         mt.failed("source", self.spec.name, reason)
         dl = DeadLetter(reason, self.spec.name, origin, payload, arrival_id=arrival_id,
                         kind="source", sensitive=names_of([self.spec.asset]))
-        return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send))
+        return dead_letter_message(self.ctx.dlq_topic, dl, traceparent_of(send), spill)

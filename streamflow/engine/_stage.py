@@ -47,6 +47,7 @@ from streamflow.model import (
     runs_topic,
     sensitive_fields,
     stage_group,
+    too_large,
 )
 from streamflow.observability import Metrics, RecSpan, Tracing, end_spans, fail_span
 from streamflow.state import LedgerBatch, StateStore
@@ -294,10 +295,13 @@ class StageRunner(_Consumer):
         spans.append(proc)
         attempt = header_int(h.get(H_ATTEMPT), 1)
         if H_PLANNED in h:
-            plan = self._replan(m, arr)
-            if plan is not None:
-                plan.kafka_partition = m.partition  # by its partition key, as the input's
-                await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
+            try:
+                plan = self._replan(m, arr)
+            except Refused as e:
+                self._reject(f"{_where(m)}: stage {self.name!r}: {e}", m, arr, proc, out, spans)
+                return
+            plan.kafka_partition = m.partition  # by its partition key, as the input's
+            await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
             return
         if m.topic in self.lane_topics and not self._targeted(m):
             return  # a backfill of another stage reading the same asset
@@ -329,9 +333,7 @@ class StageRunner(_Consumer):
     def _checked(self, m: Message, arr: Arrival, asset: Asset[Any] | None) -> BaseModel | str:
         """The record under its contract, or why it must be dead-lettered."""
         if len(m.value) > self.ctx.max_record_bytes:
-            return (f"{_where(m)}: record of {len(m.value)} bytes exceeds max_record_bytes "
-                    f"({self.ctx.max_record_bytes}); raise STREAMFLOW_MAX_RECORD_BYTES if such "
-                    "records are expected")
+            return f"{_where(m)}: {too_large(len(m.value), self.ctx.max_record_bytes)}"
         if not self.retry_lane:
             mt = self.ctx.metrics
             mt.add(mt.arrivals_in, (asset.name if asset is not None else arr.asset, self.name))
@@ -340,6 +342,8 @@ class StageRunner(_Consumer):
         try:
             record: BaseModel = asset.contract.model_validate_json(m.value)
         except ValidationError as e:
+            if not m.value:
+                return f"{_where(m)}: tombstone (a null value): there is no record to process"
             why = describe_validation(e, asset.contract.__name__, asset.version,
                                       sensitive_fields(asset.contract))
             return f"{_where(m)}: {why}"
@@ -360,12 +364,10 @@ class StageRunner(_Consumer):
                           arr.traceparent, mode=arr.mode, replay=arr.replay, payload=m.value,
                           kafka_partition=m.partition, backfill=arr.backfill)
 
-    def _replan(self, m: Message, arr: Arrival) -> PlannedRun | None:
-        assert self.gate is not None, "a planned run reached a stage without a trigger"
-        plan = self.gate.replan(m.value, arr)
-        if plan is None:
-            self.ctx.counters.dead_lettered += 1
-        return plan
+    def _replan(self, m: Message, arr: Arrival) -> PlannedRun:
+        if self.gate is None:
+            raise Refused("a planned run reached a stage without a trigger")
+        return self.gate.replan(m.value, arr)
 
     def ledger_record(self, plan: PlannedRun, status: RunStatus, attempt: int, started: float,
                       outputs: list[str], exc: BaseException | None) -> OutMessage:

@@ -24,6 +24,7 @@ from streamflow.model import (
     SourceSpec,
     hold_topic,
     lane_topic,
+    payloads_topic,
     replay_topic,
     runs_topic,
     state_topic,
@@ -189,7 +190,8 @@ class Worker:
         """Start the transport, create and check the topics; the run ledger as read."""
         s, p = self.settings, self.pipeline
         await self.transport.start()
-        topics = [ctx.topic(a) for a in p.assets.values()] + [s.dead_letter_topic]
+        topics = [ctx.topic(a) for a in p.assets.values()] + [
+            s.dead_letter_topic, payloads_topic(s.dead_letter_topic)]
         names = [st.name for st in p.stages] + [sk.name for sk in p.sinks]
         topics += [replay_topic(s.namespace, n) for n in names]
         compacted = [

@@ -32,6 +32,7 @@ from ._headers import (
     mode_of,
 )
 from ._messages import Message, OutMessage
+from ._payloads import H_PART, MAX_DEAD_LETTER_BYTES, payloads_topic, record_text
 from ._pipeline import Pipeline, SinkSpec, SourceSpec, StageSpec, load_pipeline
 from ._retry import RetryPolicy
 from ._runs import FINAL, PlannedRun, RunInput, RunRecord, RunStatus, run_id_of
@@ -50,7 +51,14 @@ from ._sensitive import (
     withheld,
 )
 from ._settings import Settings
-from ._sources import check_record, origin_text, reject_id, source_arrival, source_arrival_id
+from ._sources import (
+    check_record,
+    origin_text,
+    reject_id,
+    source_arrival,
+    source_arrival_id,
+    too_large,
+)
 from ._topics import (
     asset_topic,
     claims_topic,
@@ -76,6 +84,7 @@ __all__ = [
     "H_BACKFILL_STAGES",
     "H_EVENT_TIME",
     "H_MODE",
+    "H_PART",
     "H_PARTITION",
     "H_PLANNED",
     "H_REPLAY",
@@ -84,6 +93,7 @@ __all__ = [
     "H_TRACEPARENT",
     "H_VERSION",
     "MASK",
+    "MAX_DEAD_LETTER_BYTES",
     "MAX_VALUES",
     "Alert",
     "AlertKind",
@@ -138,6 +148,8 @@ __all__ = [
     "origin_text",
     "output_id",
     "passed",
+    "payloads_topic",
+    "record_text",
     "redacting",
     "reject_id",
     "replay_topic",
@@ -153,6 +165,7 @@ __all__ = [
     "stable_id3",
     "stage_group",
     "state_topic",
+    "too_large",
     "use_redaction",
     "withheld",
     "withhold_values",

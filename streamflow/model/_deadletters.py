@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,18 @@ from pydantic import ValidationError
 from ._arrivals import DeadLetter
 from ._headers import H_REASON, H_TRACEPARENT
 from ._messages import OutMessage
+from ._payloads import (
+    MAX_DEAD_LETTER_BYTES,
+    payload_parts,
+    payloads_topic,
+    truncated,
+    where_whole,
+)
 from ._sensitive import MASK, FieldPath, withheld
+
+_SHOWN = reprlib.Repr()  # bounded: a huge or deeply nested value makes a short reason
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlevel = 3
 
 
 def describe_validation(e: ValidationError, contract: str, version: int,
@@ -23,7 +35,7 @@ def describe_validation(e: ValidationError, contract: str, version: int,
     for err in e.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "<missing>"
+        shown = _SHOWN.repr(value) if not isinstance(value, dict) else "<missing>"
         names = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
         if any(names[:len(p)] == p for p in sensitive):
             shown = f"{MASK} (sensitive)"
@@ -56,7 +68,12 @@ DEAD_LETTER_VERSION = 1
 """The dead-letter JSON's format, as ``"v"`` (absent: written before the field, the same)."""
 
 
-def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -> OutMessage:
+def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None,
+                        spill: list[OutMessage] | None = None) -> OutMessage:
+    """The dead letter as published. One that would pass ``MAX_DEAD_LETTER_BYTES`` keeps a
+    truncated payload and names where the whole one is: the log position it was read from, the
+    ledger's record of a planned run, or else (given ``spill``) the side store, whose parts go
+    to ``spill`` to be published with it."""
     reason = withheld(dl.reason)
     body: dict[str, Any] = {
         "v": DEAD_LETTER_VERSION,
@@ -79,4 +96,13 @@ def dead_letter_message(topic: str, dl: DeadLetter, traceparent: bytes | None) -
     if traceparent is not None:
         headers.append((H_TRACEPARENT, traceparent))
     key = (dl.arrival_id or orjson.dumps(dl.origin).decode()).encode()
-    return OutMessage(topic, orjson.dumps(body), key, headers)
+    value = orjson.dumps(body)
+    if len(value) > MAX_DEAD_LETTER_BYTES:
+        whole = where_whole(dl.origin)
+        if whole is None and dl.run_id is not None and dl.origin.get("offset") == -1:
+            whole = {"run_id": dl.run_id}  # a planned run: its inputs are in the ledger
+        if whole is None and spill is not None:
+            parts, whole = payload_parts(payloads_topic(topic), key, dl.payload)
+            spill.extend(parts)
+        value = truncated(body, whole)
+    return OutMessage(topic, value, key, headers)

@@ -23,6 +23,8 @@ from typing import Any, get_args
 import orjson
 from pydantic import BaseModel
 
+from ._payloads import record_text
+
 MASK = "***"
 FieldPath = tuple[str, ...]
 SHORT = 6
@@ -261,8 +263,8 @@ def mask_payload(payload: str, names: Sequence[str]) -> str:
         for slot in slots.values():
             if isinstance(slot, dict) and isinstance(slot.get("value"), str):
                 slot["value"] = mask_payload(slot["value"], names)
-        return orjson.dumps(body).decode()
-    return orjson.dumps(mask(body, paths)).decode()
+        return record_text(body)
+    return record_text(mask(body, paths))  # a record may be nested past orjson's 254 levels
 
 
 def is_sensitive(contract: type[BaseModel], loc: Sequence[Any]) -> bool:

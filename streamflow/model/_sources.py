@@ -24,6 +24,12 @@ def origin_text(origin: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in origin.items()) or "record"
 
 
+def too_large(size: int, limit: int) -> str:
+    """Why a record of ``size`` bytes is dead-lettered instead of published or processed."""
+    return (f"record of {size} bytes exceeds max_record_bytes ({limit}); raise "
+            "STREAMFLOW_MAX_RECORD_BYTES if such records are expected")
+
+
 def source_arrival_id(asset: Asset[Any], rec: SourceRecord) -> str:
     return stable_id(asset.name, rec.record_id)
 

@@ -13,7 +13,15 @@ from ._lineage import (
     tree_json,
     what_exists,
 )
-from ._runs import DeadLetterEntry, find, list_dead_letters, list_runs, replay, retry_run
+from ._runs import (
+    DeadLetterEntry,
+    find,
+    list_dead_letters,
+    list_runs,
+    replay,
+    retry_run,
+    whole_payload,
+)
 from ._trace import Found, find_record
 
 __all__ = [
@@ -31,4 +39,5 @@ __all__ = [
     "retry_run",
     "tree_json",
     "what_exists",
+    "whole_payload",
 ]

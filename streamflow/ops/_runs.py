@@ -27,7 +27,9 @@ from streamflow.model import (
     runs_topic,
 )
 from streamflow.state import close_runs, ensure_ledger, read_ledger, validated
-from streamflow.transports import make_transport
+from streamflow.transports import Transport, make_transport
+
+from ._payloads import read_whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,18 @@ async def list_dead_letters(settings: Settings) -> list[DeadLetterEntry]:
     return out
 
 
+async def whole_payload(settings: Settings, entry: DeadLetterEntry) -> str:
+    """The dead letter's payload, whole: from where it says, if its own copy was truncated."""
+    if "truncated" not in entry.body:
+        return str(entry.body.get("payload", ""))
+    t = make_transport(settings)
+    await t.start()
+    try:
+        return await read_whole(t, entry.id, entry.body)
+    finally:
+        await t.close()
+
+
 def find(entries: Sequence[DeadLetterEntry], ids: Sequence[str]) -> list[DeadLetterEntry]:
     by_id = {e.id: e for e in entries}
     missing = [i for i in ids if i not in by_id]
@@ -106,24 +120,12 @@ async def replay(settings: Settings, entries: Sequence[DeadLetterEntry]) -> list
         raise OpsError(
             f"dead letter(s) {', '.join(e.id for e in bad)} cannot be replayed: they were "
             "rejected by a source (fix the input and let the source read it again)")
-    now_ms = str(int(time.time() * 1000)).encode()
-    out = []
-    for e in entries:
-        arrival: dict[str, str] = e.body["arrival"]
-        headers = [(k, v.encode()) for k, v in arrival.items()
-                   if k not in (H_ATTEMPT, H_RETRY_AT, H_REPLAY)]
-        generation = int(arrival.get(H_REPLAY, "0")) + 1
-        headers += [(H_REPLAY, str(generation).encode()), (H_ATTEMPT, b"1"), (H_RETRY_AT, now_ms)]
-        key = e.body.get("origin", {}).get("key")
-        pkey = arrival.get(H_PARTITION)  # its partition number, where its barrier or hold lives
-        out.append(OutMessage(replay_topic(settings.namespace, e.consumer),
-                              str(e.body.get("payload", "")).encode(),
-                              key.encode() if isinstance(key, str) else None, headers,
-                              partition_key=pkey.encode() if pkey is not None else None))
     t = make_transport(settings)
     await t.start()
     try:
-        await t.ensure_topics(sorted({m.topic for m in out}))
+        await t.ensure_topics(sorted({replay_topic(settings.namespace, e.consumer)
+                                      for e in entries}))
+        out = [await _replayed(t, settings, e) for e in entries]
         # The replays run under new run ids: the dead-lettered runs they replace are resolved.
         ledger = runs_topic(settings.namespace)
         await ensure_ledger(t, ledger, settings.ledger_retention_s)
@@ -133,6 +135,22 @@ async def replay(settings: Settings, entries: Sequence[DeadLetterEntry]) -> list
     finally:
         await t.close()
     return [m.topic for m in out]
+
+
+async def _replayed(t: Transport, settings: Settings, e: DeadLetterEntry) -> OutMessage:
+    """The dead letter as its replay lane takes it, with its whole payload."""
+    now_ms = str(int(time.time() * 1000)).encode()
+    arrival: dict[str, str] = e.body["arrival"]
+    headers = [(k, v.encode()) for k, v in arrival.items()
+               if k not in (H_ATTEMPT, H_RETRY_AT, H_REPLAY)]
+    generation = int(arrival.get(H_REPLAY, "0")) + 1
+    headers += [(H_REPLAY, str(generation).encode()), (H_ATTEMPT, b"1"), (H_RETRY_AT, now_ms)]
+    key = e.body.get("origin", {}).get("key")
+    pkey = arrival.get(H_PARTITION)  # its partition number, where its barrier or hold lives
+    payload = await read_whole(t, e.id, e.body)
+    return OutMessage(replay_topic(settings.namespace, e.consumer), payload.encode(),
+                      key.encode() if isinstance(key, str) else None, headers,
+                      partition_key=pkey.encode() if pkey is not None else None)
 
 
 async def retry_run(settings: Settings, run_id: str) -> list[str]:

@@ -3,7 +3,6 @@ changelog topic ``<namespace>.state.<stage>`` so they move with their partition.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,11 +36,10 @@ from streamflow.model import (
 )
 from streamflow.transports import Transport
 
-from ._protocol import Late, never_held
+from ._protocol import Late, Refused, never_held
 from ._state import Barrier, Fire, PartitionState, Slot
 from ._store import DueHeap, PartitionBook, TriggerStore
 
-log = logging.getLogger("streamflow.barrier")
 H_MODE_BACKFILL = (H_MODE, b"backfill")
 RETIRE_BATCH = 1000
 """Most fired partitions one arrival retires (their tombstones ride in its publish)."""
@@ -199,7 +197,7 @@ class BarrierGate:
                           parent, links, mode, replay, planned=True, backfill=backfill,
                           payload_of=partial(_payload, fire, partition))
 
-    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
+    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun:
         """A retried or replayed run: everything it needs travels in its payload."""
         try:
             d = orjson.loads(payload)
@@ -209,8 +207,7 @@ class BarrierGate:
                 fire.run_id, f"replay-{arr.replay}")
             return self.plan(fire, arr.replay, run_id)
         except (ValueError, KeyError, TypeError) as e:
-            log.error("stage %s: unreadable planned run dropped: %s", self.spec.name, e)
-            return None
+            raise Refused(f"unreadable planned run: {type(e).__name__}: {e}") from None
 
     def _ready(self, state: PartitionState) -> bool:
         t = self.barrier.trigger

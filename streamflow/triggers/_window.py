@@ -41,7 +41,7 @@ from streamflow.model import (
 )
 from streamflow.transports import Transport
 
-from ._protocol import Full, Late, never_held
+from ._protocol import Full, Late, Refused, never_held
 from ._state import PartitionState, Slot
 from ._store import DueHeap, PartitionBook, TriggerStore
 
@@ -239,7 +239,7 @@ class WindowGate:
                           links, mode, replay, payload, planned=True,
                           backfill=min(backfills) if mode == "backfill" else "")
 
-    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun | None:
+    def replan(self, payload: bytes, arr: Arrival) -> PlannedRun:
         try:
             d = orjson.loads(payload)
             state = PartitionState.from_json(d["state"])
@@ -248,8 +248,7 @@ class WindowGate:
                 run_id = stable_id(run_id, f"replay-{arr.replay}")
             return self.plan(state, run_id, arr.traceparent, arr.replay)
         except (ValueError, KeyError, TypeError) as e:
-            log.error("stage %s: unreadable planned window run dropped: %s", self.spec.name, e)
-            return None
+            raise Refused(f"unreadable planned window run: {type(e).__name__}: {e}") from None
 
     def _due(self, now_ms: int) -> list[str]:
         """Open windows past their deadline, popped from the deadline heap."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import importlib
-import io
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
@@ -15,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from streamflow.connectors import ConnectorError, Reject, SourceRecord
+from streamflow.connectors import ConnectorError, Reject, SourceRecord, duplicate_name
 
 Parsed = tuple[list[SourceRecord], list[Reject]]
 
@@ -34,8 +33,33 @@ def pyarrow_modules() -> tuple[Any, Any]:
             "pip install 'streamflow[parquet]'") from e
 
 
+BOM = "\ufeff"
+
+
+class _Lines:
+    """The CSV reader's input, keeping the text of the record being read (a reject's
+    payload). Lines end at ``\n`` only (the reader takes a ``\r`` before it as part of the
+    line end): U+2028 or a lone ``\r`` in a quoted field is data."""
+
+    def __init__(self, text: str) -> None:
+        parts = text.split("\n")
+        self._lines = iter([p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else []))
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
 def parse_csv(name: str, digest: str, text: str) -> Parsed:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    """Rows of a CSV file with a header; a UTF-8 byte-order mark before the header is not
+    part of it. Quoting is strict: a stray quote, or one never closed, rejects its row."""
+    lines = _Lines(text.removeprefix(BOM))
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as e:
@@ -46,13 +70,14 @@ def parse_csv(name: str, digest: str, text: str) -> Parsed:
     records: list[SourceRecord] = []
     rejects: list[Reject] = []
     while True:
+        start = reader.line_num + 1
+        lines.taken.clear()
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            origin = {"file": name, "line": reader.line_num}
-            rejects.append(Reject(origin, f"malformed CSV: {e}", ""))
+            rejects.append(_malformed(name, start, e, "".join(lines.taken)))
             continue
         line = reader.line_num
         if not row or all(not c.strip() for c in row):
@@ -64,6 +89,13 @@ def parse_csv(name: str, digest: str, text: str) -> Parsed:
         records.append(SourceRecord(dict(zip(header, row, strict=True)), origin,
                                     f"{name}:{digest}:{line}"))
     return records, rejects
+
+
+def _malformed(name: str, line: int, e: csv.Error, raw: str) -> Reject:
+    what = ("a quoted field opened on this line is never closed" if "end of data" in str(e)
+            else str(e))
+    return Reject({"file": name, "line": line}, f"{name} line {line}: malformed CSV: {what}",
+                  raw)
 
 
 def _wrong_width(name: str, line: int, header: list[str], row: list[str],
@@ -78,10 +110,14 @@ def _wrong_width(name: str, line: int, header: list[str], row: list[str],
     )
 
 
-def parse_jsonl(name: str, digest: str, text: str) -> Parsed:
+def parse_jsonl(name: str, digest: str, text: str, allow_duplicates: bool = False) -> Parsed:
+    """One JSON object per line. Lines end at ``\n`` (a ``\r`` before it is dropped) and
+    nowhere else: U+2028 or U+0085 inside a string is data. A byte-order mark at the start
+    of the file is not; a name given twice in one object rejects the line."""
     records: list[SourceRecord] = []
     rejects: list[Reject] = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(text.removeprefix(BOM).split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         origin = {"file": name, "line": line}
@@ -93,8 +129,17 @@ def parse_jsonl(name: str, digest: str, text: str) -> Parsed:
         if not isinstance(data, dict):
             rejects.append(Reject(origin, f"{name} line {line}: not a JSON object", raw))
             continue
+        dup = None if allow_duplicates else duplicate_name(raw, data)
+        if dup is not None:
+            rejects.append(Reject(origin, f"{name} line {line}: {duplicated(dup)}", raw))
+            continue
         records.append(SourceRecord(data, origin, f"{name}:{digest}:{line}"))
     return records, rejects
+
+
+def duplicated(name: str) -> str:
+    return (f"the name {name!r} appears twice in one JSON object (set allow_duplicate_keys "
+            "to accept such records, the last one winning)")
 
 
 def parse_parquet(name: str, digest: str, raw: bytes) -> list[SourceRecord]:

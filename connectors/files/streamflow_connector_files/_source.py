@@ -33,6 +33,9 @@ class FilesSourceConfig(BaseModel):
     max_file_bytes: int = Field(
         MAX_FILE_BYTES, gt=0,
         description="a larger file is quarantined unread (a file is parsed in memory)")
+    allow_duplicate_keys: bool = Field(
+        False, description="accept a JSON Lines object with a name twice (the last one wins) "
+        "instead of dead-lettering it")
 
 
 def _candidate(f: Path) -> bool:
@@ -140,7 +143,8 @@ class FilesSource:
             if self.cfg.format == "csv":
                 records, rejects = parse_csv(path.name, digest, text)
             elif self.cfg.format == "jsonl":
-                records, rejects = parse_jsonl(path.name, digest, text)
+                records, rejects = parse_jsonl(path.name, digest, text,
+                                               self.cfg.allow_duplicate_keys)
             else:
                 records, rejects = parse_parquet(path.name, digest, raw), []
         except Unreadable as e:

@@ -18,6 +18,7 @@ from streamflow.connectors import (
     Reject,
     SourceBatch,
     SourceRecord,
+    duplicate_name,
 )
 
 log = logging.getLogger("streamflow.connectors.kafka")
@@ -38,6 +39,9 @@ class KafkaSourceConfig(BaseModel):
         "end offsets seen at start")
     batch_size: int = Field(500, ge=1, description="most records per batch (one ack each)")
     poll_timeout_s: float = Field(0.5, gt=0, description="how long one poll waits for data")
+    allow_duplicate_keys: bool = Field(
+        False, description='with format "json": accept an object with a name twice (the last '
+        "one wins) instead of dead-lettering it")
 
 
 class KafkaSource:
@@ -112,16 +116,24 @@ class KafkaSource:
         data: Any
         try:
             if self.cfg.format == "json":
+                if m.value is None:
+                    raise ValueError("tombstone (a null value): there is no record")
                 data = orjson.loads(value)
                 if not isinstance(data, dict):
                     raise ValueError(f"not a JSON object (a {type(data).__name__})")
+                dup = None if self.cfg.allow_duplicate_keys else duplicate_name(value, data)
+                if dup is not None:
+                    raise ValueError(f"the name {dup!r} appears twice in one JSON object (set "
+                                     "allow_duplicate_keys to accept such records, the last "
+                                     "one winning)")
             else:
                 key = m.key.decode("utf-8") if m.key is not None else None
                 data = {"value": value.decode("utf-8"), "key": key}
         except (ValueError, UnicodeDecodeError) as e:  # orjson.JSONDecodeError is a ValueError
-            what = "invalid JSON" if isinstance(e, orjson.JSONDecodeError) else "undecodable"
+            what = "invalid JSON: " if isinstance(e, orjson.JSONDecodeError) else (
+                "undecodable: " if isinstance(e, UnicodeDecodeError) else "")
             batch.rejects.append(
-                Reject(origin, f"{where}: {what}: {e}", value.decode("utf-8", "replace")))
+                Reject(origin, f"{where}: {what}{e}", value.decode("utf-8", "replace")))
             return
         traceparent = next((v for k, v in (m.headers or ()) if k == "traceparent"), None)
         batch.records.append(SourceRecord(data, origin, f"{m.topic}:{m.partition}:{m.offset}",

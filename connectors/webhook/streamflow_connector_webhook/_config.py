@@ -63,6 +63,9 @@ class WebhookSourceConfig(BaseModel):
         description="requests per second per client address (None: no limit); more get 429")
     rate_burst: int = Field(
         default=100, ge=1, description="requests a client may send at once before the limit")
+    allow_duplicate_keys: bool = Field(
+        default=False, description="accept an object with a name twice (the last one wins) "
+        "instead of dead-lettering it")
     idempotency_retention_s: float = Field(
         default=86_400.0, gt=0,
         description="how long a webhook-id stays bound to its body (a reuse with another body "

@@ -19,8 +19,12 @@ from streamflow.connectors import (
     ConnectorContext,
     ConnectorError,
     LocalClaims,
+    Reject,
     SourceBatch,
     SourceRecord,
+    duplicate_name,
+    first_duplicate,
+    parse_marked,
 )
 
 from ._aiohttp import aiohttp_module
@@ -163,7 +167,7 @@ class WebhookSource:
         self._active += 1
         try:
             batch = await self._admit(request)
-            if not batch.records:
+            if not batch.records and not batch.rejects:
                 return web.json_response({"accepted": 0}, status=202)
             await self._deliver(batch)
         except Refused as e:
@@ -171,9 +175,9 @@ class WebhookSource:
         finally:
             self._active -= 1
         return web.json_response(
-            {"accepted": len(batch.records) - batch.dead_lettered,
+            {"accepted": len(batch.records) + len(batch.rejects) - batch.dead_lettered,
              "dead_lettered": batch.dead_lettered,
-             "request": batch.records[0].origin["request"]},
+             "request": (batch.records or batch.rejects)[0].origin["request"]},
             status=202)
 
     async def _admit(self, request: web.Request) -> SourceBatch:
@@ -262,12 +266,18 @@ class WebhookSource:
             "body:" + hashlib.sha256(body).hexdigest()[:32])
         tp = request.headers.get("traceparent", "").strip().lower()
         traceparent = tp.encode() if TRACEPARENT.match(tp) else None
-        records = [
-            SourceRecord(item, {"webhook": self.cfg.path, "request": req, "index": i},
-                         f"{req}:{i}", traceparent)
-            for i, item in enumerate(items)
-        ]
-        return SourceBatch(records, position=uuid.uuid4().hex)
+        dups = [None] * len(items) if self.cfg.allow_duplicate_keys else _duplicates(body, items)
+        batch = SourceBatch([], position=uuid.uuid4().hex)
+        for i, item in enumerate(items):
+            origin = {"webhook": self.cfg.path, "request": req, "index": i}
+            if dups[i] is None:
+                batch.records.append(SourceRecord(item, origin, f"{req}:{i}", traceparent))
+            else:
+                batch.rejects.append(Reject(origin, (
+                    f"request {req} item {i}: the name {dups[i]!r} appears twice in one JSON "
+                    "object (set allow_duplicate_keys to accept such records, the last one "
+                    "winning)"), _text(item, body)))
+        return batch
 
 
 def _refusal(e: Refused) -> web.Response:
@@ -290,6 +300,24 @@ def _parse(body: bytes) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise Refused(400, f"array item {i} is not a JSON object (got {_json_type(item)})")
     return data
+
+
+def _duplicates(body: bytes, items: list[dict[str, Any]]) -> list[str | None]:
+    """Per item, a name it gives twice, if any (most bodies have none: one cheap check)."""
+    if duplicate_name(body, items if body.lstrip()[:1] == b"[" else items[0]) is None:
+        return [None] * len(items)
+    marked = parse_marked(body)
+    if not isinstance(marked, list):
+        marked = [marked]
+    return [first_duplicate(m) for m in marked] + [None] * (len(items) - len(marked))
+
+
+def _text(item: dict[str, Any], body: bytes) -> str:
+    """An item's JSON text; the whole body if it is nested too deep for orjson to write."""
+    try:
+        return orjson.dumps(item).decode()
+    except orjson.JSONEncodeError:
+        return body.decode("utf-8", "replace")
 
 
 def _json_type(v: object) -> str:

@@ -26,7 +26,7 @@ from streamflow_connector_webhook import (
 
 from streamflow import Asset, ConnectorError, Pipeline, Settings, Worker, run_pipeline
 from streamflow.connectors import ConnectorContext, SinkRecord, build_sink, build_source
-from tests.helpers import read_topic, values
+from tests.helpers import read_topic, values, wait_for
 
 Serve = Callable[..., AbstractAsyncContextManager[tuple[WebhookSource, httpx.AsyncClient]]]
 JSON = {"Content-Type": "application/json"}
@@ -42,14 +42,6 @@ EVENTS = Asset("events", Event)  # no key: the files sink keys rows by arrival i
 
 def _rows(out: Path) -> list[dict[str, object]]:
     return read_rows(out)
-
-
-async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 # --- source, end to end through a worker on both transports --------------------------------
@@ -68,7 +60,7 @@ async def test_webhook_answers_202_after_publish_and_redelivery_is_idempotent(
     run = asyncio.create_task(worker.run())
     topic = EVENTS.topic(settings.namespace)
     try:
-        await _wait_for(lambda: src.port != 0 or run.done(), "the webhook to listen")
+        await wait_for(lambda: src.port != 0 or run.done(), "the webhook to listen")
         assert not run.done(), run
         assert src.location == f"http://127.0.0.1:{src.port}/hooks/events"
         body = orjson.dumps([{"id": 1, "name": "ada"}, {"id": 2, "name": "bob"}])
@@ -90,7 +82,7 @@ async def test_webhook_answers_202_after_publish_and_redelivery_is_idempotent(
                                  headers=sign(mixed_body, "order-2"))
             assert mixed.status_code == 202
             assert (mixed.json()["accepted"], mixed.json()["dead_lettered"]) == (1, 1)
-        await _wait_for(lambda: len(_rows(out)) >= 3, "the files sink to hold 3 rows")
+        await wait_for(lambda: len(_rows(out)) >= 3, "the files sink to hold 3 rows")
     finally:
         worker.request_stop()
         summary = await asyncio.wait_for(run, 120)
@@ -175,7 +167,7 @@ async def test_unpublished_requests_get_503_and_disconnects_do_not_hurt(serving:
         assert r.headers["Retry-After"] == "1"
         with pytest.raises(httpx.ReadTimeout):  # the client hangs up before the answer
             await c.post("/", json={"id": 2, "name": "b"}, timeout=0.1)
-        await _wait_for(lambda: src.waiting == 0, "the server to notice the hang-up")
+        await wait_for(lambda: src.waiting == 0, "the server to notice the hang-up")
         # nothing was published, so nothing must be yielded for either request
         gen = src.read()
         nxt = asyncio.ensure_future(anext(gen))
