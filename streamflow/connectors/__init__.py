@@ -25,6 +25,7 @@ from ._api import (
 from ._claims import Claims, ClaimTable, LocalClaims
 from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
+from ._kafka import KafkaOptions, KafkaSecurity, kafka_client_options, same_cluster
 from ._registry import (
     GROUP,
     ConnectorError,
@@ -44,6 +45,8 @@ __all__ = [
     "ConnectorContext",
     "ConnectorError",
     "ConnectorSpec",
+    "KafkaOptions",
+    "KafkaSecurity",
     "LocalClaims",
     "Reject",
     "Retries",
@@ -59,9 +62,11 @@ __all__ = [
     "build_sink",
     "build_source",
     "distribution_of",
+    "kafka_client_options",
     "known_connectors",
     "load_spec",
     "post_with_retries",
     "redact",
+    "same_cluster",
     "write_atomic",
 ]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamflow.connectors import (
     ConnectorContext,
     ConnectorError,
+    KafkaSecurity,
     Reject,
     SourceBatch,
     SourceRecord,
@@ -38,6 +39,9 @@ class KafkaSourceConfig(BaseModel):
         "end offsets seen at start")
     batch_size: int = Field(500, ge=1, description="most records per batch (one ack each)")
     poll_timeout_s: float = Field(0.5, gt=0, description="how long one poll waits for data")
+    security: KafkaSecurity | None = Field(
+        None, description="TLS and SASL towards this cluster; unset: the worker's kafka_* "
+        "settings when bootstrap is the worker's cluster, else PLAINTEXT")
 
 
 class KafkaSource:
@@ -57,7 +61,7 @@ class KafkaSource:
     async def setup(self, ctx: ConnectorContext) -> None:
         self.group_id = self.cfg.group_id or _default_group(ctx)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.cfg.bootstrap,
+            **ctx.kafka_client_options(self.cfg.bootstrap, self.cfg.security),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
