@@ -12,11 +12,12 @@ from aiokafka import AIOKafkaProducer
 
 from streamflow import devservices as services
 
+from ._kafka import client_options
 from .backfill_live import LiveLoad
 
 
 async def main(topic: str, rate: float, partitions: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=services.KAFKA_BOOTSTRAP, acks="all",
+    producer = AIOKafkaProducer(**client_options(services.KAFKA_BOOTSTRAP), acks="all",
                                 enable_idempotence=True, linger_ms=0)
     await producer.start()
     load = LiveLoad(producer, topic, rate, partitions)

@@ -6,6 +6,8 @@ import os
 import uuid
 
 from streamflow import devservices as services
+from streamflow.connectors import KafkaOptions
+from streamflow.model import Settings
 
 
 def untraced_kafka() -> str:
@@ -15,3 +17,9 @@ def untraced_kafka() -> str:
     os.environ.pop("OTEL_TRACES_EXPORTER", None)
     services.up(["kafka"])
     return "bench" + uuid.uuid4().hex[:8]
+
+
+def client_options(bootstrap: str) -> KafkaOptions:
+    """A benchmark's own clients connect as a worker would: with the ``kafka_*`` settings of
+    the environment (or ``streamflow.toml``)."""
+    return Settings.load().kafka_security.client_options(bootstrap)

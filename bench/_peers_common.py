@@ -22,6 +22,8 @@ from pydantic import BaseModel
 
 from streamflow import Arrival, stable_id
 
+from ._kafka import client_options
+
 PARTITIONS = 4
 THROUGHPUT_WORKLOADS = ("passthrough", "map", "join")
 Headers = list[tuple[str, bytes]]
@@ -140,7 +142,7 @@ class Spec:
 
 async def create_topics(bootstrap: str, topics: list[str], partitions: int = PARTITIONS,
                         log_append_time: bool = False) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         cfg = {"message.timestamp.type": "LogAppendTime"} if log_append_time else None
@@ -172,7 +174,7 @@ def _records(workload: str, n: int, trace_ratio: float
 
 async def seed(spec: Spec, n: int) -> None:
     """Fill the input topics of ``spec`` with ``n`` records through the batch builder."""
-    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, linger_ms=5,
+    producer = AIOKafkaProducer(**client_options(spec.bootstrap), linger_ms=5,
                                 max_batch_size=512 * 1024, acks="all", enable_idempotence=True)
     await producer.start()
     try:

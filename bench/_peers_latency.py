@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from ._kafka import client_options
 from ._peers_common import (
     Headers,
     Spec,
@@ -58,7 +59,7 @@ class Reader:
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.spec.bootstrap,
+        consumer = AIOKafkaConsumer(**client_options(self.spec.bootstrap),
                                     isolation_level="read_committed", fetch_max_wait_ms=100)
         await consumer.start()
         try:
@@ -140,7 +141,7 @@ async def latency_run(spec: Spec, rate: float, seconds: float, logdir: Path) -> 
     child = spawn(spec, logdir)
     reader = Reader(spec)
     reading = asyncio.create_task(reader.run())
-    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, acks="all",
+    producer = AIOKafkaProducer(**client_options(spec.bootstrap), acks="all",
                                 enable_idempotence=True, linger_ms=0)
     await producer.start()
     gen = _Generator(spec, producer)

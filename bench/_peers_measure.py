@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ._kafka import client_options
 from ._met import log_errors
 from ._peers_common import Spec, create_topics, seed
 from ._readback import read_back
@@ -132,7 +133,7 @@ async def throughput_run(spec: Spec, n: int, logdir: Path, profile_to: Path | No
     await create_topics(spec.bootstrap, [spec.topic(spec.output)], log_append_time=True)
     await seed(spec, n)
     child = spawn(spec, logdir)
-    consumer = AIOKafkaConsumer(bootstrap_servers=spec.bootstrap,
+    consumer = AIOKafkaConsumer(**client_options(spec.bootstrap),
                                 isolation_level="read_committed")
     await consumer.start()
     tps = [TopicPartition(spec.topic(spec.output), p) for p in range(spec.partitions)]

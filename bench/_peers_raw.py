@@ -24,6 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from ._kafka import client_options
 from ._peers_common import Payment, Sale, Spec, price, settle
 
 Work = Callable[[ConsumerRecord[bytes, bytes]], bytes | None]
@@ -85,11 +86,11 @@ async def _main(spec: Spec) -> None:
     txn = spec.settings == "exactly-once"
     group = f"{spec.ns}.raw"
     consumer = AIOKafkaConsumer(
-        *[spec.topic(t) for t in spec.inputs], bootstrap_servers=spec.bootstrap,
+        *[spec.topic(t) for t in spec.inputs], **client_options(spec.bootstrap),
         group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
         isolation_level="read_committed", max_poll_records=500)
     producer = AIOKafkaProducer(
-        bootstrap_servers=spec.bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
+        **client_options(spec.bootstrap), acks="all", enable_idempotence=True, linger_ms=0,
         max_batch_size=1024 * 1024,
         transactional_id=f"{spec.ns}.raw-txn" if txn else None)
     await producer.start()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from ._kafka import client_options
 from ._met import count_check
 
 Batch = list[ConsumerRecord[bytes, bytes]]
@@ -18,7 +19,7 @@ async def read_all(bootstrap: str, topic: str, partitions: int,
                    on_batch: Callable[[Batch], None]) -> None:
     """Hand every committed record of ``topic``, up to its end offsets now, to ``on_batch``.
     ``partitions``: the topic's partition count (the benchmark created it)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), isolation_level="read_committed",
                                 enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
                                 fetch_max_bytes=32 << 20)
     await consumer.start()

@@ -10,6 +10,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from . import _soak_pipeline as sp
+from ._kafka import client_options
 from ._met import count_check
 from ._readback import Batch, key_counts, read_all
 
@@ -55,7 +56,7 @@ async def _windows(bootstrap: str, topic: str, partitions: int
 
 async def _count(bootstrap: str, topic: str) -> int:
     """Records in ``topic`` (all its partitions), from its offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic) or set()

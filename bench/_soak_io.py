@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from . import _soak_pipeline as sp
+from ._kafka import client_options
 from ._readback import Batch, read_all
 
 INPUTS = {"enrich": ["items"], "join": list(sp.BARRIER_INPUTS), "tumble": ["ticks"]}
@@ -38,7 +39,7 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = AIOKafkaAdminClient(**client_options(self.bootstrap))
         await self._admin.start()
         self._task = asyncio.create_task(self._poll())
 
@@ -88,7 +89,7 @@ class Feed:
     def __init__(self, bootstrap: str, ns: str, partitions: int) -> None:
         self.bootstrap, self.ns, self.partitions = bootstrap, ns, partitions
         self.sent = 0
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+        self._producer = AIOKafkaProducer(**client_options(bootstrap), linger_ms=5, acks="all",
                                           max_batch_size=512 * 1024, enable_idempotence=True)
 
     async def start(self) -> None:

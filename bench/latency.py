@@ -26,7 +26,7 @@ from streamflow import devservices as services
 from streamflow.connectors.testing import IdleSource
 from streamflow.devservices import delete_topics
 
-from ._kafka import untraced_kafka
+from ._kafka import client_options, untraced_kafka
 from ._met import completion, exact
 
 WARMUP_S = 5.0
@@ -72,7 +72,7 @@ def _pipeline(fired: list[tuple[int, float, str]]) -> Pipeline:
 
 async def _send_all(ns: str, args: argparse.Namespace, total: int) -> tuple[int, int, float]:
     """Open loop: the schedule never waits for the system. (start ns, sent, seconds)."""
-    producer = AIOKafkaProducer(bootstrap_servers=services.KAFKA_BOOTSTRAP, acks="all",
+    producer = AIOKafkaProducer(**client_options(services.KAFKA_BOOTSTRAP), acks="all",
                                 enable_idempotence=True, linger_ms=0)
     await producer.start()
     start = time.perf_counter()

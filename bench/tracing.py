@@ -35,6 +35,7 @@ from streamflow import devservices as services
 from streamflow.devservices import delete_topics
 from streamflow.observability import get_trace
 
+from ._kafka import client_options
 from ._readback import output_problems
 
 VARIANTS = ("off", "1pct", "100pct", "raw")
@@ -79,13 +80,13 @@ Filling = Iterable[tuple[bytes, bytes, list[tuple[str, bytes]] | None]]
 
 async def fill_topic(bootstrap: str, topic: str, partitions: int, records: Filling) -> None:
     """Create ``topic`` and produce ``records`` into it, round-robin over its partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+    producer = AIOKafkaProducer(**client_options(bootstrap), linger_ms=20,
                                 max_batch_size=256 * 1024)
     await producer.start()
     try:
@@ -114,7 +115,7 @@ async def _fill(bootstrap: str, topic: str, n: int, partitions: int) -> None:
 async def _watch(bootstrap: str, topic: str, n: int, parts: int, done: asyncio.Event) -> float:
     """Output records per second between 2% and 100% of ``n`` appearing on ``topic`` (or
     until it stalls for ``STALL_S``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**client_options(bootstrap))
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(parts)]
     try:
@@ -181,14 +182,14 @@ async def _raw_run(bootstrap: str, n: int, parts: int) -> tuple[float, list[str]
     ns = "bench" + uuid.uuid4().hex[:8]
     src, dst = f"{ns}.raw", f"{ns}.priced"
     await _fill(bootstrap, src, n, parts)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     await admin.create_topics([NewTopic(dst, parts, 1)])
     await admin.close()
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"{ns}.raw",
+    consumer = AIOKafkaConsumer(src, **client_options(bootstrap), group_id=f"{ns}.raw",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level="read_committed", max_poll_records=500)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all",
                                 enable_idempotence=True, linger_ms=0)
     await consumer.start()
     await producer.start()
@@ -214,7 +215,7 @@ async def _raw_run(bootstrap: str, n: int, parts: int) -> tuple[float, list[str]
 
 
 async def _traceparents(bootstrap: str, topic: str, k: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(topic, **client_options(bootstrap), auto_offset_reset="earliest")
     await consumer.start()
     out: list[bytes] = []
     try:

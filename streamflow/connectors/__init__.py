@@ -26,6 +26,7 @@ from ._claims import Claims, ClaimTable, LocalClaims
 from ._http import Retries, post_with_retries, redact
 from ._io import write_atomic
 from ._json import duplicate_name, first_duplicate, parse_marked
+from ._kafka import KafkaOptions, KafkaSecurity, kafka_client_options, same_cluster
 from ._registry import (
     GROUP,
     ConnectorError,
@@ -45,6 +46,8 @@ __all__ = [
     "ConnectorContext",
     "ConnectorError",
     "ConnectorSpec",
+    "KafkaOptions",
+    "KafkaSecurity",
     "LocalClaims",
     "Reject",
     "Retries",
@@ -62,10 +65,12 @@ __all__ = [
     "distribution_of",
     "duplicate_name",
     "first_duplicate",
+    "kafka_client_options",
     "known_connectors",
     "load_spec",
     "parse_marked",
     "post_with_retries",
     "redact",
+    "same_cluster",
     "write_atomic",
 ]

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from ._claims import Claims
+from ._kafka import KafkaOptions, KafkaSecurity, same_cluster
 
 
 @dataclass(slots=True)
@@ -94,6 +95,20 @@ class ConnectorContext:
     claims: Claims | None = None
     """Claims shared by every worker of the pipeline (a compacted topic on the transport);
     None outside a worker: use ``LocalClaims``."""
+    kafka_bootstrap: str | None = None
+    """The worker's Kafka (None: the embedded log)."""
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    """How the worker reaches its Kafka (``Settings.kafka_security``)."""
+
+    def kafka_client_options(self, bootstrap: str,
+                             security: KafkaSecurity | None = None) -> KafkaOptions:
+        """aiokafka options for ``bootstrap``: the connector's own ``security`` if it gives
+        one, else the worker's when ``bootstrap`` is the worker's cluster, else PLAINTEXT."""
+        if security is None:
+            own = self.kafka_bootstrap is not None and same_cluster(bootstrap,
+                                                                    self.kafka_bootstrap)
+            security = self.kafka_security if own else KafkaSecurity()
+        return security.client_options(bootstrap)
 
 
 @runtime_checkable

@@ -4,7 +4,8 @@ Tests, the demo, benchmarks and CI all need the same real services; ``up`` build
 once into ``~/.cache/streamflow`` and reuses anything of ours that is already healthy.
 
 Beside the stack, used only by the CLI and tests: it may import ``streamflow.observability``
-(its HTTP port helpers) and ``streamflow.errors``, nothing else of StreamFlow.
+(its HTTP port helpers), the connector SDK (the Kafka client options every client is built
+from) and ``streamflow.errors``, nothing else of StreamFlow.
 """
 
 from __future__ import annotations

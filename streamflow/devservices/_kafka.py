@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from streamflow.connectors import KafkaSecurity, kafka_client_options
 from streamflow.errors import ServiceError
 
 from ._base import (
@@ -242,13 +243,14 @@ def down() -> None:
         stop_pid_service(NAME, _pid(), _pid_file())
 
 
-async def delete_topics(bootstrap: str, match: Callable[[str], object]) -> int:
+async def delete_topics(bootstrap: str, match: Callable[[str], object],
+                        security: KafkaSecurity | None = None) -> int:
     """Delete every topic ``match`` accepts; return how many. Tests and benchmarks drop what
     they created, because a broker starts (and runs) slower as partitions pile up."""
     # Deferred: `streamflow services` starts and stops services without loading the client.
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(bootstrap, security))
     await admin.start()
     try:
         doomed = [t for t in await admin.list_topics() if match(t)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from streamflow.connectors import Claims, ConnectorContext
 from streamflow.gates.runtime import Alerter
-from streamflow.model import Asset
+from streamflow.model import Asset, Settings
 from streamflow.observability import Metrics, RunEvents, Tracing
 from streamflow.state import Checkpoints
 from streamflow.transports import Transport
@@ -52,8 +52,11 @@ class Ctx:
 
 def connector_context(
     name: str, asset: Asset[Any], state_dir: str, namespace: str, pipeline: str,
-    claims: Claims | None = None,
+    claims: Claims | None = None, settings: Settings | None = None,
 ) -> ConnectorContext:
-    return ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
-                            namespace=namespace, pipeline=pipeline,
-                            partition_by=asset.partition_by, claims=claims)
+    ctx = ConnectorContext(name=name, asset=asset.name, state_dir=state_dir,
+                           namespace=namespace, pipeline=pipeline,
+                           partition_by=asset.partition_by, claims=claims)
+    if settings is not None:  # the worker's Kafka, for connectors that reach it themselves
+        ctx.kafka_bootstrap, ctx.kafka_security = settings.kafka_bootstrap, settings.kafka_security
+    return ctx

@@ -10,7 +10,7 @@ from functools import partial
 import orjson
 from opentelemetry.trace import SpanKind
 
-from streamflow.connectors import Sink, SinkRecord, TopicSink
+from streamflow.connectors import Sink, SinkRecord, TopicSink, same_cluster
 from streamflow.model import (
     Arrival,
     DeadLetterKind,
@@ -119,9 +119,3 @@ class SinkRunner(_Consumer):
         mt.add(mt.sink_writes, (self.name,), len(records))
         return msgs
 
-
-def same_cluster(a: str, b: str) -> bool:
-    """Two bootstrap lists name one cluster when they share a ``host:port`` (as written)."""
-    def hosts(s: str) -> set[str]:
-        return {h.strip().lower() for h in s.split(",") if h.strip()}
-    return bool(hosts(a) & hosts(b))

@@ -213,10 +213,10 @@ class Worker:
         state = str(Path(s.state_dir) / s.namespace / p.name)
         for sp, src in sources:
             await src.setup(connector_context(sp.name, sp.asset, state, s.namespace, p.name,
-                                              self.claims))
+                                              self.claims, s))
         for skp, snk in sinks:
             await snk.setup(
-                connector_context(skp.name, skp.asset, state, s.namespace, p.name))
+                connector_context(skp.name, skp.asset, state, s.namespace, p.name, settings=s))
 
     def _add_consumers(self, consumers: list[StageRunner | SinkRunner], ctx: Ctx,
                        alerter: Alerter, loaded: Loaded,

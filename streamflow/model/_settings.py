@@ -17,12 +17,19 @@ from pydantic import (
     model_validator,
 )
 
+from streamflow.connectors import KafkaSecurity
 from streamflow.errors import ConfigError
 
 from ._topics import DEFAULT_NAMESPACE, dead_letter_topic
 
 ENV_PREFIX = "STREAMFLOW_"
 CONFIG_FILES = ("streamflow.toml",)
+KAFKA_SECURITY_KEYS = {
+    **{f"kafka_{name}": name for name in KafkaSecurity.model_fields},
+    **{f"kafka_{name}_file": f"{name}_file" for name in KafkaSecurity.SECRETS},
+}
+"""Flat settings (``kafka_sasl_password``, ``STREAMFLOW_KAFKA_SASL_PASSWORD_FILE``) that fill
+``Settings.kafka_security``."""
 
 
 class Settings(BaseModel):
@@ -36,6 +43,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap: str | None = None
+    kafka_security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity,
+        description="TLS and SASL towards Kafka, from the kafka_* settings (see "
+                    "KAFKA_SECURITY_KEYS); every Kafka client StreamFlow makes uses it")
     state_dir: Path = Path(".streamflow")
     partitions: int = Field(4, ge=1)
     namespace: str = Field(DEFAULT_NAMESPACE, pattern=r"^[A-Za-z0-9_-]+$",
@@ -94,6 +105,20 @@ class Settings(BaseModel):
                           "or 'openlineage' for the client's own OPENLINEAGE_* configuration "
                           "(unset: none)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_kafka_security(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not KAFKA_SECURITY_KEYS.keys() & data.keys():
+            return data
+        data = dict(data)
+        nested = data.get("kafka_security")
+        nested = dict(nested) if isinstance(nested, dict) else {}
+        for key, name in KAFKA_SECURITY_KEYS.items():
+            if key in data:
+                nested[name] = data.pop(key)
+        data["kafka_security"] = nested
+        return data
+
     @field_validator("http_port", mode="before")
     @classmethod
     def _port_off(cls, v: Any) -> Any:
@@ -130,10 +155,15 @@ class Settings(BaseModel):
                 values.update(tomllib.loads(path.read_text()).get("streamflow", {}))
             except (OSError, tomllib.TOMLDecodeError) as e:
                 raise ConfigError(f"cannot read config file {path}: {e}") from e
-        for name in cls.model_fields:
+        for name in [*cls.model_fields, *KAFKA_SECURITY_KEYS]:
             env = os.environ.get(ENV_PREFIX + name.upper())
-            if env is not None and env != "":
+            if env is not None and env != "" and name != "kafka_security":
                 values[name] = env
+                # A secret from the environment replaces the file's, however either is given.
+                twin = name.removesuffix("_file") if name.endswith("_file") else name + "_file"
+                if twin in KAFKA_SECURITY_KEYS and os.environ.get(ENV_PREFIX + twin.upper()) \
+                        in (None, ""):
+                    values.pop(twin, None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)

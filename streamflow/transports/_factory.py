@@ -16,6 +16,7 @@ def make_transport(settings: Settings) -> Transport:
         return KafkaTransport(settings.kafka_bootstrap, partitions=settings.partitions,
                               exactly_once=settings.exactly_once,
                               session_timeout_s=settings.session_timeout_s,
-                              instance_id=settings.worker_id)
+                              instance_id=settings.worker_id,
+                              security=settings.kafka_security)
     return EmbeddedTransport(Path(settings.state_dir) / "embedded.db",
                              exactly_once=settings.exactly_once)

@@ -15,7 +15,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamflow.connectors import ConnectorContext, ConnectorError, SinkRecord, TopicRecord
+from streamflow.connectors import (
+    ConnectorContext,
+    ConnectorError,
+    KafkaSecurity,
+    SinkRecord,
+    TopicRecord,
+)
 
 log = logging.getLogger("streamflow.connectors.kafka")
 
@@ -39,6 +45,9 @@ class KafkaSinkConfig(BaseModel):
                                "waits (backpressure)")
     retries: int = Field(5, ge=0, description="attempts after a failed send, with backoff")
     timeout_s: float = Field(30.0, gt=0, description="delivery timeout of one send")
+    security: KafkaSecurity | None = Field(
+        None, description="TLS and SASL towards this cluster; unset: the worker's kafka_* "
+        "settings when bootstrap is the worker's cluster, else PLAINTEXT")
 
 
 class KafkaSink:
@@ -60,7 +69,7 @@ class KafkaSink:
 
     async def setup(self, ctx: ConnectorContext) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.cfg.bootstrap,
+            **ctx.kafka_client_options(self.cfg.bootstrap, self.cfg.security),
             acks="all",
             enable_idempotence=True,  # retries inside the producer never duplicate
             linger_ms=self.cfg.linger_ms,

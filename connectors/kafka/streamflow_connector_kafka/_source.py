@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamflow.connectors import (
     ConnectorContext,
     ConnectorError,
+    KafkaSecurity,
     Reject,
     SourceBatch,
     SourceRecord,
@@ -42,6 +43,9 @@ class KafkaSourceConfig(BaseModel):
     allow_duplicate_keys: bool = Field(
         False, description='with format "json": accept an object with a name twice (the last '
         "one wins) instead of dead-lettering it")
+    security: KafkaSecurity | None = Field(
+        None, description="TLS and SASL towards this cluster; unset: the worker's kafka_* "
+        "settings when bootstrap is the worker's cluster, else PLAINTEXT")
 
 
 class KafkaSource:
@@ -61,7 +65,7 @@ class KafkaSource:
     async def setup(self, ctx: ConnectorContext) -> None:
         self.group_id = self.cfg.group_id or _default_group(ctx)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.cfg.bootstrap,
+            **ctx.kafka_client_options(self.cfg.bootstrap, self.cfg.security),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

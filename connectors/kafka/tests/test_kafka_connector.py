@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, run_pipeline
-from streamflow.connectors import build_sink, build_source
+from streamflow.connectors import (
+    ConnectorContext,
+    ConnectorError,
+    KafkaSecurity,
+    build_sink,
+    build_source,
+)
 from streamflow.connectors.testing import check_sink, check_source
 from tests.helpers import read_topic, values
 
@@ -260,3 +267,32 @@ async def test_kit_kafka_sink(tmp_path: Path, kafka_bootstrap: str) -> None:
         lambda: build_sink("kafka", {"bootstrap": kafka_bootstrap, "topic": topic}),
         read_back=read_back, state_dir=tmp_path / "state",
         bad_factory=lambda: build_sink("kafka", {"bootstrap": "127.0.0.1:1", "topic": topic}))
+
+
+async def test_security_is_the_workers_on_its_cluster_else_the_connectors_own(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The shared broker speaks PLAINTEXT only: a client that tries SCRAM there fails, which
+    shows whose settings each client took."""
+    planted = "pw-planted-Qw3e"
+    sasl = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "alice", "sasl_password": planted}
+    topic = f"kit-sec-{uuid.uuid4().hex[:8]}"
+    await make_topics(kafka_bootstrap, topic)
+    worker = ConnectorContext("k", "orders", str(tmp_path), kafka_bootstrap=kafka_bootstrap,
+                              kafka_security=KafkaSecurity.model_validate(sasl))
+    src = build_source("kafka", {"bootstrap": kafka_bootstrap, "topic": topic})
+    with pytest.raises(ConnectorError, match="cannot read topic") as e:
+        await src.setup(worker)  # the worker's SCRAM settings, on the worker's cluster
+    assert planted not in str(e.value)
+    own = build_source("kafka", {"bootstrap": kafka_bootstrap, "topic": topic,
+                                 "security": {"security_protocol": "PLAINTEXT"}})
+    await own.setup(worker)  # its own settings win
+    await own.stop()
+    snk = build_sink("kafka", {"bootstrap": kafka_bootstrap, "topic": topic, "security": sasl})
+    with pytest.raises(ConnectorError, match="cannot write topic") as e:
+        await snk.setup(ConnectorContext("k", "orders", str(tmp_path)))
+    assert planted not in str(e.value) and planted not in repr(snk.cfg)
+    plain = build_sink("kafka", {"bootstrap": kafka_bootstrap, "topic": topic})
+    await plain.setup(ConnectorContext("k", "orders", str(tmp_path)))  # not the worker's: as is
+    await plain.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -14,6 +14,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
 
+from streamflow.connectors import KafkaOptions, KafkaSecurity
 from streamflow.errors import TransportError
 from streamflow.model import Message, OutMessage
 from streamflow.transports._protocol import AssignCallback
@@ -30,24 +31,34 @@ SPLIT_PREFETCH_BACKOFF_S = 0.005
 
 @dataclass(frozen=True, slots=True)
 class KafkaClient:
-    """How every producer and consumer of one transport is configured and driven."""
+    """How every producer, consumer and admin client of one transport is configured and
+    driven; the connection options (TLS, SASL) are built once, from ``security``."""
 
     bootstrap: str
     linger_ms: int = 0
     session_timeout_ms: int = 6000
     instance_id: str | None = None
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    options: KafkaOptions = field(init=False, repr=False, compare=False)
 
-    def producer_config(self, **extra: Any) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        # One SSL context and one token provider for every client of this transport.
+        object.__setattr__(self, "options", self.security.client_options(self.bootstrap))
+
+    def config(self, **extra: Any) -> KafkaOptions:
+        """Connection options plus a client's own: admin clients, probes, tails."""
+        return KafkaOptions({**self.options, **extra})
+
+    def producer_config(self, **extra: Any) -> KafkaOptions:
         # Set deliberately: aiokafka defaults to acks=1 and no idempotence. A batch holds up to
         # 1 MiB (Kafka's default message size limit), so a dead letter of an oversized record
         # still fits.
-        return {"bootstrap_servers": self.bootstrap, "acks": "all", "enable_idempotence": True,
-                "linger_ms": self.linger_ms, "max_batch_size": 1024 * 1024,
-                "request_timeout_ms": 30000, **extra}
+        return self.config(acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
+                           max_batch_size=1024 * 1024, request_timeout_ms=30000, **extra)
 
-    def consumer_config(self, group: str) -> dict[str, Any]:
-        return {
-            "bootstrap_servers": self.bootstrap, "group_id": group,
+    def consumer_config(self, group: str) -> KafkaOptions:
+        return self.config(**{
+            "group_id": group,
             "enable_auto_commit": False, "auto_offset_reset": "earliest",
             "isolation_level": "read_committed",
             # Range keeps partition n of every input topic on the same member: co-partitioning.
@@ -64,7 +75,7 @@ class KafkaClient:
             # Static membership: a restarted worker with the same id takes its partitions back
             # at once instead of waiting for the session timeout and a rebalance.
             "group_instance_id": f"{self.instance_id}" if self.instance_id else None,
-        }
+        })
 
     async def send(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage],
                     wait: bool = True) -> Awaitable[object] | None:

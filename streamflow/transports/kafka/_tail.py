@@ -8,17 +8,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamflow.model import Message
 
+from ._client import KafkaClient
+
 
 class KafkaTail:
     """One consumer assigned to a topic's partitions: each ``chunks`` reads what is committed
     up to the end offsets of that moment, and the position stays for the next call."""
 
-    def __init__(self, bootstrap: str, topic: str,
+    def __init__(self, client: KafkaClient, topic: str,
                  partitions: Collection[int] | None = None) -> None:
         self.topic, self.partitions = topic, partitions
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False,
-            isolation_level="read_committed", auto_offset_reset="earliest")
+        self.consumer = AIOKafkaConsumer(**client.config(
+            enable_auto_commit=False, isolation_level="read_committed",
+            auto_offset_reset="earliest"))
         self.tps: list[TopicPartition] = []
 
     async def start(self, since_ms: int | None = None,

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from streamflow.connectors import KafkaSecurity
 from streamflow.errors import TransportError
 from streamflow.model import Message, OutMessage
 from streamflow.transports._aio import stop_quietly
@@ -66,12 +67,13 @@ class KafkaTransport:
 
     def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0,
                  exactly_once: bool = False, session_timeout_s: float = 6.0,
-                 instance_id: str | None = None) -> None:
+                 instance_id: str | None = None,
+                 security: KafkaSecurity | None = None) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
         self.exactly_once = exactly_once
         self.client = KafkaClient(bootstrap, linger_ms, int(session_timeout_s * 1000),
-                                  instance_id)
+                                  instance_id, security or KafkaSecurity())
         self._producer: AIOKafkaProducer | None = None
         self._subs: list[KafkaSubscription | KafkaEosSubscription] = []
         # Read offsets for end_offsets/committed, by group; made under the lock, or two
@@ -107,7 +109,7 @@ class KafkaTransport:
                             partitions: Mapping[str, int] | None = None,
                             retained: Mapping[str, float] | None = None) -> None:
         retained = retained or {}
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**self.client.config())
         await admin.start()
         try:
             existing = set(await admin.list_topics())
@@ -152,7 +154,7 @@ class KafkaTransport:
             await asyncio.sleep(0.1)
         # Metadata names a leader a moment before it serves requests; a list-offsets round
         # trip proves it does, so the workers' consumers start on a ready topic.
-        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        probe = AIOKafkaConsumer(**self.client.config())
         await probe.start()
         fetch_log = logging.getLogger("aiokafka.consumer.fetcher")
         level = fetch_log.level
@@ -202,9 +204,8 @@ class KafkaTransport:
         async with self._probing:
             consumer = self._probes.get(group)
             if consumer is None:  # one per group (None: end offsets), never joining it
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
-                                            enable_auto_commit=False,
-                                            isolation_level="read_committed")
+                consumer = AIOKafkaConsumer(**self.client.config(
+                    group_id=group, enable_auto_commit=False, isolation_level="read_committed"))
                 await consumer.start()
                 self._probes[group] = consumer
         parts = await tracked_partitions(consumer, topic)
@@ -222,7 +223,7 @@ class KafkaTransport:
                          since_ms: int | None = None,
                          from_offsets: Mapping[int, int] | None = None,
                          ) -> AsyncGenerator[list[Message], None]:
-        tail = KafkaTail(self.bootstrap, topic, partitions)
+        tail = KafkaTail(self.client, topic, partitions)
         try:
             if await tail.start(since_ms, from_offsets):
                 async for chunk in tail.chunks():
@@ -231,7 +232,7 @@ class KafkaTransport:
             await tail.close()
 
     async def follow(self, topic: str) -> KafkaTail:
-        tail = KafkaTail(self.bootstrap, topic)
+        tail = KafkaTail(self.client, topic)
         try:
             await tail.start()
         except BaseException:
