@@ -4,8 +4,10 @@ the next start reads it plus the changelog's tail instead of the changelog's his
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +93,24 @@ async def _changes(t: Transport, store: TriggerStore, rnd: random.Random, n: int
     await t.publish(out)
 
 
-async def test_a_restore_from_a_checkpoint_and_the_tail_equals_one_from_the_start(
-    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+@contextlib.asynccontextmanager
+async def _changelog(settings: Settings) -> AsyncIterator[tuple[Transport, str, set[int]]]:
+    """A started transport, a compacted changelog topic and its partitions."""
     t = make_transport(settings)
     await t.start()
     topic = f"{settings.namespace}.state.s"
-    cps = Checkpoints(tmp_path / "ckpt")
     try:
         await t.ensure_topics([], compacted=[topic])
-        parts = set(range(await t.partition_count(topic)))
+        yield t, topic, set(range(await t.partition_count(topic)))
+    finally:
+        await t.close()
+
+
+async def test_a_restore_from_a_checkpoint_and_the_tail_equals_one_from_the_start(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cps = Checkpoints(tmp_path / "ckpt")
+    async with _changelog(settings) as (t, topic, parts):
         rnd = random.Random(17)
         writer = _store(t, topic, None)
         await _changes(t, writer, rnd, 400, len(parts))
@@ -128,20 +138,13 @@ async def test_a_restore_from_a_checkpoint_and_the_tail_equals_one_from_the_star
         assert "past the changelog's end" in caplog.text
         assert _view(recreated) == _view(from_start)
         assert not cps.path(topic, 0).exists(), "a rejected checkpoint is deleted"
-    finally:
-        await t.close()
 
 
 async def test_a_checkpoint_leaves_out_what_it_cannot_vouch_for(
     settings: Settings, tmp_path: Path
 ) -> None:
-    t = make_transport(settings)
-    await t.start()
-    topic = f"{settings.namespace}.state.s"
     cps = Checkpoints(tmp_path / "ckpt")
-    try:
-        await t.ensure_topics([], compacted=[topic])
-        parts = set(range(await t.partition_count(topic)))
+    async with _changelog(settings) as (t, topic, parts):
         await _changes(t, _store(t, topic, None), random.Random(5), 200, len(parts))
         store = _store(t, topic, cps)
         await store.restore(parts)
@@ -183,8 +186,6 @@ async def test_a_checkpoint_leaves_out_what_it_cannot_vouch_for(
         await racing.forget({0})
         await asyncio.sleep(0.5)
         assert not racing.states and not racing.loaded(0)
-    finally:
-        await t.close()
 
 
 async def test_a_restart_restores_barriers_from_the_checkpoint_plus_what_came_after(
