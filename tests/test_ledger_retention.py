@@ -19,7 +19,7 @@ from streamflow import Asset, Pipeline, Settings
 from streamflow.backfill import BackfillJob, Planner
 from streamflow.connectors.testing import MemorySink
 from streamflow.engine import Worker
-from streamflow.engine._ledger import load_ledger
+from streamflow.engine._ledger import load_ledger, prune
 from streamflow.model import Message, OutMessage, RetryPolicy, done_runs_topic, runs_topic
 from streamflow.observability import Metrics, Tracing
 from streamflow.ops import list_runs
@@ -312,3 +312,11 @@ def test_a_brief_fold_keeps_what_a_start_needs_of_each_run_and_format() -> None:
         assert brief[rid] == {"stage": d["stage"], "status": d["status"],
                               "ended_ms": d["ended_ms"], "n_inputs": len(d["inputs"])}
         assert input_count(brief[rid]) == input_count(d) == len(d["inputs"])
+
+
+def test_a_start_keeps_each_stages_newest_runs_that_its_dedupe_window_can_hold() -> None:
+    runs = {f"{st}{i}": {"stage": st, "status": "succeeded", "ended_ms": i, "n_inputs": 1}
+            for st in ("a", "b") for i in range(10)}
+    runs["c0"] = {"stage": "c", "status": "skipped", "ended_ms": 0, "n_inputs": 1}
+    assert prune(runs, 3, keep={"a0"}) == 3 + 1 + 3 + 1
+    assert sorted(runs) == ["a0", "a7", "a8", "a9", "b7", "b8", "b9", "c0"]

@@ -17,7 +17,15 @@ from typing import Any
 
 from streamflow.model import OutMessage, Settings, runs_topic
 from streamflow.observability import Metrics
-from streamflow.state import HISTORY, SETTLED, done_of, fold_topic, merge, settled_message
+from streamflow.state import (
+    HISTORY,
+    SETTLED,
+    done_of,
+    fold_raw,
+    fold_topic,
+    merge,
+    settled_message,
+)
 from streamflow.transports import Transport
 
 log = logging.getLogger("streamflow.engine")
@@ -38,7 +46,7 @@ async def load_ledger(transport: Transport, settings: Settings, metrics: Metrics
     open_runs, stale = await fold_topic(
         transport, topic, stale_before=int((now - settings.ledger_retention_s) * 1000),
         where=where)
-    done, span = await _settled(transport, done_of(topic), gated, now, settings)
+    done, span = await _settled(transport, done_of(topic), gated, now, settings, set(where))
     runs = merge(open_runs, done)
     leaked = [rid for rid in where if runs.get(rid, {}).get("status") in SETTLED]
     tidy: list[OutMessage] = stale + [settled_message(topic, r, where.pop(r)) for r in leaked]
@@ -53,17 +61,39 @@ async def load_ledger(transport: Transport, settings: Settings, metrics: Metrics
 
 
 async def _settled(transport: Transport, topic: str, gated: Collection[str], now: float,
-                   s: Settings) -> tuple[dict[str, dict[str, Any]], float]:
+                   s: Settings, keep: set[str]) -> tuple[dict[str, dict[str, Any]], float]:
     """The dedupe window of settled runs; further back (up to retention, four times the span
-    a step) while a gated stage has fewer passing runs than its history holds."""
+    a step) while a gated stage has fewer passing runs than its history holds. Each stage
+    keeps its newest ``dedupe_max_runs`` (what its dedupe window can hold) as the fold goes,
+    so a start's memory follows that bound, not the traffic of the window."""
     span = s.dedupe_window_s
     while True:
-        done, _ = await fold_topic(transport, topic, since_ms=int((now - span) * 1000),
-                                   brief=True)
+        done: dict[str, dict[str, Any]] = {}
+        limit = 2 * s.dedupe_max_runs
+        async for chunk in transport.scan_topic(topic, since_ms=int((now - span) * 1000)):
+            fold_raw(chunk, done, brief=True)
+            if len(done) > limit:
+                limit = 2 * max(s.dedupe_max_runs, prune(done, s.dedupe_max_runs, keep))
+        prune(done, s.dedupe_max_runs, keep)
         if span >= s.ledger_retention_s or all(
                 _passing(done, g) >= HISTORY for g in gated):
             return done, span
         span = min(s.ledger_retention_s, span * 4)
+
+
+def prune(runs: dict[str, dict[str, Any]], per_stage: int, keep: Collection[str]) -> int:
+    """Keep each stage's newest ``per_stage`` runs (by end time) and those in ``keep``; the
+    runs left."""
+    by_stage: dict[str, list[tuple[int, str]]] = {}
+    for rid, d in runs.items():
+        by_stage.setdefault(d["stage"], []).append((int(d["ended_ms"]), rid))
+    for rows in by_stage.values():
+        if len(rows) > per_stage:
+            rows.sort()
+            for _, rid in rows[:-per_stage]:
+                if rid not in keep:
+                    del runs[rid]
+    return len(runs)
 
 
 def _passing(runs: dict[str, dict[str, Any]], stage: str) -> int:
