@@ -146,7 +146,11 @@ class StateStore(Generic[S]):
         snap = await asyncio.to_thread(cps.load, self.topic, partition)
         if snap is None:
             return None
-        end = (await self.transport.end_offsets(self.topic)).get(partition, 0)
+        end = (await self.transport.end_offsets(self.topic)).get(partition)
+        if end is None:  # not known now: neither usable nor proven wrong
+            log.info("stage %s: the end of %s partition %d is not known yet; restoring from the "
+                     "start", self.stage, self.topic, partition)
+            return None
         if snap.offset > end:
             log.warning("stage %s: the checkpoint of %s partition %d covers offset %d, past the "
                         "changelog's end %d (the topic was created again?); restoring from the "
@@ -167,14 +171,14 @@ class StateStore(Generic[S]):
             return
         t0 = time.perf_counter()
         ends = await self.transport.end_offsets(self.topic)
-        parts = {p for p in self._restores if self.loaded(p) and p in assigned
+        parts = {p for p in self._restores if self.loaded(p) and p in assigned and p in ends
                  and p not in self.unsure and p not in self.unreadable}
         snaps = self.snapshot(parts)
         for p in sorted(parts):
             records = snaps.get(p, [])
-            size = await asyncio.to_thread(cps.save, self.topic, p, ends.get(p, 0), records)
+            size = await asyncio.to_thread(cps.save, self.topic, p, ends[p], records)
             log.info("stage %s: checkpointed %d state records (%d bytes) of %s partition %d at "
-                     "offset %d", self.stage, len(records), size, self.topic, p, ends.get(p, 0))
+                     "offset %d", self.stage, len(records), size, self.topic, p, ends[p])
         for p in self.unsure | self.unreadable:  # an older checkpoint of it is wrong now too
             await asyncio.to_thread(cps.discard, self.topic, p)
         log.debug("stage %s: checkpoints took %.3fs", self.stage, time.perf_counter() - t0)

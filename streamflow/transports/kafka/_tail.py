@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Collection, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -78,14 +79,24 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
         consumer.seek(tp, at.offset if at is not None else ends[tp])
 
 
-async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str,
+                             wait_s: float = 0.0) -> set[int]:
     """``topic``'s partitions, once the consumer tracks it. A client that tracks no topic
     keeps (and refreshes) the metadata of every topic on the cluster: thousands of partition
-    records in each long-lived probe and tail, a worker's memory following the cluster's."""
+    records in each long-lived probe and tail, a worker's memory following the cluster's.
+    A refresh already in flight when the topic is added answers without it, and a topic
+    created a moment ago may not show yet: refreshed again for up to ``wait_s`` (at least
+    once)."""
     client = consumer._client
     await client.add_topic(topic)  # a refresh of the tracked topics only, unless tracked
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:  # created a moment ago, or a refresh already in flight without it
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
         await client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
-    return set(parts or ())
+        if parts or loop.time() >= deadline:
+            return set(parts or ())
+        await asyncio.sleep(0.1)

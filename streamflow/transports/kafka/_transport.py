@@ -208,7 +208,7 @@ class KafkaTransport:
                     group_id=group, enable_auto_commit=False, isolation_level="read_committed"))
                 await consumer.start()
                 self._probes[group] = consumer
-        parts = await tracked_partitions(consumer, topic)
+        parts = await tracked_partitions(consumer, topic, wait_s=2.0)  # topics that exist
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if group is None:
             ends = await consumer.end_offsets(tps)
