@@ -46,7 +46,8 @@ async def load_ledger(transport: Transport, settings: Settings, metrics: Metrics
     open_runs, stale = await fold_topic(
         transport, topic, stale_before=int((now - settings.ledger_retention_s) * 1000),
         where=where)
-    done, span = await _settled(transport, done_of(topic), gated, now, settings, set(where))
+    done, span, read = await _settled(transport, done_of(topic), gated, now, settings,
+                                      set(where))
     runs = merge(open_runs, done)
     leaked = [rid for rid in where if runs.get(rid, {}).get("status") in SETTLED]
     tidy: list[OutMessage] = stale + [settled_message(topic, r, where.pop(r)) for r in leaked]
@@ -54,30 +55,33 @@ async def load_ledger(transport: Transport, settings: Settings, metrics: Metrics
         await transport.publish(tidy)
         log.info("run ledger: %d old batches and %d settled runs' open records left the "
                  "compacted topic", len(stale), len(leaked))
-    metrics.ledger_loaded.update({"open": len(open_runs), "done": len(done)})
-    log.info("run ledger: read %d open runs and %d settled runs of the last %gs at start",
-             len(open_runs), len(done), span)
+    metrics.ledger_loaded.update({"open": len(open_runs), "done": read})
+    log.info("run ledger: read %d open runs and %d settled runs of the last %gs at start "
+             "(kept %d)", len(open_runs), read, span, len(done))
     return Loaded(runs, where)
 
 
 async def _settled(transport: Transport, topic: str, gated: Collection[str], now: float,
-                   s: Settings, keep: set[str]) -> tuple[dict[str, dict[str, Any]], float]:
+                   s: Settings, keep: set[str]) -> tuple[dict[str, dict[str, Any]], float, int]:
     """The dedupe window of settled runs; further back (up to retention, four times the span
     a step) while a gated stage has fewer passing runs than its history holds. Each stage
     keeps its newest ``dedupe_max_runs`` (what its dedupe window can hold) as the fold goes,
-    so a start's memory follows that bound, not the traffic of the window."""
+    so a start's memory follows that bound, not the traffic of the window. Also returns
+    how many settled runs were read."""
     span = s.dedupe_window_s
     while True:
         done: dict[str, dict[str, Any]] = {}
-        limit = 2 * s.dedupe_max_runs
+        limit, read = 2 * s.dedupe_max_runs, 0
         async for chunk in transport.scan_topic(topic, since_ms=int((now - span) * 1000)):
+            before = len(done)
             fold_raw(chunk, done, brief=True)
+            read += len(done) - before
             if len(done) > limit:
                 limit = 2 * max(s.dedupe_max_runs, prune(done, s.dedupe_max_runs, keep))
         prune(done, s.dedupe_max_runs, keep)
         if span >= s.ledger_retention_s or all(
                 _passing(done, g) >= HISTORY for g in gated):
-            return done, span
+            return done, span, read
         span = min(s.ledger_retention_s, span * 4)
 
 

@@ -91,12 +91,11 @@ async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str,
     await client.add_topic(topic)  # a refresh of the tracked topics only, unless tracked
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
+    parts = consumer.partitions_for_topic(topic)
+    while not parts:
         await client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
         if parts or loop.time() >= deadline:
-            return set(parts or ())
+            break
         await asyncio.sleep(0.1)
+    return set(parts or ())
