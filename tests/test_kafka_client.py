@@ -6,6 +6,7 @@ aiokafka's default. aiokafka is pinned; if it renames the attribute, this fails.
 from __future__ import annotations
 
 import inspect
+import logging
 
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
@@ -66,4 +67,26 @@ async def test_long_lived_readers_keep_metadata_of_their_topics_only(
     finally:
         if tail is not None:
             await tail.close()
+        await t.close()
+
+
+async def test_probing_a_topic_that_does_not_exist_yet_logs_no_error(
+        kafka_bootstrap: str, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A changelog or control topic is read before its first write, and a topic's metadata
+    lags its creation: aiokafka's "not found" ERROR for those made benchmark runs with a fresh
+    namespace count as broken. (The dev broker auto-creates a probed topic; a production one
+    does not, and the probe then finds no partitions.)"""
+    t = KafkaTransport(kafka_bootstrap, partitions=1)
+    await t.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="aiokafka"):
+            for i in range(5):
+                fresh = [f"{namespace}.fresh{i}.{n}" for n in range(4)]
+                await t.ensure_topics(fresh[:2], compacted=fresh[2:])
+                for topic in fresh:
+                    assert await t.end_offsets(topic) == {0: 0}
+                await t.end_offsets(f"{namespace}.never{i}")
+                assert await t.read_topic(f"{namespace}.never-read{i}") == []
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
         await t.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Collection, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -88,6 +89,7 @@ async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str,
     created a moment ago may not show yet: refreshed again for up to ``wait_s`` (at least
     once)."""
     client = consumer._client
+    quiet_missing([topic])
     await client.add_topic(topic)  # a refresh of the tracked topics only, unless tracked
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -99,3 +101,28 @@ async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str,
             break
         await asyncio.sleep(0.1)
     return set(parts or ())
+
+
+class _MissingProbed(logging.Filter):
+    """aiokafka logs an ERROR on every metadata refresh for a tracked topic the cluster does
+    not have. A probe asks about topics that may not exist yet (a changelog before its first
+    write, a topic being created), and "no partitions" is its answer, not a fault: those
+    records are dropped for the topics probed here, and every other topic's still logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.topics: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Topic %s not found in cluster metadata"
+                    and isinstance(record.args, tuple) and bool(record.args)
+                    and record.args[0] in self.topics)
+
+
+_QUIET_MISSING = _MissingProbed()
+logging.getLogger("aiokafka.cluster").addFilter(_QUIET_MISSING)
+
+
+def quiet_missing(topics: Collection[str]) -> None:
+    """Topics this process asks about before they exist (or a moment after creating them)."""
+    _QUIET_MISSING.topics.update(topics)

@@ -22,7 +22,7 @@ from streamflow.transports._txn import CURRENT
 from ._client import KafkaClient, Listener
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
-from ._tail import KafkaTail, tracked_partitions
+from ._tail import KafkaTail, quiet_missing, tracked_partitions
 
 COMPACTED_CONFIGS = {
     "cleanup.policy": "compact",
@@ -134,6 +134,7 @@ class KafkaTransport:
         if self._producer is None:
             return
         client = self._producer.client
+        quiet_missing(topics)  # the broker's metadata lags its creation a moment
         for t in topics:  # once it tracks topics, the client asks metadata for those only
             client.add_topic(t)
         loop = asyncio.get_running_loop()
