@@ -18,15 +18,19 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from streamflow.model import (
+    BACKFILL_MODE,
+    FORMAT_HEADER,
     H_ARRIVAL_ID,
     H_ASSET,
     H_ATTEMPT,
     H_BACKFILL,
+    H_EVENT_TIME,
     H_MODE,
     H_PARTITION,
     H_PLANNED,
     H_REPLAY,
     H_RERUN,
+    H_RUN,
     H_TRACEPARENT,
     H_VERSION,
     Arrival,
@@ -35,6 +39,7 @@ from streamflow.model import (
     OutMessage,
     header_int,
     mode_of,
+    output_id,
     stable_id,
     stable_id3,
 )
@@ -142,6 +147,16 @@ class _Batch:
         self.fired, self.fired_before = st.fired.ids.current, st.fired.ids.previous
         self.in_txn = st.sub is not None and st.sub.exactly_once
         self.name = st.name
+        self.fired_add = st.fired.add
+        asset = st.spec.output
+        if asset is not None:  # what every output of the stage shares
+            self.out_topic = st.out_topic
+            self.asset_h = (H_ASSET, st.out_asset_b)
+            self.version_h = (H_VERSION, st.out_version_b)
+            self.key_and_partition = asset.key_and_partition
+            self.event_time = asset.event_time is not None
+            self.event_time_ms = asset.event_time_ms
+            self.to_json = asset.contract.__pydantic_serializer__.to_json
 
     def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str, str, str] | bool:
         """(headers, record, run id, partition key, arrival id) of a record to run here; False
@@ -175,18 +190,24 @@ class _Batch:
     def succeeded(self, m: Message, h: dict[str, bytes], run_id: str, partition: str,
                   arrival_id: str, outputs: list[Any], started: float) -> None:
         st, tally = self.st, self.tally
-        pkey = h.get(H_PARTITION, b"default")
+        backfill_b = h.get(H_BACKFILL)
+        backfill = backfill_b.decode("utf-8", "replace") if backfill_b else ""
         mode = mode_of(h.get(H_MODE))
-        backfill = h[H_BACKFILL].decode("utf-8", "replace") if H_BACKFILL in h else ""
         tp = h.get(H_TRACEPARENT)
         started_ms = int(started * 1000)
-        placed = (pkey, m.partition) if m.topic in st.placed_topics else None
         ids = []
-        for i, rec in enumerate(outputs):
-            msg, oid = _outcomes.output_message(st, rec, i, run_id, mode, backfill, tp,
-                                                started_ms, placed)
-            self.out.append(msg)
-            ids.append(oid)
+        if outputs:
+            # What every output of the run shares, in arrival_headers' order.
+            tail: list[tuple[str, bytes]] = [(H_RUN, run_id.encode())]
+            if mode == "backfill":
+                tail.append(BACKFILL_MODE)
+            if tp is not None:
+                tail.append((H_TRACEPARENT, tp))
+            if backfill:
+                tail.append((H_BACKFILL, backfill.encode()))
+            pkey_in = h.get(H_PARTITION, b"default") if m.topic in st.placed_topics else None
+            for i, rec in enumerate(outputs):
+                ids.append(self.emit(rec, i, run_id, tail, started_ms, pkey_in, m.partition))
         ended = time.time()
         tally.durations.append(ended - started)
         tally.runs += 1
@@ -196,4 +217,19 @@ class _Batch:
             run_id, partition, 1, started_ms, int(ended * 1000),
             [[asset, partition, header_int(h.get(H_VERSION), 1), arrival_id]], ids,
             mode=mode, trace_id=trace_id_of(tp), backfill=backfill))
-        st.fired.add(run_id, m.partition, self.in_txn)
+        self.fired_add(run_id, m.partition, self.in_txn)
+
+    def emit(self, rec: Any, i: int, run_id: str, tail: list[tuple[str, bytes]],
+             started_ms: int, pkey_in: bytes | None, partition_in: int) -> str:
+        """``output_message``'s output, with what the stage and the run share built once:
+        the same message, the same id."""
+        oid = output_id(run_id, i)
+        key, pkey = self.key_and_partition(rec)
+        hdrs = [FORMAT_HEADER, (H_ARRIVAL_ID, oid.encode()), self.asset_h, self.version_h,
+                (H_PARTITION, pkey),
+                (H_EVENT_TIME, b"%d" % (self.event_time_ms(rec, started_ms)
+                                        if self.event_time else started_ms)),
+                *tail]
+        self.out.append(OutMessage(self.out_topic, self.to_json(rec), key, hdrs, pkey,
+                                   partition_in if pkey == pkey_in else None))
+        return oid

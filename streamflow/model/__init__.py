@@ -7,7 +7,7 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 """
 
 from ._alerts import Alert, AlertKind, AlertSink
-from ._arrivals import Arrival, DeadLetter, arrival_headers
+from ._arrivals import BACKFILL_MODE, FORMAT_HEADER, Arrival, DeadLetter, arrival_headers
 from ._assets import Asset, output_id, stable_id, stable_id3
 from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks, withhold_values
 from ._deadletters import dead_letter_message, describe_validation, error_info
@@ -24,6 +24,7 @@ from ._headers import (
     H_REPLAY,
     H_RERUN,
     H_RETRY_AT,
+    H_RUN,
     H_TRACEPARENT,
     H_VERSION,
     DeadLetterKind,
@@ -76,7 +77,9 @@ from ._topics import (
 from ._triggers import AllOf, AnyOf, DeadlinePolicy, Inputs, OnEach, Window, WindowRecords
 
 __all__ = [
+    "BACKFILL_MODE",
     "FINAL",
+    "FORMAT_HEADER",
     "H_ARRIVAL_ID",
     "H_ASSET",
     "H_ATTEMPT",
@@ -90,6 +93,7 @@ __all__ = [
     "H_REPLAY",
     "H_RERUN",
     "H_RETRY_AT",
+    "H_RUN",
     "H_TRACEPARENT",
     "H_VERSION",
     "MASK",

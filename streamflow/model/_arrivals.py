@@ -85,21 +85,26 @@ class Arrival:
         )
 
 
+FORMAT_HEADER = (H_FORMAT, HEADERS_VERSION)
+BACKFILL_MODE = (H_MODE, b"backfill")
+
+
 def arrival_headers(arrival_id: bytes, asset: bytes, version: bytes, partition: bytes,
                     event_time_ms: int, run: str, mode: Mode, traceparent: bytes | None,
                     replay: int = 0, backfill: str = "", rerun: str = "") -> Headers:
     """An arrival's headers, the format's one definition: ``Arrival.headers`` and the engine's
     per-batch path (which has most of them as bytes already) both build them here."""
     h: Headers = [
-        (H_FORMAT, HEADERS_VERSION),
+        FORMAT_HEADER,
         (H_ARRIVAL_ID, arrival_id),
         (H_ASSET, asset),
         (H_VERSION, version),
         (H_PARTITION, partition),
         (H_EVENT_TIME, b"%d" % event_time_ms),
         (H_RUN, run.encode()),
-        (H_MODE, b"backfill" if mode == "backfill" else b"live"),
     ]
+    if mode == "backfill":  # absent is live, for every reader since the first format
+        h.append(BACKFILL_MODE)
     if traceparent is not None:
         h.append((H_TRACEPARENT, traceparent))
     if replay:

@@ -23,13 +23,19 @@ class Slot:
     """The record key: a corrected record replaces its predecessor in a held window."""
     record: Any = None
     """The validated record, from its arrival until the run it fires (never persisted)."""
+    encoded: dict[str, Any] | None = None
+    """``to_json``'s answer: a slot does not change once made, and every later arrival for
+    its partition writes it to the changelog again."""
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"arrival_id": self.arrival_id, "version": self.version,
-             "value": self.value.decode(),
-             "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
-        if self.key is not None:
-            d["key"] = self.key
+        d = self.encoded
+        if d is None:
+            d = {"arrival_id": self.arrival_id, "version": self.version,
+                 "value": self.value.decode(),
+                 "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
+            if self.key is not None:
+                d["key"] = self.key
+            self.encoded = d
         return d
 
     @classmethod

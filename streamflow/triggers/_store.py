@@ -147,8 +147,7 @@ class TriggerStore(StateStore[PartitionState]):
                           partition=state.kafka_partition)
 
     def slot(self, wkey: str, skey: str, slot: Slot, kafka_partition: int) -> OutMessage:
-        d = slot.to_json()
-        d.update(w=wkey, k=skey, v=self.version)
+        d = {**slot.to_json(), "w": wkey, "k": skey, "v": self.version}  # to_json is shared
         return OutMessage(self.topic, orjson.dumps(d), _slot_key(wkey, skey).encode(), [],
                           partition=kafka_partition)
 
