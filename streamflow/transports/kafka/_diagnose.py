@@ -1,0 +1,112 @@
+"""Why a Kafka client could not connect, said once and in time.
+
+aiokafka's bootstrap logs each host's failure and raises only "Unable to bootstrap"; a TLS
+listener dialled in plaintext, or the reverse, may instead wait for its 40 s request timeout.
+So the transport bounds its start, and on failure dials the first bootstrap host once more,
+alone, to learn the reason: refused, credentials, an untrusted or expired certificate, TLS
+where plaintext was expected. The error names the listener, the protocol and mechanism and
+what to check; never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from pathlib import Path
+
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
+
+from streamflow.connectors import KafkaOptions, KafkaSecurity
+from streamflow.errors import TransportError
+
+START_TIMEOUT_S = 10.0
+"""A start that has not connected by then will not: the diagnosis gets the rest of 15 s."""
+PROBE_TIMEOUT_S = 4.0
+_CLOSED = "closed"
+
+
+async def diagnose(bootstrap: str, security: KafkaSecurity, options: KafkaOptions,
+                   error: BaseException) -> TransportError:
+    """A TransportError saying why ``bootstrap`` refused a client built from ``options``."""
+    what = security.security_protocol + (
+        f"/{security.sasl_mechanism}" if security.sasl_mechanism else "")
+    head = f"cannot connect to Kafka listener {bootstrap} with {what}"
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        reason = await asyncio.wait_for(_probe(host, int(port or 9092), options),
+                                        PROBE_TIMEOUT_S)
+    except TimeoutError:
+        reason = (f"no answer within {START_TIMEOUT_S + PROBE_TIMEOUT_S:.0f}s: check that "
+                  f"this port is a Kafka listener expecting {security.security_protocol}")
+    if reason is _CLOSED:
+        reason = _closed(security)
+    elif reason is None:  # one connection works: the client failed for another reason
+        reason = (f"the client did not start within {START_TIMEOUT_S:.0f}s"
+                  if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}")
+    message = f"{head}: {reason}"
+    secret = options.get("sasl_plain_password")
+    if secret:
+        message = message.replace(str(secret), "**********")
+    return TransportError(message)
+
+
+async def _probe(host: str, port: int, options: KafkaOptions) -> str | None:
+    """Why one connection fails (``_CLOSED``: the broker hung up); None if it works."""
+    keys = ("ssl_context", "security_protocol", "sasl_mechanism", "sasl_plain_username",
+            "sasl_plain_password", "sasl_oauth_token_provider")
+    try:
+        conn = await create_conn(host, port, request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
+                                 **{k: options[k] for k in keys if k in options})
+    except SaslAuthenticationFailed:
+        return ("the broker refused the credentials: check sasl_username and sasl_password "
+                "(or sasl_password_file), or the OAUTHBEARER token provider's token, and that "
+                "the user exists for this mechanism")
+    except ssl.SSLCertVerificationError as e:
+        return (f"the broker's certificate is not trusted ({e.verify_message}): check that "
+                "ssl_cafile is the CA that signed the broker's certificate and that the "
+                "certificate names the host dialled")
+    except ssl.SSLError as e:
+        return (f"the TLS handshake failed ({e.reason or e}): check that this listener "
+                "speaks TLS (security_protocol SSL or SASL_SSL) and that ssl_cafile is right")
+    except ConnectionRefusedError:
+        return ("nothing accepts connections there: check the host and port, and that the "
+                "broker runs (`streamflow services up kafka` starts the local one; unset "
+                "STREAMFLOW_KAFKA_BOOTSTRAP for the embedded transport)")
+    except KafkaConnectionError as e:
+        return _CLOSED if "closed" in str(e) else f"{e}"
+    except (OSError, KafkaError) as e:
+        return f"{type(e).__name__}: {e}"
+    conn.close()
+    return None
+
+
+def _closed(security: KafkaSecurity) -> str:
+    """The broker hung up without a word: what each side's setting makes likely."""
+    if security.tls:
+        expiry = _expired(security.ssl_certfile)
+        if expiry:
+            return (f"the broker closed the connection after the TLS handshake: the client "
+                    f"certificate ssl_certfile {security.ssl_certfile} expired on {expiry}; "
+                    "renew it")
+        return ("the broker closed the connection after the TLS handshake: it rejected the "
+                "client certificate, or the listener expects another protocol. Check "
+                "ssl_certfile (present, signed by a CA the broker trusts, not expired) and "
+                "security_protocol (SASL_SSL listeners need sasl_mechanism too)")
+    return ("the broker closed the connection without answering: the listener likely "
+            "expects TLS or SASL. Check security_protocol (SSL or SASL_SSL for a TLS "
+            "listener, with ssl_cafile) and sasl_mechanism against the listener's settings")
+
+
+def _expired(certfile: Path | None) -> str | None:
+    """The certificate's notAfter if it has passed (CPython's own PEM decoder, best effort)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if certfile is None or decode is None:
+        return None
+    with contextlib.suppress(Exception):
+        not_after = str(decode(str(certfile))["notAfter"])
+        if ssl.cert_time_to_seconds(not_after) < time.time():
+            return not_after
+    return None
