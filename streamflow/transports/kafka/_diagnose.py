@@ -36,7 +36,7 @@ async def diagnose(bootstrap: str, security: KafkaSecurity, options: KafkaOption
     head = f"cannot connect to Kafka listener {bootstrap} with {what}"
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     try:
-        reason = await asyncio.wait_for(_probe(host, int(port or 9092), options),
+        reason = await asyncio.wait_for(_probe(host, int(port or 9092), security, options),
                                         PROBE_TIMEOUT_S)
     except TimeoutError:
         reason = (f"no answer within {START_TIMEOUT_S + PROBE_TIMEOUT_S:.0f}s: check that "
@@ -45,15 +45,19 @@ async def diagnose(bootstrap: str, security: KafkaSecurity, options: KafkaOption
         reason = _closed(security)
     elif reason is None:  # one connection works: the client failed for another reason
         reason = (f"the client did not start within {START_TIMEOUT_S:.0f}s"
-                  if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}")
-    message = f"{head}: {reason}"
+                  if isinstance(error, TimeoutError) else _said(error, options))
+    return TransportError(f"{head}: {reason}")
+
+
+def _said(e: BaseException, options: KafkaOptions) -> str:
+    """An exception's own words (aiokafka's never hold the password; masked all the same)."""
+    text = f"{type(e).__name__}: {e}".rstrip(": ")
     secret = options.get("sasl_plain_password")
-    if secret:
-        message = message.replace(str(secret), "**********")
-    return TransportError(message)
+    return text.replace(str(secret), "**********") if secret else text
 
 
-async def _probe(host: str, port: int, options: KafkaOptions) -> str | None:
+async def _probe(host: str, port: int, security: KafkaSecurity,
+                 options: KafkaOptions) -> str | None:
     """Why one connection fails (``_CLOSED``: the broker hung up); None if it works."""
     keys = ("ssl_context", "security_protocol", "sasl_mechanism", "sasl_plain_username",
             "sasl_plain_password", "sasl_oauth_token_provider")
@@ -71,14 +75,20 @@ async def _probe(host: str, port: int, options: KafkaOptions) -> str | None:
     except ssl.SSLError as e:
         return (f"the TLS handshake failed ({e.reason or e}): check that this listener "
                 "speaks TLS (security_protocol SSL or SASL_SSL) and that ssl_cafile is right")
+    except ConnectionResetError as e:
+        if security.tls:
+            return ("the listener reset the TLS handshake: it likely speaks plaintext. Check "
+                    "security_protocol (PLAINTEXT or SASL_PLAINTEXT for a plaintext listener)")
+        return _said(e, options)
     except ConnectionRefusedError:
         return ("nothing accepts connections there: check the host and port, and that the "
                 "broker runs (`streamflow services up kafka` starts the local one; unset "
                 "STREAMFLOW_KAFKA_BOOTSTRAP for the embedded transport)")
     except KafkaConnectionError as e:
-        return _CLOSED if "closed" in str(e) else f"{e}"
+        return _CLOSED if "closed" in str(e) else _said(e, options)
     except (OSError, KafkaError) as e:
-        return f"{type(e).__name__}: {e}"
+        return (f"{_said(e, options)}: check security_protocol and sasl_mechanism against the "
+                "listener's (its protocol and enabled mechanisms)")
     conn.close()
     return None
 
