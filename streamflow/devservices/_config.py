@@ -45,6 +45,12 @@ POSTGRES_DB = "streamflow"
 POSTGRES_DSN = (
     f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
 )
+# A role that may log in only over TLS, with scram-sha-256 (docs/security.md).
+POSTGRES_TLS_USER = "streamflow_tls"
+POSTGRES_TLS_PASSWORD = "streamflow-dev-tls"  # a fixed dev value
+POSTGRES_TLS_DSN = f"postgresql://{POSTGRES_TLS_USER}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
+"""Without the password: give it as the connectors' ``password``, ``password_file`` or
+``password_env``, and ``sslmode=verify-full`` with ``sslrootcert`` the dev CA."""
 
 SERVICE_NAMES: tuple[str, ...] = ("kafka", "postgres", "jaeger")
 """Start order: Kafka and Postgres are quick; Jaeger may compile for minutes the first time."""
