@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from streamflow import Asset, Pipeline, Settings, Worker
 from streamflow import devservices as dev
+from streamflow.cli import main
 from streamflow.connectors import KafkaSecurity
 from streamflow.connectors.testing import MemorySink
 from streamflow.devservices import DevPki, dev_pki
@@ -104,7 +106,8 @@ WRONG = "wrong-pw-planted-Qz7"
 @pytest.mark.parametrize("case", ["wrong password", "untrusted CA", "expired certificate",
                                   "plaintext to TLS"])
 async def test_a_refused_connection_ends_in_one_clear_error_within_15s(
-        case: str, pki: DevPki) -> None:
+        case: str, pki: DevPki, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     bootstrap, security, says = {
         "wrong password": (dev.KAFKA_SCRAM_BOOTSTRAP, scram(pki, WRONG),
                            "refused the credentials: check sasl_username and sasl_password"),
@@ -134,6 +137,8 @@ async def test_a_refused_connection_ends_in_one_clear_error_within_15s(
     assert says in message
     assert WRONG not in message and dev.KAFKA_SCRAM_PASSWORD not in message
     assert "streamflow-dev-store" not in message
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not said, f"one error, not also these log lines: {said}"
 
 
 async def test_nothing_listening_is_said_plainly_and_at_once() -> None:
@@ -144,3 +149,23 @@ async def test_nothing_listening_is_said_plainly_and_at_once() -> None:
         await asyncio.wait_for(t.start(), 30)
     await t.close()
     assert time.monotonic() - started < 5
+
+
+def test_the_cli_says_the_same_through_the_settings(
+        pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``dlq list`` (as every CLI that reads Kafka) connects through the transport's start."""
+    (tmp_path / "pw").write_text(WRONG)
+    for name, value in {"SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512",
+                        "SASL_USERNAME": dev.KAFKA_SCRAM_USER, "SSL_CAFILE": str(pki.ca),
+                        "SASL_PASSWORD_FILE": str(tmp_path / "pw")}.items():
+        monkeypatch.setenv(f"STREAMFLOW_KAFKA_{name}", value)
+    started = time.monotonic()
+    assert main(["dlq", "list", "--kafka", dev.KAFKA_SCRAM_BOOTSTRAP,
+                 "--state-dir", str(tmp_path / "state")]) == 2
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamflow: error: cannot connect to Kafka listener "
+                          f"{dev.KAFKA_SCRAM_BOOTSTRAP} with SASL_SSL/SCRAM-SHA-512: the broker "
+                          "refused the credentials"), err
+    assert WRONG not in err

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka.conn import create_conn
@@ -26,6 +28,27 @@ START_TIMEOUT_S = 10.0
 """A start that has not connected by then will not: the diagnosis gets the rest of 15 s."""
 PROBE_TIMEOUT_S = 4.0
 _CLOSED = "closed"
+
+
+class _Demote(logging.Filter):
+    """aiokafka's per-host bootstrap errors become debug lines: the error raised says more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(("Unable connect to", "Unable to request metadata")):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+@contextlib.contextmanager
+def bootstrap_errors_demoted() -> Iterator[None]:
+    """While a start runs (another client bootstrapping then is demoted too: debug, not lost)."""
+    logger, demote = logging.getLogger("aiokafka"), _Demote()
+    logger.addFilter(demote)
+    try:
+        yield
+    finally:
+        logger.removeFilter(demote)
 
 
 async def diagnose(bootstrap: str, security: KafkaSecurity, options: KafkaOptions,

@@ -20,7 +20,7 @@ from streamflow.transports._protocol import AssignCallback
 from streamflow.transports._txn import CURRENT
 
 from ._client import KafkaClient, Listener
-from ._diagnose import START_TIMEOUT_S, diagnose
+from ._diagnose import START_TIMEOUT_S, bootstrap_errors_demoted, diagnose
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
 from ._tail import KafkaTail, tracked_partitions
@@ -86,7 +86,8 @@ class KafkaTransport:
         """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
         self._producer = AIOKafkaProducer(**self.client.producer_config())
         try:
-            await asyncio.wait_for(self._producer.start(), START_TIMEOUT_S)
+            with bootstrap_errors_demoted():
+                await asyncio.wait_for(self._producer.start(), START_TIMEOUT_S)
         except (KafkaError, OSError, TimeoutError) as e:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
