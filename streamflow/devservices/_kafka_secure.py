@@ -49,11 +49,14 @@ def protocol_map() -> str:
 
 
 def properties(pki: DevPki) -> str:
-    """The broker settings of the secured listeners (TLS material, mechanisms, JAAS)."""
+    """The broker settings of the secured listeners (TLS material, mechanisms, JAAS). A
+    comment carries the certificates' digest: new ones change the file, so ``up`` restarts."""
+    digest = hashlib.sha256(pki.ca.read_bytes() + pki.server_keystore.read_bytes()).hexdigest()
     scram = "".join(
         f"listener.name.scram.{m.lower()}.sasl.jaas.config={_SCRAM_MODULE} required;\n"
         for m in SCRAM_MECHANISMS)
-    return f"""ssl.keystore.type=PKCS12
+    return f"""# dev CA and keystore sha256 {digest[:16]}
+ssl.keystore.type=PKCS12
 ssl.keystore.location={pki.server_keystore}
 ssl.keystore.password={PKI_STORE_PASSWORD}
 ssl.key.password={PKI_STORE_PASSWORD}
