@@ -169,3 +169,14 @@ def test_the_cli_says_the_same_through_the_settings(
                           f"{dev.KAFKA_SCRAM_BOOTSTRAP} with SASL_SSL/SCRAM-SHA-512: the broker "
                           "refused the credentials"), err
     assert WRONG not in err
+
+
+def test_up_again_keeps_the_broker_and_its_scram_user(
+        pki: DevPki, capfd: pytest.CaptureFixture[str]) -> None:
+    """A warm machine: the broker already runs these settings and has the user, so `up`
+    neither restarts it nor starts a JVM to add the user again."""
+    before = dev.status(["kafka"])["kafka"].pid
+    dev.up(["kafka"])
+    err = capfd.readouterr().err
+    assert "restarting" not in err and "adding SCRAM user" not in err, err
+    assert dev.status(["kafka"])["kafka"].pid == before

@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from streamflow.errors import ServiceError
+
 from ._base import progress
 from ._config import HOST, POSTGRES_TLS_PASSWORD, POSTGRES_TLS_USER
 from ._pki import DevPki
@@ -36,6 +38,20 @@ def _conf(tls_dir: Path) -> str:
 def ensure_tls(conf_dir: Path, pki: DevPki, reload: Callable[[], None]) -> bool:
     """Install the certificates, the settings and the pg_hba rules where they differ; reload
     if anything changed. Returns whether it did."""
+    try:
+        changed = _install(conf_dir, pki)
+    except OSError as e:
+        raise ServiceError(f"postgres: cannot install TLS settings in {conf_dir} "
+                           f"({e.strerror or e}); run `streamflow services up postgres` as the "
+                           "user that owns the cluster's configuration (root on Debian)") from e
+    if changed:
+        progress("postgres: TLS (dev CA) and the TLS-only role's pg_hba rules installed; "
+                 "reloading")
+        reload()
+    return changed
+
+
+def _install(conf_dir: Path, pki: DevPki) -> bool:
     tls_dir = conf_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     changed = False
@@ -51,9 +67,6 @@ def ensure_tls(conf_dir: Path, pki: DevPki, reload: Callable[[], None]) -> bool:
         changed |= _put(hba, (_hba_block() + text).encode())  # first match wins: on top
     if changed:
         _own(tls_dir)
-        progress("postgres: TLS (dev CA) and the TLS-only role's pg_hba rules installed; "
-                 "reloading")
-        reload()
     return changed
 
 

@@ -130,3 +130,12 @@ def test_password_settings_are_checked_up_front(tmp_path: Path, secret_file: Pat
                                                                 "sslmode"):
         build_sink("postgres", {**base, "dsn": "postgresql://u@h/db",
                                 "sslrootcert": str(secret_file)})
+
+
+def test_up_again_changes_nothing(pki: DevPki, capfd: pytest.CaptureFixture[str]) -> None:
+    """A warm machine: the TLS settings are in place, so `up` neither rewrites nor reloads."""
+    dev.up(["postgres"])
+    assert "reloading" not in capfd.readouterr().err
+    conf = next(Path("/etc/postgresql").glob("*/streamflow/pg_hba.conf"))
+    assert conf.read_text().startswith("# streamflow devservices: TLS-only role (begin)\n"
+                                       "hostssl all streamflow_tls 127.0.0.1/32 scram-sha-256\n")
