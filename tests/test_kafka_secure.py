@@ -180,3 +180,28 @@ def test_up_again_keeps_the_broker_and_its_scram_user(
     err = capfd.readouterr().err
     assert "restarting" not in err and "adding SCRAM user" not in err, err
     assert dev.status(["kafka"])["kafka"].pid == before
+
+
+async def test_a_listener_that_never_answers_ends_within_15s_not_40() -> None:
+    """A port that accepts and stays silent (a TLS listener dialled with the wrong protocol may
+    behave so): aiokafka would wait for its request timeout; the start gives up in time."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t = KafkaTransport(f"127.0.0.1:{port}", security=KafkaSecurity())
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError, match=rf"listener 127\.0\.0\.1:{port} with PLAINTEXT: "
+                                                 r"no answer within 13s: check that this port "
+                                                 r"is a Kafka listener expecting PLAINTEXT"):
+            await t.start()
+    finally:
+        await t.close()
+        for w in accepted:
+            w.close()
+        server.close()
+    assert accepted and time.monotonic() - started < 15

@@ -26,7 +26,7 @@ from streamflow.errors import TransportError
 
 START_TIMEOUT_S = 10.0
 """A start that has not connected by then will not: the diagnosis gets the rest of 15 s."""
-PROBE_TIMEOUT_S = 4.0
+PROBE_TIMEOUT_S = 3.0
 _CLOSED = "closed"
 
 
