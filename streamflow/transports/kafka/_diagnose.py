@@ -1,11 +1,12 @@
 """Why a Kafka client could not connect, said once and in time.
 
-aiokafka's bootstrap logs each host's failure and raises only "Unable to bootstrap"; a TLS
-listener dialled in plaintext, or the reverse, may instead wait for its 40 s request timeout.
-So the transport bounds its start, and on failure dials the first bootstrap host once more,
-alone, to learn the reason: refused, credentials, an untrusted or expired certificate, TLS
-where plaintext was expected. The error names the listener, the protocol and mechanism and
-what to check; never a secret.
+aiokafka's bootstrap logs each host's failure and raises only "Unable to bootstrap"; a
+listener that never answers, or a refused OAUTHBEARER token (aiokafka takes the broker's error
+challenge for success), leaves it retrying until a request timeout or for ever. So a start is
+bounded, and when it fails, or is still running after ``EARLY_PROBE_S``, the first bootstrap
+host is dialled once more, alone, to learn the reason: refused, credentials, a token, an
+untrusted or expired certificate, TLS where plaintext was expected. The error names the
+listener, the protocol and mechanism and what to check; never a secret.
 """
 
 from __future__ import annotations
@@ -15,26 +16,39 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+    SaslAuthenticationFailed,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streamflow.connectors import KafkaOptions, KafkaSecurity
 from streamflow.errors import TransportError
 
 START_TIMEOUT_S = 10.0
-"""A start that has not connected by then will not: the diagnosis gets the rest of 15 s."""
+"""A start that has not connected by then will not; with the probe, all ends within 15 s."""
+EARLY_PROBE_S = 2.0
+"""A start still running then is probed beside it: a definite refusal ends it at once."""
 PROBE_TIMEOUT_S = 3.0
 _CLOSED = "closed"
+_UNSURE = ("no answer within", "the broker's metadata names no broker")
+_NOISE = ("Unable connect to", "Unable to request metadata", "Unable to update metadata from",
+          "No broker metadata found", "Cannot send ")
+_NOISY = ("aiokafka", "aiokafka.cluster", "aiokafka.producer.sender")
 
 
 class _Demote(logging.Filter):
-    """aiokafka's per-host bootstrap errors become debug lines: the error raised says more."""
+    """aiokafka's bootstrap retries become debug lines: the error raised says more."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith(("Unable connect to", "Unable to request metadata")):
+        if str(record.msg).startswith(_NOISE):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -42,34 +56,67 @@ class _Demote(logging.Filter):
 
 @contextlib.contextmanager
 def bootstrap_errors_demoted() -> Iterator[None]:
-    """While a start runs (another client bootstrapping then is demoted too: debug, not lost)."""
-    logger, demote = logging.getLogger("aiokafka"), _Demote()
-    logger.addFilter(demote)
+    """While a start runs (another client's such lines then are debug too, not lost)."""
+    demote = _Demote()
+    for name in _NOISY:
+        logging.getLogger(name).addFilter(demote)
     try:
         yield
     finally:
-        logger.removeFilter(demote)
+        for name in _NOISY:
+            logging.getLogger(name).removeFilter(demote)
 
 
-async def diagnose(bootstrap: str, security: KafkaSecurity, options: KafkaOptions,
-                   error: BaseException) -> TransportError:
-    """A TransportError saying why ``bootstrap`` refused a client built from ``options``."""
+async def start_in_time(start: Awaitable[None], bootstrap: str, security: KafkaSecurity,
+                        options: KafkaOptions) -> None:
+    """Await a client's ``start()``, or raise one TransportError saying why it cannot."""
+    task = asyncio.ensure_future(start)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    try:
+        with bootstrap_errors_demoted():
+            done, _ = await asyncio.wait({task}, timeout=EARLY_PROBE_S)
+            if not done:
+                reason = await _reason(bootstrap, security, options)
+                if reason is not None and not reason.startswith(_UNSURE):
+                    # a definite refusal: no use waiting (silence may be a slow broker)
+                    raise TransportError(_head(bootstrap, security) + reason)
+                await asyncio.wait_for(task, max(0.0, deadline - loop.time()))
+            task.result()
+    except (KafkaError, OSError, TimeoutError) as e:
+        raise await _explain(bootstrap, security, options, e) from e
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _head(bootstrap: str, security: KafkaSecurity) -> str:
     what = security.security_protocol + (
         f"/{security.sasl_mechanism}" if security.sasl_mechanism else "")
-    head = f"cannot connect to Kafka listener {bootstrap} with {what}"
+    return f"cannot connect to Kafka listener {bootstrap} with {what}: "
+
+
+async def _reason(bootstrap: str, security: KafkaSecurity, options: KafkaOptions) -> str | None:
+    """What one fresh connection to the first host shows; None if it works."""
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     try:
         reason = await asyncio.wait_for(_probe(host, int(port or 9092), security, options),
                                         PROBE_TIMEOUT_S)
     except TimeoutError:
-        reason = (f"no answer within {START_TIMEOUT_S + PROBE_TIMEOUT_S:.0f}s: check that "
-                  f"this port is a Kafka listener expecting {security.security_protocol}")
-    if reason is _CLOSED:
-        reason = _closed(security)
-    elif reason is None:  # one connection works: the client failed for another reason
+        return (f"no answer within {PROBE_TIMEOUT_S:.0f}s: check that this port is a Kafka "
+                f"listener expecting {security.security_protocol}")
+    return _closed(security) if reason is _CLOSED else reason
+
+
+async def _explain(bootstrap: str, security: KafkaSecurity, options: KafkaOptions,
+                   error: BaseException) -> TransportError:
+    reason = await _reason(bootstrap, security, options)
+    if reason is None:  # one connection works: the client failed for another reason
         reason = (f"the client did not start within {START_TIMEOUT_S:.0f}s"
                   if isinstance(error, TimeoutError) else _said(error, options))
-    return TransportError(f"{head}: {reason}")
+    return TransportError(_head(bootstrap, security) + reason)
 
 
 def _said(e: BaseException, options: KafkaOptions) -> str:
@@ -87,6 +134,8 @@ async def _probe(host: str, port: int, security: KafkaSecurity,
     try:
         conn = await create_conn(host, port, request_timeout_ms=int(PROBE_TIMEOUT_S * 1000),
                                  **{k: options[k] for k in keys if k in options})
+    except (RequestTimedOutError, KafkaTimeoutError) as e:  # silence, maybe only a slow broker
+        raise TimeoutError from e
     except SaslAuthenticationFailed:
         return ("the broker refused the credentials: check sasl_username and sasl_password "
                 "(or sasl_password_file), or the OAUTHBEARER token provider's token, and that "
@@ -112,8 +161,22 @@ async def _probe(host: str, port: int, security: KafkaSecurity,
     except (OSError, KafkaError) as e:
         return (f"{_said(e, options)}: check security_protocol and sasl_mechanism against the "
                 "listener's (its protocol and enabled mechanisms)")
-    conn.close()
-    return None
+    try:  # aiokafka takes an OAUTHBEARER error challenge for success; the broker then
+        # answers metadata naming no broker, and the client waits for ever
+        meta = await conn.send(MetadataRequest([]))
+    except (RequestTimedOutError, KafkaTimeoutError) as e:
+        raise TimeoutError from e
+    except (KafkaError, OSError) as e:
+        return _said(e, options)
+    finally:
+        conn.close()
+    if meta.brokers:
+        return None
+    if security.sasl_mechanism == "OAUTHBEARER":
+        return ("the broker refused the token (its metadata names no broker after the "
+                "OAUTHBEARER exchange): check the token provider's token (expiry, subject, "
+                "scope, signature)")
+    return "the broker's metadata names no broker: check that it is a Kafka broker and ready"
 
 
 def _closed(security: KafkaSecurity) -> str:

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequ
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from streamflow.connectors import KafkaSecurity
 from streamflow.errors import TransportError
@@ -20,7 +20,7 @@ from streamflow.transports._protocol import AssignCallback
 from streamflow.transports._txn import CURRENT
 
 from ._client import KafkaClient, Listener
-from ._diagnose import START_TIMEOUT_S, bootstrap_errors_demoted, diagnose
+from ._diagnose import start_in_time
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
 from ._tail import KafkaTail, tracked_partitions
@@ -86,14 +86,13 @@ class KafkaTransport:
         """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
         self._producer = AIOKafkaProducer(**self.client.producer_config())
         try:
-            with bootstrap_errors_demoted():
-                await asyncio.wait_for(self._producer.start(), START_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as e:
+            await start_in_time(self._producer.start(), self.bootstrap, self.client.security,
+                                self.client.options)
+        except TransportError:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
-            raise await diagnose(self.bootstrap, self.client.security, self.client.options,
-                                 e) from e
+            raise
 
     async def close(self) -> None:
         for s in list(self._subs):
