@@ -104,6 +104,9 @@ def ensure_scram_users(java: list[str], run_dir: Path, meta: Path) -> None:
              "--add-config-file", path],
             cwd=run_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"kafka: adding SCRAM user {KAFKA_SCRAM_USER!r} took over 120 s "
+                           "(kafka.admin.ConfigCommand); is the broker overloaded?") from None
     finally:
         os.unlink(path)
     if result.returncode != 0:
