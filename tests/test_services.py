@@ -81,7 +81,7 @@ def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     kafka = out["kafka"]
     assert kafka["running"] is True
     assert isinstance(kafka["pid"], int)
-    assert kafka["ports"] == [9092, 9093]
+    assert kafka["ports"] == [9092, 9093, 9194, 9195, 9196]
     assert kafka["bootstrap"] == services.KAFKA_BOOTSTRAP
     assert kafka["version"] == services.KAFKA_VERSION
     assert kafka["log"].endswith("kafka.log")

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequ
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from streamflow.connectors import KafkaSecurity
 from streamflow.errors import TransportError
@@ -20,6 +20,7 @@ from streamflow.transports._protocol import AssignCallback
 from streamflow.transports._txn import CURRENT
 
 from ._client import KafkaClient, Listener
+from ._diagnose import start_in_time
 from ._eos import KafkaEosSubscription
 from ._subscription import KafkaSubscription
 from ._tail import KafkaTail, quiet_missing, tracked_partitions
@@ -82,18 +83,16 @@ class KafkaTransport:
         self._probing = asyncio.Lock()
 
     async def start(self) -> None:
+        """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
         self._producer = AIOKafkaProducer(**self.client.producer_config())
         try:
-            await self._producer.start()
-        except KafkaConnectionError as e:
+            await start_in_time(self._producer.start(), self.bootstrap, self.client.security,
+                                self.client.options)
+        except TransportError:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
-            raise TransportError(
-                f"cannot reach Kafka at {self.bootstrap}: {e}. Start it with "
-                "`streamflow services up kafka`, or unset STREAMFLOW_KAFKA_BOOTSTRAP to use "
-                "the embedded transport."
-            ) from e
+            raise
 
     async def close(self) -> None:
         for s in list(self._subs):
