@@ -204,3 +204,17 @@ def test_a_slow_service_that_keeps_logging_is_waited_for(tmp_path: Path) -> None
                                            r"without a new log line\)"):
         await_ready("silent", silent, lambda: False, tmp_path / "silent.log", timeout=1.0)
     assert not alive(silent)  # stopped, not left behind
+
+
+def test_cli_brokers_3_names_the_cluster_in_kafkas_place(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Status only: the cluster itself is started by tests/cluster (the CI's cluster phase)."""
+    args = _parser().parse_args(["services", "status", "--json", "--brokers", "3", "kafka"])
+    args.func(args)
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == [services.KAFKA_CLUSTER]
+    assert out[services.KAFKA_CLUSTER]["ports"] == [19092, 19093, 19094, 19192, 19193, 19194]
+    assert out[services.KAFKA_CLUSTER]["bootstrap"] == services.KAFKA_CLUSTER_BOOTSTRAP
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["services", "up", "--help"])
+    assert "--brokers" in capsys.readouterr().out

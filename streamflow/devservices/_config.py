@@ -29,6 +29,13 @@ KAFKA_SCRAM_USER = "streamflow"
 KAFKA_SCRAM_PASSWORD = "streamflow-dev-scram"  # a fixed dev value, like POSTGRES_PASSWORD
 PKI_STORE_PASSWORD = "streamflow-dev-store"  # the broker's PKCS#12 keystore
 
+# The three-node KRaft cluster (`streamflow services up kafka --brokers 3`): its own ports and
+# data, so it runs beside the single broker above. Node n (1-3) takes the n-th of each.
+KAFKA_CLUSTER = "kafka-cluster"
+KAFKA_CLUSTER_PORTS = (19092, 19093, 19094)
+KAFKA_CLUSTER_CONTROLLER_PORTS = (19192, 19193, 19194)
+KAFKA_CLUSTER_BOOTSTRAP = ",".join(f"{HOST}:{port}" for port in KAFKA_CLUSTER_PORTS)
+
 JAEGER_QUERY_PORT = 16686
 JAEGER_QUERY_GRPC_PORT = 16685
 OTLP_GRPC_PORT = 4317
