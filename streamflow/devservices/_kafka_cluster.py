@@ -173,6 +173,8 @@ def _spawn(node: int) -> int:
                       "-c", str(config)),
             f"{NAME}: storage format of node {node}", cwd=ndir)
     progress(f"{NAME}: starting node {node} on {HOST}:{_port(node)}")
+    if _log(node).exists():  # a restart after a kill: the crash's log stays readable
+        _log(node).replace(_log(node).with_suffix(".log.1"))
     pid = spawn_detached(_java_cmd("kafka.Kafka", str(config), heap=HEAP), log=_log(node),
                          cwd=ndir)
     _pid_file(node).write_text(f"{pid}\n")

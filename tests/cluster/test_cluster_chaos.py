@@ -14,6 +14,7 @@ there exactly once and every poison record dead-lettered once, judged by the ora
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streamflow import devservices as services
 from streamflow.devservices import _kafka_cluster as cluster
@@ -178,9 +180,14 @@ async def _faults(bootstrap: str, side: Side, chaos: Chaos, rnd: random.Random) 
 
 
 async def _coordinator(bootstrap: str, key: str, key_type: int) -> int:
+    """The node coordinating ``key``; asked again while the client picks a dead node to ask."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
+        for _ in range(20):
+            with contextlib.suppress(KafkaError, TimeoutError):
+                return await asyncio.wait_for(admin.find_coordinator(key, key_type), 2)
+            await asyncio.sleep(0.1)
         return await admin.find_coordinator(key, key_type)
     finally:
         await admin.close()
