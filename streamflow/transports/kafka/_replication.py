@@ -51,7 +51,7 @@ async def resolve(admin: AIOKafkaAdminClient, wanted: Replication) -> Resolved:
         raise TransportError("Kafka reports no live broker: cannot create topics")
     factor = wanted.factor
     if factor is None:
-        factor = int((await _broker_configs(admin, brokers[0])).get(DEFAULT_RF, "1"))
+        factor = await _broker_default(admin, brokers[0])
     insync = wanted.min_insync
     if factor > len(brokers):
         log.warning(
@@ -67,10 +67,21 @@ async def resolve(admin: AIOKafkaAdminClient, wanted: Replication) -> Resolved:
     return Resolved(factor, insync, len(brokers))
 
 
-async def _broker_configs(admin: AIOKafkaAdminClient, node: int) -> dict[str, str]:
+async def _broker_default(admin: AIOKafkaAdminClient, node: int) -> int:
+    """The broker's ``default.replication.factor``. Unreadable (no DescribeConfigs right on
+    the cluster), it is an error: guessing 1 would leave a production topic on one broker."""
     res = await admin.describe_configs(
         [ConfigResource(ConfigResourceType.BROKER, str(node), {DEFAULT_RF: None})])
-    return {e[0]: e[1] for resp in res for r in resp.resources for e in r[4]}
+    for r in (r for resp in res for r in resp.resources):
+        value = {e[0]: e[1] for e in r[4]}.get(DEFAULT_RF)
+        if not r[0] and value is not None:
+            return int(value)
+        raise TransportError(
+            f"cannot read {DEFAULT_RF} of Kafka broker {node} "
+            f"({r[1] or (for_code(r[0]).__name__ if r[0] else 'not in its answer')}): set "
+            "replication_factor (STREAMFLOW_REPLICATION_FACTOR) to the replicas StreamFlow's "
+            "topics should have")
+    raise TransportError(f"Kafka broker {node} did not describe its {DEFAULT_RF}")
 
 
 def new_topic(name: str, partitions: int, resolved: Resolved,
