@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import uuid
+from functools import partial
 from pathlib import Path
 
 from ._base import (
@@ -24,6 +25,7 @@ from ._base import (
     check_port_free,
     locked,
     our_pid,
+    port_in_use,
     progress,
     run,
     spawn_detached,
@@ -50,6 +52,14 @@ HEAP = ("-Xms128m", "-Xmx512m")
 
 def _port(node: int) -> int:
     return KAFKA_CLUSTER_PORTS[node - 1]
+
+
+def _ports_of(node: int) -> tuple[int, int]:
+    return _port(node), KAFKA_CLUSTER_CONTROLLER_PORTS[node - 1]
+
+
+def _ports_free(node: int) -> bool:
+    return not any(port_in_use(port) for port in _ports_of(node))
 
 
 def _node_dir(node: int) -> Path:
@@ -137,7 +147,9 @@ def up() -> ServiceStatus:
             pid = node_pid(node)
             if pid is not None:  # ours but not serving: start it afresh
                 stop_pid_service(f"{NAME} node {node}", pid, _pid_file(node))
-            for port in (_port(node), KAFKA_CLUSTER_CONTROLLER_PORTS[node - 1]):
+            # A JVM killed a moment ago may still hold its sockets while its threads end.
+            wait_until(partial(_ports_free, node), timeout=10)
+            for port in _ports_of(node):
                 check_port_free(port, f"{NAME} node {node}")
         started = {node: _spawn(node) for node in down_nodes}
         for node, pid in started.items():  # the quorum needs them all at once: wait after
@@ -182,13 +194,15 @@ def _spawn(node: int) -> int:
 
 
 def kill_node(node: int) -> int:
-    """SIGKILL one node (a crash, not a shutdown); returns its pid once it is gone. ``up``
-    restarts it."""
+    """SIGKILL one node (a crash, not a shutdown); returns its pid once it is gone and its
+    ports are free. ``up`` restarts it."""
     pid = node_pid(node)
     if pid is None:
         raise RuntimeError(f"{NAME} node {node} is not running")
     os.kill(pid, signal.SIGKILL)
-    if not wait_until(lambda: not alive(pid), timeout=10, interval=0.02):
+    gone = wait_until(lambda: not alive(pid), timeout=10, interval=0.02) and wait_until(
+        lambda: _ports_free(node), timeout=10, interval=0.05)
+    if not gone:
         raise RuntimeError(f"{NAME} node {node} (pid {pid}) outlived SIGKILL for 10 s")
     return pid
 
