@@ -10,6 +10,7 @@ lane, a bad record, a failing run) goes the general way, where it is handled one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable
@@ -50,6 +51,9 @@ from streamflow.transports import Subscription
 
 from . import _outcomes
 from ._outcomes import StageLike
+
+UNTRACED = contextlib.nullcontext()
+"""Reusable (it keeps no state): the context of a batch's runs when tracing is off."""
 
 # Headers that send a record the general way: a planned or retried run, a replay, a rerun.
 _UNUSUAL = frozenset((H_PLANNED, H_ATTEMPT, H_REPLAY, H_RERUN))
@@ -118,15 +122,12 @@ async def handle_each(st: EachStage, msgs: list[Message], out: list[OutMessage],
         started = time.time()
         if m.timestamp_ms > 0:
             b.tally.fire_latency.append(max(0.0, started - m.timestamp_ms / 1000))
-        try:
-            if b.traced:  # user code logs under the record's trace id
-                with tr.run_context(None, h.get(H_TRACEPARENT)):
-                    result = fn(record)
-            else:
+        try:  # user code logs under the record's trace id, an async stage's body included
+            with tr.run_context(None, h.get(H_TRACEPARENT)) if b.traced else UNTRACED:
                 result = fn(record)
-            if is_async:
-                result = await cast(Awaitable[Any], result)
-            outputs = _outcomes.outputs_of(result, out_asset)
+                if is_async:
+                    result = await cast(Awaitable[Any], result)
+                outputs = _outcomes.outputs_of(result, out_asset)
         except Exception as e:  # user code: retried or dead-lettered, as on the general path
             plan = st.plan_each(m, Arrival.from_message(m.key, m.value, m.headers), record)
             st.ctx.counters.runs += 1
@@ -157,7 +158,6 @@ class _Batch:
             self.key_and_partition = asset.key_and_partition
             self.event_time = asset.event_time is not None
             self.event_time_ms = asset.event_time_ms
-            self.to_json = asset.contract.__pydantic_serializer__.to_json
 
     def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str, str, str] | bool:
         """(headers, record, run id, partition key, arrival id) of a record to run here; False
@@ -248,6 +248,7 @@ class _Batch:
                 (H_EVENT_TIME, b"%d" % (self.event_time_ms(rec, started_ms)
                                         if self.event_time else started_ms)),
                 *tail]
-        self.out.append(OutMessage(self.out_topic, self.to_json(rec), key, hdrs, pkey,
+        self.out.append(OutMessage(self.out_topic, rec.__pydantic_serializer__.to_json(rec),
+                                   key, hdrs, pkey,
                                    partition_in if pkey == pkey_in else None))
         return oid

@@ -22,7 +22,7 @@ from streamflow.state import compact_inputs
 from streamflow.triggers import Refused, TriggerRuntime
 
 from . import _outcomes
-from ._each import EachStage, _Batch
+from ._each import UNTRACED, EachStage, _Batch
 from ._redact import add_plan
 
 
@@ -82,15 +82,12 @@ async def _run(st: TriggeredStage, b: _Batch, plan: PlannedRun, m: Message,
     started = time.time()
     if m.timestamp_ms > 0:
         b.tally.fire_latency.append(max(0.0, started - m.timestamp_ms / 1000))
-    try:
-        if b.traced:  # user code logs under the run's trace id
-            with tr.run_context(None, plan.parent):
-                result = spec.fn(plan.arg)
-        else:
+    try:  # user code logs under the run's trace id, an async stage's body included
+        with tr.run_context(None, plan.parent) if b.traced else UNTRACED:
             result = spec.fn(plan.arg)
-        if spec.is_async:
-            result = await cast(Awaitable[Any], result)
-        outputs = _outcomes.outputs_of(result, spec.output)
+            if spec.is_async:
+                result = await cast(Awaitable[Any], result)
+            outputs = _outcomes.outputs_of(result, spec.output)
     except Exception as e:  # user code: retried or dead-lettered, as on the general path
         st.ctx.counters.runs += 1
         _outcomes.failed(st, e, plan, 1, m, b.out, spans, None, started)

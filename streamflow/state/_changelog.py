@@ -178,6 +178,7 @@ class StateStore(Generic[S]):
         # stage has stopped); a revoke only drops states, so its partitions are left out.
         view = [(k, st) for k, st in self.states.items() if st.kafka_partition in parts]
         marks = {p: self.partition_records(p) for p in parts}
+        doubtful = self.unsure | self.unreadable  # a reload meanwhile clears its mark
         snaps = await asyncio.to_thread(self._encode, view, marks)
         parts = {p for p in parts if self.loaded(p) and p not in self.unsure}
         for p in sorted(parts):
@@ -185,7 +186,7 @@ class StateStore(Generic[S]):
             size = await asyncio.to_thread(cps.save, self.topic, p, ends[p], records)
             log.info("stage %s: checkpointed %d state records (%d bytes) of %s partition %d at "
                      "offset %d", self.stage, len(records), size, self.topic, p, ends[p])
-        for p in self.unsure | self.unreadable:  # an older checkpoint of it is wrong now too
+        for p in doubtful | self.unsure | self.unreadable:  # an older checkpoint is wrong too
             await asyncio.to_thread(cps.discard, self.topic, p)
         log.debug("stage %s: checkpoints took %.3fs", self.stage, time.perf_counter() - t0)
 

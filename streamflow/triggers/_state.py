@@ -64,7 +64,8 @@ class PartitionState:
              "first_seen_ms": self.first_seen_ms, "fired": self.fired,
              "window_start_ms": self.window_start_ms, "max_event_ms": self.max_event_ms}
         if slots:
-            d["slots"] = {a: s.to_json(keep=True) for a, s in self.slots.items()}
+            keep = self.fired is None and self.window_start_ms is None  # an open barrier
+            d["slots"] = {a: s.to_json(keep) for a, s in self.slots.items()}
         return d
 
     @classmethod

@@ -138,10 +138,11 @@ class TriggerStore(StateStore[PartitionState]):
             self._slots.pop(p, None)
         self.legacy &= set(self.states)
 
-    def header(self, key: str, state: PartitionState) -> OutMessage:
+    def header(self, key: str, state: PartitionState, inline: bool | None = None
+               ) -> OutMessage:
         """A window without its records (each is a record of its own), unless they are still
         inline (``legacy``): then with them, or writing it would lose them."""
-        d = state.to_json(slots=key in self.legacy)
+        d = state.to_json(slots=key in self.legacy if inline is None else inline)
         d["v"] = self.version
         return OutMessage(self.topic, orjson.dumps(d), key.encode(), [],
                           partition=state.kafka_partition)
@@ -169,9 +170,9 @@ class TriggerStore(StateStore[PartitionState]):
         if state.window_start_ms is None:
             return [self.message(key, state)]
         kp = state.kafka_partition
-        slots = [] if key in self.legacy else [self.slot(key, k, s, kp)
-                                              for k, s in state.slots.items()]
-        return [self.header(key, state), *slots]
+        inline = key in self.legacy  # read once: a checkpoint encodes in a thread
+        slots = [] if inline else [self.slot(key, k, s, kp) for k, s in state.slots.items()]
+        return [self.header(key, state, inline), *slots]
 
     def partition_records(self, partition: int) -> list[OutMessage]:
         """The partition's mark: its durable positions, and the watermarks as they are now

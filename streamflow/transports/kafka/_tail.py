@@ -100,6 +100,8 @@ async def tracked_partitions(consumer: AIOKafkaConsumer, topic: str,
         if parts or loop.time() >= deadline:
             break
         await asyncio.sleep(0.1)
+    if parts:
+        seen([topic])
     return set(parts or ())
 
 
@@ -124,5 +126,10 @@ logging.getLogger("aiokafka.cluster").addFilter(_QUIET_MISSING)
 
 
 def quiet_missing(topics: Collection[str]) -> None:
-    """Topics this process asks about before they exist (or a moment after creating them)."""
+    """Topics this process asks about before they exist (or a moment after creating them):
+    quiet until they are first seen (a topic deleted later under a worker logs again)."""
     _QUIET_MISSING.topics.update(topics)
+
+
+def seen(topics: Collection[str]) -> None:
+    _QUIET_MISSING.topics.difference_update(topics)

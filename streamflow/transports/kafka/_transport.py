@@ -23,7 +23,7 @@ from ._diagnose import start_in_time
 from ._eos import KafkaEosSubscription
 from ._replication import Replication, Resolved, create, new_topic, resolve, warn_below
 from ._subscription import KafkaSubscription
-from ._tail import KafkaTail, quiet_missing, tracked_partitions
+from ._tail import KafkaTail, quiet_missing, seen, tracked_partitions
 
 COMPACTED_CONFIGS = {
     "cleanup.policy": "compact",
@@ -155,6 +155,7 @@ class KafkaTransport:
                        for p in cluster.partitions_for_topic(t))
             ]
             if not missing:
+                seen(topics)
                 break
             if loop.time() > deadline:
                 raise TransportError(f"topics {missing} have no leader after {timeout:.0f}s")
