@@ -100,6 +100,14 @@ class Settings(BaseModel):
         7 * 86_400.0, gt=0, description="how long the run ledger keeps runs that need nothing "
                                         "more (succeeded, skipped, released); failed, held and "
                                         "parked runs stay until resolved")
+    catalog_url: SecretStr | None = Field(
+        None, description="where the catalog lives: postgresql://user:password@host/db for a "
+                          "fleet (needs the postgres extra), or sqlite:PATH; unset: SQLite "
+                          "in <state_dir>/<namespace>/catalog.db")
+    catalog_retention_s: float | None = Field(
+        None, gt=0, description="how long the catalog keeps runs and dead letters after they "
+                                "ended (unset: for ever; the catalog is the history, kept "
+                                "past the ledger's own retention)")
     lineage: str | None = Field(
         None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "
                           "or 'openlineage' for the client's own OPENLINEAGE_* configuration "

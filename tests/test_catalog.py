@@ -1,0 +1,249 @@
+"""The catalog (issue 21, step 1): the control topics folded into SQLite and PostgreSQL.
+
+On both stores (the real PostgreSQL of the dev services) and, where reading matters, both
+transports: the catalog's runs equal the ledger's own fold (what ``streamflow runs`` shows);
+two projectors on one database equal one; batches applied in any order equal log order; a
+projector SIGKILLed mid-batch and restarted equals a fresh rebuild, row for row; migrations
+apply to an empty database and again to an up-to-date one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from streamflow import Settings
+from streamflow.catalog import (
+    CATALOG_SCHEMA,
+    MIGRATIONS,
+    Batch,
+    Projector,
+    SqlCatalog,
+    dump,
+    freshness,
+    open_catalog,
+    read_runs,
+    sources,
+)
+from streamflow.catalog._rows import add_messages
+from streamflow.model import runs_topic
+from streamflow.state import read_ledger, validated
+from streamflow.transports import Transport, make_transport
+
+from . import catalog_traffic as traffic
+from .faults import CATALOG_CRASH_BEFORE_COMMIT, command, subprocess_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def dsn(store_kind: str, request: pytest.FixtureRequest) -> str:
+    """The dev services' PostgreSQL (started if need be), or "" for SQLite."""
+    return str(request.getfixturevalue("postgres_dsn")) if store_kind == "postgres" else ""
+
+
+@pytest.fixture
+def schemas(dsn: str) -> Iterator[list[str]]:
+    """PostgreSQL schemas the test made (one per catalog), dropped after it."""
+    made: list[str] = []
+    yield made
+    if made:
+        async def drop() -> None:
+            conn = await asyncpg.connect(dsn)
+            for s in made:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+            await conn.close()
+        asyncio.run(drop())
+
+
+def catalog_settings(settings: Settings, kind: str, dsn: str, schemas: list[str],
+                     name: str = "") -> Settings:
+    """``settings`` with a catalog of its own: a SQLite file, or a PostgreSQL schema."""
+    if kind == "sqlite":
+        path = settings.state_dir / f"catalog-{name or 'main'}.db"
+        return settings.model_copy(update={"catalog_url": SecretStr(f"sqlite://{path}")})
+    schema = f"cat_{uuid.uuid4().hex[:12]}"
+    schemas.append(schema)
+    return settings.model_copy(update={"catalog_url": SecretStr(f"{dsn}?search_path={schema}")})
+
+
+async def _started(s: Settings) -> SqlCatalog:
+    store = open_catalog(s)
+    await store.start()
+    return store
+
+
+@pytest.fixture
+async def transport(settings: Settings) -> AsyncIterator[Transport]:
+    t = make_transport(settings)
+    await t.start()
+    yield t
+    await t.close()
+
+
+def _embedded(settings: Settings) -> Settings:
+    return settings.model_copy(update={"kafka_bootstrap": None})
+
+
+async def test_runs_equal_the_ledgers_fold_on_both_stores_and_transports(
+        settings: Settings, transport: Transport, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    await traffic.publish_all(transport, settings)
+    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
+    try:
+        read = await Projector(transport, store, settings, batch_messages=40).catch_up()
+        assert read > 0
+        ledger = validated(await read_ledger(transport, runs_topic(settings.namespace)))
+        catalog = await read_runs(store)
+        assert {k: v.model_dump() for k, v in catalog.items()} == \
+            {k: v.model_dump() for k, v in ledger.items()}
+        statuses = sorted(r.status for r in catalog.values() if r.stage == "gate")
+        assert statuses == ["held", "released"]
+        holds = await store.fetch("SELECT held, parked FROM holds ORDER BY held")
+        assert holds == [(0, 0), (1, 1)]  # the released key's tombstone, the one still held
+        dl = await store.fetch("SELECT id, payload, sensitive FROM dead_letters ORDER BY ts_ms")
+        assert len(dl) == 3 and '"card":"***"' in dl[0][1].replace(" ", "")
+        assert "4111" in dl[1][1]  # no sensitive field named: shown as it is
+        assert await store.fetch("SELECT asset, version FROM contracts") == [("sales", 1)]
+        assert await store.fetch("SELECT id, status FROM backfills") == [("bf-1", "completed")]
+        fresh = await freshness(transport, store)
+        assert fresh and all(f.lag_records == 0 and f.lag_s == 0 for f in fresh)
+        # Nothing new: a second catch-up reads nothing and changes nothing.
+        before = await dump(store)
+        assert await Projector(transport, store, settings).catch_up() == 0
+        assert await dump(store) == before
+    finally:
+        await store.close()
+
+
+async def _chunks(t: Transport, s: Settings) -> list[tuple[Any, list[Any]]]:
+    """Every source's messages in small chunks, as separate projectors could meet them."""
+    out = []
+    for source in [*sources(s), traffic.hold_source(s)]:
+        async for chunk in t.scan_topic(source.topic):
+            out += [(source, chunk[i:i + 7]) for i in range(0, len(chunk), 7)]
+    return out
+
+
+async def test_batches_in_any_order_and_two_projectors_equal_one(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    """No row goes back to an older version: chunks applied in a shuffled order, and two
+    projectors racing on one database, give what one projector in log order gives."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    stores: list[SqlCatalog] = []
+    try:
+        await traffic.publish_all(t, settings, batches=6, per_batch=20)
+        one = await _started(catalog_settings(settings, store_kind, dsn, schemas, "a"))
+        shuffled = await _started(catalog_settings(settings, store_kind, dsn, schemas,
+                                                   "b"))
+        shared = catalog_settings(settings, store_kind, dsn, schemas, "c")
+        racing = [await _started(shared), await _started(shared)]
+        stores += [one, shuffled, *racing]
+        await Projector(t, one, settings).catch_up()
+        expected = await dump(one)
+        chunks = await _chunks(t, settings)
+        random.Random(7).shuffle(chunks)
+        for source, chunk in chunks:
+            batch = Batch()
+            add_messages(source, chunk, batch)
+            await shuffled.apply(batch, {}, 0)
+        assert await dump(shuffled) == expected
+        await asyncio.gather(*(Projector(t, s, settings, batch_messages=9).catch_up()
+                               for s in racing))
+        assert await dump(racing[0]) == expected
+        assert {k: p.next_offset for k, p in (await racing[0].positions()).items()} == \
+            {k: p.next_offset for k, p in (await one.positions()).items()}
+    finally:
+        for s in stores:
+            await s.close()
+        await t.close()
+
+
+async def test_migrations_apply_to_an_empty_database_and_again(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    s = catalog_settings(settings, store_kind, dsn, schemas)
+    together = [open_catalog(s), open_catalog(s)]
+    await asyncio.gather(*(c.start() for c in together))  # two starting at once: once each
+    for c in together:
+        await c.close()
+    store = await _started(s)  # and again on an up-to-date database: nothing to do
+    try:
+        assert await store.schema_version() == CATALOG_SCHEMA
+        steps = await store.fetch("SELECT version, name FROM schema_version ORDER BY version")
+        assert steps == [(m.version, m.name) for m in MIGRATIONS]
+        assert await store.fetch("SELECT COUNT(*) FROM runs") == [(0,)]
+    finally:
+        await store.close()
+
+
+def _cli(s: Settings, *args: str, fault: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    env |= {"STREAMFLOW_STATE_DIR": str(s.state_dir), "STREAMFLOW_NAMESPACE": s.namespace}
+    if s.catalog_url is not None:
+        env["STREAMFLOW_CATALOG_URL"] = s.catalog_url.get_secret_value()
+    if fault is not None:
+        env[CATALOG_CRASH_BEFORE_COMMIT] = str(fault)
+    return subprocess.run(command(["catalog", *args], env), env=subprocess_env(env),
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+async def test_a_projector_killed_mid_batch_and_restarted_equals_a_fresh_rebuild(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    try:
+        await traffic.publish_all(t, settings, batches=5, per_batch=30)
+    finally:
+        await t.close()
+    followed = catalog_settings(settings, store_kind, dsn, schemas)
+    # Batches of 3 messages: three commits read the compacted ledger topic, the fourth 3 of
+    # the retained one's 10 batches of 30 runs, the fifth dies before its commit.
+    killed = _cli(followed, "follow", "--once", "--batch", "3", fault=5)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = await _started(followed)
+    try:
+        partial = await store.fetch("SELECT COUNT(*) FROM runs")
+        assert 0 < partial[0][0] < 300  # two batches committed, the third lost whole
+        done = _cli(followed, "follow", "--once", "--batch", "3")
+        assert done.returncode == 0, done.stderr
+        rebuilt_at = catalog_settings(settings, store_kind, dsn, schemas, "fresh")
+        rebuilt = _cli(rebuilt_at, "rebuild", "--json")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert orjson.loads(rebuilt.stdout)["messages"] > 0
+        fresh = await _started(rebuilt_at)
+        try:
+            assert await dump(store) == await dump(fresh)
+            status = _cli(followed, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            body = orjson.loads(status.stdout)
+            assert body["schema_version"] == CATALOG_SCHEMA and body["rows"]["runs"] > 300
+            assert all(f["lag_records"] == 0 for f in body["freshness"])
+        finally:
+            await fresh.close()
+    finally:
+        await store.close()
