@@ -77,6 +77,9 @@ class Projector:
         topics of gated stages found meanwhile); returns the messages read."""
         await self._discover_holds()
         done, total, planned = 0, 0, set[str]()
+        idle: dict[tuple[str, int], int] = {}
+        """Partitions with nothing to read: fresh as of this catch-up, in one transaction."""
+        read_at = int(time.time() * 1000)
         while len(planned) < len(self.sources):
             positions = await self.store.positions()
             plan: list[tuple[Source, dict[int, int], dict[int, int]]] = []
@@ -85,11 +88,16 @@ class Projector:
                 ends = await self._ends(source.topic)
                 start = {p: positions[(source.topic, p)].next_offset for p in ends
                          if (source.topic, p) in positions}
+                idle |= {(source.topic, p): e for p, e in ends.items() if start.get(p, 0) >= e}
                 plan.append((source, ends, start))
             total += sum(max(0, e - start.get(p, 0)) for _, ends, start in plan
                          for p, e in ends.items())
             for source, ends, start in plan:
-                done += await self._scan(source, ends, start, done, total, progress)
+                if any(start.get(p, 0) < e for p, e in ends.items()):
+                    done += await self._scan(source, ends, start, done, total, progress)
+        await self.store.mark_caught_up(idle, read_at)
+        if progress is not None:
+            progress(done, total)
         return done
 
     async def _ends(self, topic: str) -> dict[int, int]:
@@ -107,11 +115,7 @@ class Projector:
                     before: int, total: int, progress: Progress | None) -> int:
         read_at = int(time.time() * 1000)
         keyed = {(source.topic, p): e for p, e in ends.items()}
-        if all(start.get(p, 0) >= e for p, e in ends.items()):
-            await self.store.mark_caught_up(keyed, read_at)
-            return 0
-        n, batch = 0, Batch()
-        size = self.batch_messages
+        n, batch, size = 0, Batch(), self.batch_messages
         async for chunk in self.transport.scan_topic(source.topic, from_offsets=start):
             for i in range(0, len(chunk), size):
                 add_messages(source, chunk[i:i + size], batch)
@@ -120,12 +124,12 @@ class Projector:
                     batch = Batch()
                     if progress is not None:
                         progress(before + n, total)
-        if len(batch):
-            n += await self._apply(batch, keyed, read_at)
-        await self.store.mark_caught_up(keyed, read_at)  # partitions with nothing to read
-        if progress is not None:
-            progress(before + n, total)
-        return n
+        # The scan read everything below each end: offsets with no message (a transaction
+        # marker, a compacted gap) are passed too, or the partition would never catch up.
+        for (topic, p), end in keyed.items():
+            nxt, ts = batch.positions.get((topic, p), (0, 0))
+            batch.positions[(topic, p)] = (max(nxt, end), ts)
+        return n + await self._apply(batch, keyed, read_at)
 
     async def _apply(self, batch: Batch, ends: dict[tuple[str, int], int], read_at: int) -> int:
         await self.store.apply(batch, ends, read_at)

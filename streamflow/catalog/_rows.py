@@ -66,6 +66,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                         "created_ms", "updated_ms", "completed_ms", "error", "job", *_SRC),
           ("id",)),
 )}
+_INDEX = {t.name: (tuple(t.columns.index(k) for k in t.key), t.columns.index("ver"))
+          for t in TABLES.values()}
+"""Per table: where its key's columns and ``ver`` are in a row."""
 WRITE_ORDER = ("runs", "run_inputs", "run_outputs", "dead_letters", "holds", "contracts",
                "backfills")
 """Tables in the order every transaction writes them: two projectors lock rows in one order."""
@@ -98,10 +101,8 @@ class Batch:
     messages: int = 0
 
     def add(self, table: str, row: tuple[Any, ...]) -> None:
-        spec = TABLES[table]
-        cols = spec.columns
-        key = tuple(row[cols.index(k)] for k in spec.key)
-        at = cols.index("ver")
+        keys, at = _INDEX[table]
+        key = tuple(row[i] for i in keys)
         old = self.rows[table].get(key)
         if old is None or row[at] > old[at]:
             self.rows[table][key] = row
