@@ -24,7 +24,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from streamflow import Settings
+from streamflow import Settings, run_pipeline
 from streamflow.catalog import (
     CATALOG_SCHEMA,
     MIGRATIONS,
@@ -38,12 +38,15 @@ from streamflow.catalog import (
     sources,
 )
 from streamflow.catalog._rows import add_messages
+from streamflow.errors import ConfigError
 from streamflow.model import runs_topic
+from streamflow.ops import list_dead_letters, list_runs
 from streamflow.state import read_ledger, validated
 from streamflow.transports import Transport, make_transport
 
 from . import catalog_traffic as traffic
 from .faults import CATALOG_CRASH_BEFORE_COMMIT, command, subprocess_env
+from .test_gates import RECORD_CHECKS, Collect, Out, order, record_gate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -247,3 +250,90 @@ async def test_a_projector_killed_mid_batch_and_restarted_equals_a_fresh_rebuild
             await fresh.close()
     finally:
         await store.close()
+
+
+async def test_a_gated_pipelines_runs_holds_and_dead_letters_as_the_clis_show_them(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    """What the engine itself wrote (a gate holding two days, parking, releasing one after a
+    fix): the catalog shows what ``streamflow runs`` and ``dlq list`` show."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    out: Out = {}
+    first = [[order(1, "d1"), order(2, "d1", amount=-5), order(3, "d1"), order(4, "d2"),
+              order(5, "d2", sku="sku_x"), order(6, "d3")], [order(7, "d1")]]
+    await run_pipeline(record_gate(first, out, Collect(), RECORD_CHECKS), settings)
+    fixed = [[order(2, "d1", amount=5, _rid="2-fixed")]]
+    await run_pipeline(record_gate(fixed, out, Collect(), RECORD_CHECKS), settings)
+    t = make_transport(settings)
+    await t.start()
+    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
+    try:
+        await Projector(t, store, settings).catch_up()
+        ledger = {r.run_id: r.model_dump() for r in await list_runs(settings)}
+        assert {k: v.model_dump() for k, v in (await read_runs(store)).items()} == ledger
+        assert await store.fetch("SELECT partition_key, held FROM holds ORDER BY 1") == [
+            ("d1", 0), ("d2", 1)]
+        letters = {e.id: e.body["reason"] for e in await list_dead_letters(settings)}
+        assert dict(await store.fetch("SELECT id, reason FROM dead_letters")) == letters
+        assert await store.fetch("SELECT asset FROM contracts ORDER BY 1") == [
+            ("clean",), ("orders",)]
+    finally:
+        await store.close()
+        await t.close()
+
+
+async def _count(store: SqlCatalog, table: str) -> int:
+    return int((await store.fetch(f"SELECT COUNT(*) FROM {table}"))[0][0])
+
+
+async def _until(store: SqlCatalog, table: str, n: int) -> None:
+    for _ in range(200):
+        if await _count(store, table) == n:
+            return
+        await asyncio.sleep(0.05)
+    assert await _count(store, table) == n
+
+
+async def test_a_follower_folds_news_and_prunes_past_the_catalogs_own_retention(
+        tmp_path: Path, namespace: str) -> None:
+    """A follower folds what comes while it follows. Pruning takes runs (with their inputs
+    and outputs) older than the cutoff and nothing newer; a follower with
+    ``catalog_retention_s`` prunes by itself. The test's runs ended in November 2026."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    store = await _started(settings)
+    stop = asyncio.Event()
+    try:
+        await traffic.ensure_topics(t, settings)
+        following = asyncio.create_task(Projector(t, store, settings, idle_s=0.05).follow(stop))
+        await traffic.publish_runs(t, settings, batches=2, per_batch=5)
+        await traffic.publish_others(t, settings)
+        await _until(store, "runs", 20)
+        await _until(store, "dead_letters", 3)
+        stop.set()
+        await asyncio.wait_for(following, 10)
+        cutoff = traffic.T0 + 11  # runs 1 to 5 ended before it
+        assert await store.prune(cutoff) == 5
+        assert (await store.fetch("SELECT MIN(ended_ms) FROM runs"))[0][0] >= cutoff
+        assert await store.fetch("SELECT COUNT(*) FROM run_outputs WHERE run_id NOT IN "
+                                 "(SELECT run_id FROM runs)") == [(0,)]
+        hour = settings.model_copy(update={"catalog_retention_s": 3600.0})
+        stop = asyncio.Event()
+        following = asyncio.create_task(Projector(t, store, hour, idle_s=0.05).follow(stop))
+        await _until(store, "runs", 0)
+        assert await _count(store, "dead_letters") == 3  # written just now
+        stop.set()
+        await asyncio.wait_for(following, 10)
+    finally:
+        stop.set()
+        await store.close()
+        await t.close()
+
+
+def test_a_catalog_url_that_is_neither_postgresql_nor_sqlite_is_refused_unrepeated(
+        tmp_path: Path) -> None:
+    s = Settings(state_dir=tmp_path, catalog_url=SecretStr("mysql://u:hunter2@h/db"))
+    with pytest.raises(ConfigError) as e:
+        open_catalog(s)
+    assert "hunter2" not in str(e.value) and "postgresql://" in str(e.value)
