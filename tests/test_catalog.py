@@ -39,7 +39,7 @@ from streamflow.catalog import (
 )
 from streamflow.catalog._rows import add_messages
 from streamflow.errors import ConfigError
-from streamflow.model import runs_topic
+from streamflow.model import OutMessage, contracts_topic, hold_topic, jobs_topic, runs_topic
 from streamflow.ops import list_dead_letters, list_runs
 from streamflow.state import read_ledger, validated
 from streamflow.transports import Transport, make_transport
@@ -337,3 +337,36 @@ def test_a_catalog_url_that_is_neither_postgresql_nor_sqlite_is_refused_unrepeat
     with pytest.raises(ConfigError) as e:
         open_catalog(s)
     assert "hunter2" not in str(e.value) and "postgresql://" in str(e.value)
+
+
+async def test_damaged_and_newer_messages_are_skipped_and_the_projector_goes_on(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    """Garbage, records missing fields, a NUL character (PostgreSQL's text refuses it) and a
+    newer ledger format: each is passed (its position moves on), the rest is folded."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
+    try:
+        await traffic.ensure_topics(t, settings)
+        ns, runs = settings.namespace, runs_topic(settings.namespace)
+        bad = [b"not json", b"[1, 2]", orjson.dumps({"v": 1, "run_id": "r-bad", "stage": "s"}),
+               orjson.dumps({"v": 1, "run_id": "r-bad2", "stage": "s", "partition": "p",
+                             "status": "retrying", "attempt": "one", "max_attempts": 3}),
+               orjson.dumps({"v": 99, "runs": [{"run_id": "from-the-future"}]})]
+        await t.publish([OutMessage(runs, v, f"k{i}".encode(), []) for i, v in enumerate(bad)])
+        await t.publish([OutMessage(settings.dead_letter_topic, b"\x00garbage\x00", b"k", []),
+                         OutMessage(hold_topic(ns, "gate"), b"{}", b"k", []),
+                         OutMessage(jobs_topic(ns), b"{\"id\": 1}", b"k", []),
+                         OutMessage(contracts_topic(ns), b"[]", b"k", [])])
+        await traffic.publish_runs(t, settings, batches=1, per_batch=3, parts=1)
+        await traffic.publish_lifecycles(t, settings)
+        assert await Projector(t, store, settings).catch_up() > 0
+        assert await _count(store, "runs") == 3 + 4
+        (payload,) = (await store.fetch("SELECT payload FROM dead_letters"))[0]
+        assert "garbage" in payload and "\x00" not in payload
+        assert all(f.lag_records == 0 for f in await freshness(t, store))
+    finally:
+        await store.close()
+        await t.close()

@@ -30,6 +30,8 @@ from ._store import CatalogStore, Position
 
 log = logging.getLogger("streamflow.catalog")
 
+RETRY_S = 5.0
+"""How long a follower waits after a failed catch-up."""
 MISSING_RECHECK_S = 30.0
 """How often a topic that does not exist yet is looked for again (on Kafka a look waits for
 metadata)."""
@@ -157,7 +159,14 @@ class Projector:
         logs the freshness now and then."""
         last_report = last_prune = 0.0
         while not stop.is_set():
-            await self.catch_up()
+            try:
+                await self.catch_up()
+            except Exception as e:  # the broker or the database away: keep following
+                log.warning("catalog: a catch-up failed (%s: %s); trying again in %gs",
+                            type(e).__name__, e, RETRY_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                continue
             now = time.monotonic()
             retention = self.settings.catalog_retention_s
             if retention is not None and now - last_prune >= 60:

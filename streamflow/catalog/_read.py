@@ -44,8 +44,12 @@ async def read_runs(store: CatalogStore, where: str = "", params: tuple[Any, ...
         rid = d.pop("run_id")
         d["partition"] = d.pop("partition_key")
         d["error"], d["checks"] = _loads(d["error"]), _loads(d["checks"])
-        out[rid] = RunRecord.model_validate({
-            **d, "run_id": rid, "inputs": inputs.get(rid, []), "outputs": outputs.get(rid, [])})
+        try:
+            out[rid] = RunRecord.model_validate({
+                **d, "run_id": rid, "inputs": inputs.get(rid, []),
+                "outputs": outputs.get(rid, [])})
+        except ValueError:  # as ``validated`` does: a record no model takes is left out
+            continue
     return out
 
 

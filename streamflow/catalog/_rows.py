@@ -118,7 +118,16 @@ class Batch:
 
 
 def _json(v: Any) -> str | None:
-    return None if v is None else orjson.dumps(v).decode()
+    return None if v is None else orjson.dumps(v, default=str).decode()
+
+
+def _text(v: Any) -> str:
+    """Text from a message as a column takes it (PostgreSQL's text holds no NUL)."""
+    return str(v).replace("\x00", "\ufffd")
+
+
+def _opt(v: Any) -> str | None:
+    return None if v is None else _text(v)
 
 
 def _ver(m: Message) -> str:
@@ -134,7 +143,7 @@ def add_messages(source: Source, messages: list[Message], batch: Batch) -> None:
         if m.value:
             project(source, m, batch)
         elif source.kind == "holds" and m.key:
-            batch.add("holds", (source.stage, m.key.decode(errors="replace"), 0, None, None,
+            batch.add("holds", (source.stage, _text(m.key.decode(errors="replace")), 0, None, None,
                                 None, None, 0, 0, _ver(m), m.topic, m.partition, m.offset))
         # Other tombstones keep their rows: the catalog is the history (a run's tombstone
         # on the compacted ledger topic comes with its settled record on the retained one).
@@ -142,22 +151,33 @@ def add_messages(source: Source, messages: list[Message], batch: Batch) -> None:
 
 def _runs(source: Source, m: Message, batch: Batch) -> None:
     for rid, r in fold_raw([m]).items():
-        ended = max(0, int(r.get("ended_ms") or 0))
-        ver = f"{ended:015d}{source.rank}{_ver(m)}"
-        batch.add("runs", (
-            rid, str(r["stage"]), str(r["partition"]), str(r["status"]), int(r["attempt"]),
-            int(r["max_attempts"]), int(r.get("started_ms") or 0), ended,
-            str(r.get("mode") or "live"), int(r.get("replay") or 0), r.get("output"),
-            r.get("backfill") or None, r.get("trace_id"), _json(r.get("error")),
-            _json(r.get("checks")), ver, m.topic, m.partition, m.offset))
-        for pos, i in enumerate(r.get("inputs") or ()):
-            batch.add("run_inputs", (rid, pos, str(i["asset"]), str(i["partition"]),
-                                     int(i["version"]), str(i["arrival_id"]), ver))
-        for pos, out in enumerate(r.get("outputs") or ()):
-            batch.add("run_outputs", (rid, pos, str(out), ver))
-        batch.runs.add(rid)
-        if r.get("checks") is not None:
-            batch.gated.add(str(r["stage"]))
+        try:
+            _run(source, m, rid, r, batch)
+        except (KeyError, TypeError, ValueError) as e:  # a foreign or damaged record
+            log.warning("catalog: skipping run record %r at %s:%d:%d (%s: %s)", rid[:64],
+                        m.topic, m.partition, m.offset, type(e).__name__, e)
+
+
+def _run(source: Source, m: Message, rid: str, r: dict[str, Any], batch: Batch) -> None:
+    """One run's rows, all built before any is added: a damaged record adds none."""
+    ended = max(0, int(r.get("ended_ms") or 0))
+    ver = f"{ended:015d}{source.rank}{_ver(m)}"
+    run = (rid, _text(r["stage"]), _text(r["partition"]), _text(r["status"]),
+           int(r["attempt"]), int(r["max_attempts"]), int(r.get("started_ms") or 0), ended,
+           _text(r.get("mode") or "live"), int(r.get("replay") or 0), _opt(r.get("output")),
+           _opt(r.get("backfill") or None), _opt(r.get("trace_id")), _json(r.get("error")),
+           _json(r.get("checks")), ver, m.topic, m.partition, m.offset)
+    ins = [(rid, pos, _text(i["asset"]), _text(i["partition"]), int(i["version"]),
+            _text(i["arrival_id"]), ver) for pos, i in enumerate(r.get("inputs") or ())]
+    outs = [(rid, pos, _text(o), ver) for pos, o in enumerate(r.get("outputs") or ())]
+    batch.add("runs", run)
+    for i_row in ins:
+        batch.add("run_inputs", i_row)
+    for o_row in outs:
+        batch.add("run_outputs", o_row)
+    batch.runs.add(rid)
+    if r.get("checks") is not None:
+        batch.gated.add(run[1])
 
 
 def _dead_letter(source: Source, m: Message, batch: Batch) -> None:
@@ -167,13 +187,13 @@ def _dead_letter(source: Source, m: Message, batch: Batch) -> None:
         d = {"reason": "unreadable dead letter", "payload": m.value.decode("latin-1")}
     if not isinstance(d, dict):
         return
-    payload, names = str(d.get("payload", "")), d.get("sensitive")
+    payload, names = _text(d.get("payload", "")), d.get("sensitive")
     if names:  # the catalog is read by people: masked as `dlq show` masks without --reveal
         payload = mask_payload(payload, [str(n) for n in names])
     attempts = d.get("attempts")
     batch.add("dead_letters", (
-        f"{m.partition}:{m.offset}", str(d.get("kind", "stage")), str(d.get("stage", "")),
-        str(d.get("reason", "")), d.get("arrival_id"), d.get("run_id"),
+        f"{m.partition}:{m.offset}", _text(d.get("kind", "stage")), _text(d.get("stage", "")),
+        _text(d.get("reason", "")), _opt(d.get("arrival_id")), _opt(d.get("run_id")),
         int(attempts) if isinstance(attempts, int) else None, int(m.timestamp_ms or 0), payload,
         _json(d.get("origin")), _json(d.get("error")), _json(names), _json(d.get("truncated")),
         _ver(m), m.topic, m.partition, m.offset))
@@ -186,7 +206,7 @@ def _hold(source: Source, m: Message, batch: Batch) -> None:
             log.warning("catalog: skipping a gate hold of format v%s on %s (upgrade "
                         "StreamFlow to read it)", d.get("v"), m.topic)
             return
-        key = m.key.decode(errors="replace") if m.key else str(d["partition"])
+        key = _text(m.key.decode(errors="replace") if m.key else d["partition"])
         row = (source.stage, key, 1, int(d["kafka_partition"]), int(d["since_ms"]),
                _json(d.get("held_by", {})), _json(d.get("checks", [])),
                len(d.get("parked", ())), int(d.get("parked_bytes", 0)))
@@ -198,9 +218,11 @@ def _hold(source: Source, m: Message, batch: Batch) -> None:
 def _contract(source: Source, m: Message, batch: Batch) -> None:
     for asset, versions in fold_contracts([m]).items():
         for version, rec in versions.items():
+            at = rec.get("registered_ms")
             batch.add("contracts", (
-                asset, version, rec.get("contract"), _json(rec.get("fields", {})) or "{}",
-                rec.get("registered_ms"), _ver(m), m.topic, m.partition, m.offset))
+                _text(asset), version, _opt(rec.get("contract")),
+                _json(rec.get("fields", {})) or "{}", at if isinstance(at, int) else None,
+                _ver(m), m.topic, m.partition, m.offset))
 
 
 def _backfill(source: Source, m: Message, batch: Batch) -> None:
