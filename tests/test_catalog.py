@@ -111,7 +111,7 @@ async def test_runs_equal_the_ledgers_fold_on_both_stores_and_transports(
     await traffic.publish_all(transport, settings)
     store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
     try:
-        read = await Projector(transport, store, settings, batch_messages=40).catch_up()
+        read = await Projector(transport, store, settings, batch_rows=40).catch_up()
         assert read > 0
         ledger = validated(await read_ledger(transport, runs_topic(settings.namespace)))
         catalog = await read_runs(store)
@@ -171,7 +171,7 @@ async def test_batches_in_any_order_and_two_projectors_equal_one(
             add_messages(source, chunk, batch)
             await shuffled.apply(batch, {}, 0)
         assert await dump(shuffled) == expected
-        await asyncio.gather(*(Projector(t, s, settings, batch_messages=9).catch_up()
+        await asyncio.gather(*(Projector(t, s, settings, batch_rows=9).catch_up()
                                for s in racing))
         assert await dump(racing[0]) == expected
         assert {k: p.next_offset for k, p in (await racing[0].positions()).items()} == \
@@ -224,8 +224,9 @@ async def test_a_projector_killed_mid_batch_and_restarted_equals_a_fresh_rebuild
     finally:
         await t.close()
     followed = catalog_settings(settings, store_kind, dsn, schemas)
-    # Batches of 3 messages: three commits read the compacted ledger topic, the fourth 3 of
-    # the retained one's 10 batches of 30 runs, the fifth dies before its commit.
+    # Batches of 3 rows: three commits read the compacted ledger topic (a record is a run
+    # and its input), the fourth one of the retained topic's 10 batches of 30 runs (120
+    # rows), the fifth dies before its commit.
     killed = _cli(followed, "follow", "--once", "--batch", "3", fault=5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store = await _started(followed)

@@ -25,7 +25,7 @@ from streamflow.model import (
 )
 from streamflow.transports import Transport
 
-from ._rows import Batch, Source, add_messages
+from ._rows import Batch, Source, add_message
 from ._store import CatalogStore, Position
 
 log = logging.getLogger("streamflow.catalog")
@@ -66,9 +66,9 @@ class Projector:
     """Folds the control topics of one namespace into a ``CatalogStore``."""
 
     def __init__(self, transport: Transport, store: CatalogStore, settings: Settings,
-                 batch_messages: int = 5000, idle_s: float = 0.5) -> None:
+                 batch_rows: int = 5000, idle_s: float = 0.5) -> None:
         self.transport, self.store, self.settings = transport, store, settings
-        self.batch_messages, self.idle_s = batch_messages, idle_s
+        self.batch_rows, self.idle_s = batch_rows, idle_s
         self.sources = {s.topic: s for s in sources(settings)}
         self._missing: dict[str, float] = {}
         """Topics not there yet: when they were last looked for."""
@@ -117,11 +117,11 @@ class Projector:
                     before: int, total: int, progress: Progress | None) -> int:
         read_at = int(time.time() * 1000)
         keyed = {(source.topic, p): e for p, e in ends.items()}
-        n, batch, size = 0, Batch(), self.batch_messages
+        n, batch, size = 0, Batch(), self.batch_rows
         async for chunk in self.transport.scan_topic(source.topic, from_offsets=start):
-            for i in range(0, len(chunk), size):
-                add_messages(source, chunk[i:i + size], batch)
-                if len(batch) >= size:
+            for m in chunk:
+                add_message(source, m, batch)
+                if batch.size >= size:
                     n += await self._apply(batch, keyed, read_at)
                     batch = Batch()
                     if progress is not None:

@@ -99,11 +99,15 @@ class Batch:
     gated: set[str] = field(default_factory=set)
     """Stages with check results in this batch: gated, so they have a hold topic to follow."""
     messages: int = 0
+    added: int = 0
+    """Rows added (a v2 ledger message holds hundreds of runs, each several rows)."""
 
     def add(self, table: str, row: tuple[Any, ...]) -> None:
         keys, at = _INDEX[table]
         key = tuple(row[i] for i in keys)
         old = self.rows[table].get(key)
+        if old is None:
+            self.added += 1
         if old is None or row[at] > old[at]:
             self.rows[table][key] = row
 
@@ -114,7 +118,14 @@ class Batch:
         self.positions[where] = (max(nxt, m.offset + 1), max(ts, m.timestamp_ms or 0))
 
     def __len__(self) -> int:
+        """The messages read into it."""
         return self.messages
+
+    @property
+    def size(self) -> int:
+        """What a transaction is sized by: its rows, or its messages if more (tombstones and
+        skipped messages add no row)."""
+        return max(self.messages, self.added)
 
 
 def _json(v: Any) -> str | None:
@@ -135,18 +146,22 @@ def _ver(m: Message) -> str:
 
 
 def add_messages(source: Source, messages: list[Message], batch: Batch) -> None:
-    """Fold ``messages`` of ``source`` into ``batch``; unreadable ones only move the
-    position (the folds skip them, and warn about newer formats)."""
-    project = _PROJECT[source.kind]
+    """Fold ``messages`` of ``source`` into ``batch``."""
     for m in messages:
-        batch.read(m)
-        if m.value:
-            project(source, m, batch)
-        elif source.kind == "holds" and m.key:
-            batch.add("holds", (source.stage, _text(m.key.decode(errors="replace")), 0, None, None,
-                                None, None, 0, 0, _ver(m), m.topic, m.partition, m.offset))
-        # Other tombstones keep their rows: the catalog is the history (a run's tombstone
-        # on the compacted ledger topic comes with its settled record on the retained one).
+        add_message(source, m, batch)
+
+
+def add_message(source: Source, m: Message, batch: Batch) -> None:
+    """Fold one message; an unreadable one only moves the position (the folds skip it, and
+    warn about a newer format)."""
+    batch.read(m)
+    if m.value:
+        _PROJECT[source.kind](source, m, batch)
+    elif source.kind == "holds" and m.key:
+        batch.add("holds", (source.stage, _text(m.key.decode(errors="replace")), 0, None, None,
+                            None, None, 0, 0, _ver(m), m.topic, m.partition, m.offset))
+    # Other tombstones keep their rows: the catalog is the history (a run's tombstone on the
+    # compacted ledger topic comes with its settled record on the retained one).
 
 
 def _runs(source: Source, m: Message, batch: Batch) -> None:

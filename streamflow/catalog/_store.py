@@ -35,8 +35,10 @@ _POSITION = (
                 f"ELSE positions.{c} END"
                 for c in ("next_offset", "end_offset", "last_ts_ms", "caught_up_ms"))
     + ", updated_ms = excluded.updated_ms")
-_STALE = ("DELETE FROM {t} WHERE run_id = ? AND ver < "
+_STALE = ("DELETE FROM {t} WHERE run_id IN ({ids}) AND ver < "
           "(SELECT r.ver FROM runs r WHERE r.run_id = {t}.run_id)")
+_STALE_CHUNK = 500
+"""Run ids per statement that drops older versions' inputs and outputs."""
 _ATTEMPTS = 5
 
 
@@ -158,10 +160,11 @@ class SqlCatalog:
             rows = batch.rows[name]
             if rows:
                 await tx.executemany(TABLES[name].upsert(), [rows[k] for k in sorted(rows)])
-        if batch.runs:
-            ids = [(rid,) for rid in sorted(batch.runs)]
+        ids = sorted(batch.runs)
+        for i in range(0, len(ids), _STALE_CHUNK):
+            chunk = ids[i:i + _STALE_CHUNK]
             for child in ("run_inputs", "run_outputs"):
-                await tx.executemany(_STALE.format(t=child), ids)
+                await tx.execute(_STALE.format(t=child, ids=", ".join("?" * len(chunk))), chunk)
         now = _now_ms()
         await tx.executemany(_POSITION, [
             (topic, n, nxt, max(nxt, ends.get((topic, n), 0)), ts,

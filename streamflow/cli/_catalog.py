@@ -73,7 +73,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     bar = _Bar(not args.json)
 
     async def work(t: Transport, store: SqlCatalog) -> int:
-        return await Projector(t, store, settings, batch_messages=args.batch).rebuild(bar)
+        return await Projector(t, store, settings, batch_rows=args.batch).rebuild(bar)
 
     started = time.monotonic()
     try:
@@ -116,7 +116,7 @@ def _follow(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def work(t: Transport, store: SqlCatalog) -> int:
-        projector = Projector(t, store, settings, batch_messages=args.batch,
+        projector = Projector(t, store, settings, batch_rows=args.batch,
                               idle_s=args.interval)
         if args.once:
             return await projector.catch_up()
@@ -163,7 +163,7 @@ def add_cli(sub: Any) -> None:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     for p in (rebuild, follow):
         p.add_argument("--batch", type=int, default=5000, metavar="N",
-                       help="messages per database transaction (default 5000)")
+                       help="rows per database transaction, roughly (default 5000)")
     follow.add_argument("--once", action="store_true",
                         help="catch up to the topics' ends as of now, then exit")
     follow.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
