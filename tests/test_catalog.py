@@ -49,6 +49,7 @@ from .faults import CATALOG_CRASH_BEFORE_COMMIT, command, subprocess_env
 from .test_gates import RECORD_CHECKS, Collect, Out, order, record_gate
 
 pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -201,16 +202,41 @@ async def test_migrations_apply_to_an_empty_database_and_again(
         await store.close()
 
 
-def _cli(s: Settings, *args: str, fault: int | None = None) -> subprocess.CompletedProcess[str]:
+def _cli_args(s: Settings, args: tuple[str, ...], fault: int | None
+              ) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
     env |= {"STREAMFLOW_STATE_DIR": str(s.state_dir), "STREAMFLOW_NAMESPACE": s.namespace}
     if s.catalog_url is not None:
         env["STREAMFLOW_CATALOG_URL"] = s.catalog_url.get_secret_value()
     if fault is not None:
         env[CATALOG_CRASH_BEFORE_COMMIT] = str(fault)
-    return subprocess.run(command(["catalog", *args], env), env=subprocess_env(env),
-                          capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+    return command(["catalog", *args], env), subprocess_env(env)
+
+
+def _cli(s: Settings, *args: str, fault: int | None = None) -> subprocess.CompletedProcess[str]:
+    cmd, env = _cli_args(s, args, fault)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def _start(s: Settings, *args: str, fault: int | None = None) -> subprocess.Popen[str]:
+    cmd, env = _cli_args(s, args, fault)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+
+
+async def _equals_a_fresh_rebuild(settings: Settings, store: SqlCatalog, kind: str, dsn: str,
+                                  schemas: list[str]) -> None:
+    rebuilt_at = catalog_settings(settings, kind, dsn, schemas, "fresh")
+    rebuilt = _cli(rebuilt_at, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert orjson.loads(rebuilt.stdout)["messages"] > 0
+    fresh = await _started(rebuilt_at)
+    try:
+        assert await dump(store) == await dump(fresh)
+        assert {k: p.next_offset for k, p in (await store.positions()).items()} == \
+            {k: p.next_offset for k, p in (await fresh.positions()).items()}
+    finally:
+        await fresh.close()
 
 
 async def test_a_projector_killed_mid_batch_and_restarted_equals_a_fresh_rebuild(
@@ -232,25 +258,55 @@ async def test_a_projector_killed_mid_batch_and_restarted_equals_a_fresh_rebuild
     store = await _started(followed)
     try:
         partial = await store.fetch("SELECT COUNT(*) FROM runs")
-        assert 0 < partial[0][0] < 300  # two batches committed, the third lost whole
+        assert 0 < partial[0][0] < 300  # four batches committed, the fifth lost whole
         done = _cli(followed, "follow", "--once", "--batch", "3")
         assert done.returncode == 0, done.stderr
-        rebuilt_at = catalog_settings(settings, store_kind, dsn, schemas, "fresh")
-        rebuilt = _cli(rebuilt_at, "rebuild", "--json")
-        assert rebuilt.returncode == 0, rebuilt.stderr
-        assert orjson.loads(rebuilt.stdout)["messages"] > 0
-        fresh = await _started(rebuilt_at)
-        try:
-            assert await dump(store) == await dump(fresh)
-            status = _cli(followed, "status", "--json")
-            assert status.returncode == 0, status.stderr
-            body = orjson.loads(status.stdout)
-            assert body["schema_version"] == CATALOG_SCHEMA and body["rows"]["runs"] > 300
-            assert all(f["lag_records"] == 0 for f in body["freshness"])
-        finally:
-            await fresh.close()
+        await _equals_a_fresh_rebuild(settings, store, store_kind, dsn, schemas)
+        status = _cli(followed, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        body = orjson.loads(status.stdout)
+        assert body["schema_version"] == CATALOG_SCHEMA and body["rows"]["runs"] > 300
+        assert all(f["lag_records"] == 0 for f in body["freshness"])
     finally:
         await store.close()
+
+
+async def test_two_followers_one_killed_mid_batch_and_restarted_equal_a_rebuild(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    """Two ``catalog follow`` processes on one database while the ledger grows; one is
+    SIGKILLed before its sixth commit while the other goes on, and then restarted: the
+    catalog holds the rows of a fresh rebuild."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    shared = catalog_settings(settings, store_kind, dsn, schemas)
+    store = await _started(shared)  # the schema first: both processes find it applied
+    followers: list[subprocess.Popen[str]] = []
+    try:
+        await traffic.publish_all(t, settings, batches=2, per_batch=10)
+        follow = ("follow", "--interval", "0.05", "--batch", "40")
+        other, doomed = _start(shared, *follow), _start(shared, *follow, fault=6)
+        followers += [other, doomed]
+        for _ in range(600):  # the ledger grows until the doomed follower has died
+            await traffic.publish_runs(t, settings, batches=1, per_batch=15)
+            if doomed.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert doomed.wait(5) == -signal.SIGKILL, doomed.communicate()[1]
+        await traffic.publish_runs(t, settings, batches=3, per_batch=15)
+        again = _cli(shared, "follow", "--once", "--batch", "40")
+        assert again.returncode == 0, again.stderr
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(30) == 0, other.communicate()[1]
+        await _equals_a_fresh_rebuild(settings, store, store_kind, dsn, schemas)
+    finally:
+        for p in followers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await store.close()
+        await t.close()
 
 
 async def test_a_gated_pipelines_runs_holds_and_dead_letters_as_the_clis_show_them(
