@@ -176,7 +176,8 @@ class Projector:
                     log.info("catalog: %d rows older than catalog_retention_s went", gone)
             if now - last_report >= report_every_s:
                 last_report = now
-                log_freshness(await freshness(self.transport, self.store, self.sources))
+                there = {t: s for t, s in self.sources.items() if t not in self._missing}
+                log_freshness(await freshness(self.transport, self.store, there))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.idle_s)
 

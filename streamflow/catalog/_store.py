@@ -100,8 +100,9 @@ class SqlCatalog:
 
     @property
     def where(self) -> str:
+        """Where it is, for people: a SQLite file's path, never a URL (it may hold a password)."""
         d = self.driver
-        return str(getattr(d, "path", "")) if isinstance(d, SqliteDriver) else "PostgreSQL"
+        return str(d.path) if isinstance(d, SqliteDriver) else "PostgreSQL"
 
     async def start(self) -> None:
         await self.driver.connect()
