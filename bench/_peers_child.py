@@ -24,7 +24,10 @@ def main() -> None:
     os.environ.update(spec.env)
     # Warnings and errors into the log with their level, so that the parent finds the ERROR
     # lines (a system that configures its own logging keeps its format).
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    # BENCH_PEERS_LOG=INFO shows a system's own progress lines too (diagnosis only).
+    level = logging.getLevelName(os.environ.get("BENCH_PEERS_LOG", "WARNING").upper())
+    logging.basicConfig(level=level if isinstance(level, int) else logging.WARNING,
+                        stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("BENCH_PEERS_GC") == "relaxed":
         # An experiment, never in the reported rows: how much does the cyclic GC cost?

@@ -62,6 +62,22 @@ tests() {
   if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; return 1; fi
   return "$rc"
 }
+# The three-broker phase: replication and coordinator kills (tests/cluster) on a local
+# three-node KRaft cluster. The single broker is stopped meanwhile (three more JVMs beside it
+# would slow both) and started again after, so a developer's machine is left as it was. Run
+# only for the whole suite: arguments (a subset of the tests) skip it.
+cluster() {
+  local rc=0
+  "$VENV/bin/streamflow" services down kafka
+  if "$VENV/bin/streamflow" services up --brokers 3 kafka; then
+    tests tests/cluster || rc=$?
+  else
+    rc=1
+  fi
+  "$VENV/bin/streamflow" services down --brokers 3 kafka || { [ "$rc" -ne 0 ] || rc=1; }
+  "$VENV/bin/streamflow" services up kafka || { [ "$rc" -ne 0 ] || rc=1; }
+  return "$rc"
+}
 
 phase venv make_venv
 phase deps install_deps
@@ -70,3 +86,4 @@ phase ruff lint
 phase mypy types
 phase layers layers
 phase tests tests "$@"
+if [ "$#" -eq 0 ]; then phase cluster cluster; fi

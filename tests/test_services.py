@@ -81,7 +81,7 @@ def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     kafka = out["kafka"]
     assert kafka["running"] is True
     assert isinstance(kafka["pid"], int)
-    assert kafka["ports"] == [9092, 9093]
+    assert kafka["ports"] == [9092, 9093, 9194, 9195, 9196]
     assert kafka["bootstrap"] == services.KAFKA_BOOTSTRAP
     assert kafka["version"] == services.KAFKA_VERSION
     assert kafka["log"].endswith("kafka.log")
@@ -204,3 +204,17 @@ def test_a_slow_service_that_keeps_logging_is_waited_for(tmp_path: Path) -> None
                                            r"without a new log line\)"):
         await_ready("silent", silent, lambda: False, tmp_path / "silent.log", timeout=1.0)
     assert not alive(silent)  # stopped, not left behind
+
+
+def test_cli_brokers_3_names_the_cluster_in_kafkas_place(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Status only: the cluster itself is started by tests/cluster (the CI's cluster phase)."""
+    args = _parser().parse_args(["services", "status", "--json", "--brokers", "3", "kafka"])
+    args.func(args)
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == [services.KAFKA_CLUSTER]
+    assert out[services.KAFKA_CLUSTER]["ports"] == [19092, 19093, 19094, 19192, 19193, 19194]
+    assert out[services.KAFKA_CLUSTER]["bootstrap"] == services.KAFKA_CLUSTER_BOOTSTRAP
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["services", "up", "--help"])
+    assert "--brokers" in capsys.readouterr().out

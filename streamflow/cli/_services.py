@@ -11,10 +11,22 @@ import contextlib
 import json
 import sys
 
-from streamflow.devservices import SERVICE_NAMES, ServiceStatus, down, reset, status, up
+from streamflow.devservices import (
+    KAFKA_CLUSTER,
+    KAFKA_CLUSTER_BOOTSTRAP,
+    SERVICE_NAMES,
+    ServiceStatus,
+    down,
+    reset,
+    status,
+    up,
+)
 from streamflow.errors import ServiceError
 
-_EPILOG = f"Services: {', '.join(SERVICE_NAMES)} (default: all)."
+_EPILOG = (f"Services: {', '.join(SERVICE_NAMES)} (default: all). With --brokers 3, kafka is "
+           f"a three-node KRaft cluster on {KAFKA_CLUSTER_BOOTSTRAP} instead (replication "
+           "factor 3, min.insync.replicas 2, no unclean leader election), beside the single "
+           "broker: its own ports and data.")
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +67,14 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             metavar="name",
             help=f"service to act on ({', '.join(SERVICE_NAMES)}); default: all",
         )
+        p.add_argument(
+            "--brokers",
+            type=int,
+            choices=(1, 3),
+            default=1,
+            help="1: the single dev broker (default); 3: the three-node cluster, in kafka's "
+            f"place (service name {KAFKA_CLUSTER})",
+        )
         p.set_defaults(func=func)
 
 
@@ -66,11 +86,13 @@ def _emit(statuses: dict[str, ServiceStatus], as_json: bool) -> None:
         state = "running" if st.running else "stopped"
         where = st.endpoints.get("bootstrap") or st.endpoints.get("url") or ""
         pid = f"pid {st.pid}" if st.pid else "-"
-        print(f"{name:<9} {state:<8} {pid:<11} {where}  ({st.version or 'not installed'})")
+        print(f"{name:<13} {state:<8} {pid:<11} {where}  ({st.version or 'not installed'})")
 
 
 def _names(args: argparse.Namespace) -> list[str]:
     names: list[str] = list(getattr(args, "names", []) or [])
+    if getattr(args, "brokers", 1) == 3:
+        names = [KAFKA_CLUSTER if n == "kafka" else n for n in names or SERVICE_NAMES]
     return names
 
 
@@ -109,8 +131,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def _cmd_reset(args: argparse.Namespace) -> int:
     try:
-        reset(_names(args))
-        statuses = status(_names(args) or ["kafka"])
+        names = _names(args) if args.names or args.brokers == 1 else [KAFKA_CLUSTER]
+        reset(names)
+        statuses = status(names or ["kafka"])
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

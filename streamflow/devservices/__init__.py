@@ -15,6 +15,7 @@ from types import ModuleType
 
 from streamflow.devservices import _jaeger as jaeger
 from streamflow.devservices import _kafka as kafka
+from streamflow.devservices import _kafka_cluster as kafka_cluster
 from streamflow.devservices import _postgres as postgres
 from streamflow.errors import ServiceError
 
@@ -23,34 +24,61 @@ from ._config import (
     JAEGER_QUERY_URL,
     JAEGER_VERSION,
     KAFKA_BOOTSTRAP,
+    KAFKA_CLUSTER,
+    KAFKA_CLUSTER_BOOTSTRAP,
+    KAFKA_MTLS_BOOTSTRAP,
+    KAFKA_OAUTH_BOOTSTRAP,
+    KAFKA_SCRAM_BOOTSTRAP,
+    KAFKA_SCRAM_PASSWORD,
+    KAFKA_SCRAM_USER,
     KAFKA_VERSION,
     OTLP_GRPC_ENDPOINT,
     OTLP_HTTP_ENDPOINT,
     POSTGRES_DSN,
+    POSTGRES_TLS_DSN,
+    POSTGRES_TLS_PASSWORD,
+    POSTGRES_TLS_USER,
     SERVICE_NAMES,
 )
 from ._kafka import delete_topics
+from ._pki import DevPki, dev_pki
 
 __all__ = [
     "JAEGER_QUERY_URL",
     "JAEGER_VERSION",
     "KAFKA_BOOTSTRAP",
+    "KAFKA_CLUSTER",
+    "KAFKA_CLUSTER_BOOTSTRAP",
+    "KAFKA_MTLS_BOOTSTRAP",
+    "KAFKA_OAUTH_BOOTSTRAP",
+    "KAFKA_SCRAM_BOOTSTRAP",
+    "KAFKA_SCRAM_PASSWORD",
+    "KAFKA_SCRAM_USER",
     "KAFKA_VERSION",
     "OTLP_GRPC_ENDPOINT",
     "OTLP_HTTP_ENDPOINT",
     "POSTGRES_DSN",
+    "POSTGRES_TLS_DSN",
+    "POSTGRES_TLS_PASSWORD",
+    "POSTGRES_TLS_USER",
     "SERVICE_NAMES",
+    "DevPki",
     "ServiceError",
     "ServiceStatus",
     "check_port_free",
     "delete_topics",
+    "dev_pki",
     "down",
     "reset",
     "status",
     "up",
 ]
 
-_MODULES: dict[str, ModuleType] = {"kafka": kafka, "postgres": postgres, "jaeger": jaeger}
+_MODULES: dict[str, ModuleType] = {"kafka": kafka, "postgres": postgres, "jaeger": jaeger,
+                                   KAFKA_CLUSTER: kafka_cluster}
+_KNOWN = (KAFKA_CLUSTER, *SERVICE_NAMES)
+"""The three-node cluster is asked for by name (``kafka --brokers 3`` on the CLI), never by
+default: it is for the replication tests, and takes three JVMs."""
 
 
 def _resolve(names: Sequence[str] | None) -> list[str]:
@@ -59,12 +87,12 @@ def _resolve(names: Sequence[str] | None) -> list[str]:
         names = [names]
     if not names:
         return list(SERVICE_NAMES)
-    unknown = sorted(set(names) - set(SERVICE_NAMES))
+    unknown = sorted(set(names) - set(_KNOWN))
     if unknown:
         raise ServiceError(
-            f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}"
+            f"unknown service(s): {', '.join(unknown)}; choose from {', '.join(_KNOWN)}"
         )
-    return [n for n in SERVICE_NAMES if n in names]
+    return [n for n in _KNOWN if n in names]
 
 
 def _call(name: str, fn: str) -> Callable[[], object]:
@@ -111,12 +139,12 @@ def down(names: Sequence[str] | None = None) -> None:
         raise ServiceError("\n".join(errors))
 
 
-RESETTABLE = ("kafka",)
+RESETTABLE = ("kafka", KAFKA_CLUSTER)
 
 
 def reset(names: Sequence[str] | None = None) -> None:
     """Stop the named services and delete their data (only Kafka keeps any worth wiping)."""
-    wanted = _resolve(names) if names else list(RESETTABLE)
+    wanted = _resolve(names) if names else ["kafka"]
     refused = [n for n in wanted if n not in RESETTABLE]
     if refused:
         raise ServiceError(

@@ -17,6 +17,24 @@ HOST = "127.0.0.1"
 KAFKA_PORT = 9092
 KAFKA_CONTROLLER_PORT = 9093
 KAFKA_BOOTSTRAP = f"{HOST}:{KAFKA_PORT}"
+# The secured listeners of the same broker (docs/security.md): SASL_SSL with SCRAM users,
+# mutual TLS, and OAUTHBEARER checked by Kafka's unsecured JWT validator (dev only).
+KAFKA_SCRAM_PORT = 9194
+KAFKA_MTLS_PORT = 9195
+KAFKA_OAUTH_PORT = 9196
+KAFKA_SCRAM_BOOTSTRAP = f"{HOST}:{KAFKA_SCRAM_PORT}"
+KAFKA_MTLS_BOOTSTRAP = f"{HOST}:{KAFKA_MTLS_PORT}"
+KAFKA_OAUTH_BOOTSTRAP = f"{HOST}:{KAFKA_OAUTH_PORT}"
+KAFKA_SCRAM_USER = "streamflow"
+KAFKA_SCRAM_PASSWORD = "streamflow-dev-scram"  # a fixed dev value, like POSTGRES_PASSWORD
+PKI_STORE_PASSWORD = "streamflow-dev-store"  # the broker's PKCS#12 keystore
+
+# The three-node KRaft cluster (`streamflow services up kafka --brokers 3`): its own ports and
+# data, so it runs beside the single broker above. Node n (1-3) takes the n-th of each.
+KAFKA_CLUSTER = "kafka-cluster"
+KAFKA_CLUSTER_PORTS = (19092, 19093, 19094)
+KAFKA_CLUSTER_CONTROLLER_PORTS = (19192, 19193, 19194)
+KAFKA_CLUSTER_BOOTSTRAP = ",".join(f"{HOST}:{port}" for port in KAFKA_CLUSTER_PORTS)
 
 JAEGER_QUERY_PORT = 16686
 JAEGER_QUERY_GRPC_PORT = 16685
@@ -34,6 +52,12 @@ POSTGRES_DB = "streamflow"
 POSTGRES_DSN = (
     f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
 )
+# A role that may log in only over TLS, with scram-sha-256 (docs/security.md).
+POSTGRES_TLS_USER = "streamflow_tls"
+POSTGRES_TLS_PASSWORD = "streamflow-dev-tls"  # a fixed dev value
+POSTGRES_TLS_DSN = f"postgresql://{POSTGRES_TLS_USER}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
+"""Without the password: give it as the connectors' ``password``, ``password_file`` or
+``password_env``, and ``sslmode=verify-full`` with ``sslrootcert`` the dev CA."""
 
 SERVICE_NAMES: tuple[str, ...] = ("kafka", "postgres", "jaeger")
 """Start order: Kafka and Postgres are quick; Jaeger may compile for minutes the first time."""

@@ -32,16 +32,21 @@ from ._config import (
     HOST,
     KAFKA_BOOTSTRAP,
     KAFKA_CONTROLLER_PORT,
+    KAFKA_MTLS_BOOTSTRAP,
+    KAFKA_OAUTH_BOOTSTRAP,
     KAFKA_PORT,
     KAFKA_SCALA_VERSION,
+    KAFKA_SCRAM_BOOTSTRAP,
     KAFKA_VERSION,
     LOG4J_SLF4J_VERSION,
     cache_dir,
     run_dir,
 )
+from ._kafka_secure import SECURE_PORTS, ensure_scram_users, listeners, properties, protocol_map
+from ._pki import DevPki, dev_pki
 
 NAME = "kafka"
-PORTS = (KAFKA_PORT, KAFKA_CONTROLLER_PORT)
+PORTS = (KAFKA_PORT, KAFKA_CONTROLLER_PORT, *SECURE_PORTS)
 START_TIMEOUT = 60.0
 
 _POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -89,16 +94,17 @@ def _libs() -> Path:
     return _home() / "libs"
 
 
-def _server_properties(data_dir: Path) -> str:
-    """One node, loopback only. Retention is checked every 10 s, not 5 minutes, so a short
-    ``ledger_retention_s`` (tests, ``bench soak``) takes effect within a run."""
+def _server_properties(data_dir: Path, pki: DevPki) -> str:
+    """One node, loopback only, PLAINTEXT plus the secured listeners (``_kafka_secure``).
+    Retention is checked every 10 s, not 5 minutes, so a short ``ledger_retention_s``
+    (tests, ``bench soak``) takes effect within a run."""
     return f"""process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{KAFKA_CONTROLLER_PORT}
-listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT}
+listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT},{listeners()}
+advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},{listeners()}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,{protocol_map()}
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir}
 offsets.topic.replication.factor=1
@@ -111,7 +117,7 @@ num.partitions=4
 auto.create.topics.enable=true
 log.segment.delete.delay.ms=1000
 log.retention.check.interval.ms=10000
-"""
+{properties(pki)}"""
 
 
 def _config_path() -> Path:
@@ -183,32 +189,51 @@ def status() -> ServiceStatus:
         ports=PORTS,
         version=KAFKA_VERSION,
         log=str(_log()),
-        endpoints={"bootstrap": KAFKA_BOOTSTRAP},
+        endpoints={"bootstrap": KAFKA_BOOTSTRAP, "scram_bootstrap": KAFKA_SCRAM_BOOTSTRAP,
+                   "mtls_bootstrap": KAFKA_MTLS_BOOTSTRAP,
+                   "oauth_bootstrap": KAFKA_OAUTH_BOOTSTRAP},
     )
 
 
 def up() -> ServiceStatus:
+    """Start the broker, or reuse it; one started with other settings (say, before the
+    secured listeners existed) is restarted with these, keeping its data."""
     with locked(run_dir(NAME) / ".lock"):
         current = status()
-        if current.running:
+        wanted = _server_properties(run_dir(NAME) / "data", dev_pki())
+        if current.running and _written() == wanted:
+            ensure_scram_users(_java_cmd(), run_dir(NAME), _meta())
             return current
         if current.pid is not None:
-            progress(
-                f"kafka: pid {current.pid} is ours but not accepting connections; restarting it"
-            )
+            why = "its configuration changed" if current.running else "not accepting connections"
+            progress(f"kafka: pid {current.pid} is ours but {why}; restarting it")
             terminate(current.pid, NAME)
         for port in PORTS:
             check_port_free(port, NAME)
         _ensure_jars()
-        return _start()
+        started = _start(wanted)
+        ensure_scram_users(_java_cmd(), run_dir(NAME), _meta())
+        return started
 
 
-def _start() -> ServiceStatus:
+def _written() -> str | None:
+    try:
+        return _config_path().read_text()
+    except OSError:
+        return None
+
+
+def _meta() -> Path:
+    return run_dir(NAME) / "data" / "meta.properties"
+
+
+def _start(properties_text: str) -> ServiceStatus:
     rdir = run_dir(NAME)
     data = rdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = _config_path()
-    config.write_text(_server_properties(data))
+    config.write_text(properties_text)
+    config.chmod(0o600)  # it holds the keystore password
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         progress(f"kafka: formatting storage in {data}")

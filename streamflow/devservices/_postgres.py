@@ -32,9 +32,13 @@ from ._config import (
     POSTGRES_DSN,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
+    POSTGRES_TLS_DSN,
+    POSTGRES_TLS_PASSWORD,
     POSTGRES_USER,
     run_dir,
 )
+from ._pki import dev_pki
+from ._postgres_tls import ensure_tls, role_sql
 
 NAME = "postgres"
 PORTS = (POSTGRES_PORT,)
@@ -182,7 +186,7 @@ def _check_port(ver: str) -> None:
     check_port_free(POSTGRES_PORT, NAME, hint)
 
 
-def _psql_admin(sql: str) -> str:
+def _psql_admin(sql: str, db: str = "postgres") -> str:
     cmd = [
         "psql",
         "-X",
@@ -193,7 +197,7 @@ def _psql_admin(sql: str) -> str:
         "-p",
         str(POSTGRES_PORT),
         "-d",
-        "postgres",
+        db,
         "-c",
         sql,
     ]
@@ -228,6 +232,7 @@ def up() -> ServiceStatus:
     with locked(run_dir(NAME) / ".lock"):
         current = status()
         if current.running:
+            _ensure_tls()
             return current
         ver = _version() or _install()
         cluster = _ours()
@@ -267,7 +272,28 @@ def up() -> ServiceStatus:
                 f"{START_TIMEOUT:.0f}s. Log {log} ends with:\n{log_tail(log)}"
             )
         _ensure_role_and_db()
+        _ensure_tls()
         return status()
+
+
+def _ensure_tls() -> None:
+    """TLS from the dev CA and the TLS-only role, on a new cluster or one made before them."""
+    cluster = _ours()
+    assert cluster is not None
+    conf_dir = Path("/etc/postgresql") / cluster.version / cluster.name
+
+    def reload() -> None:
+        run(["pg_ctlcluster", cluster.version, cluster.name, "reload"],
+            "postgres: pg_ctlcluster reload")
+
+    pki = dev_pki()
+    changed = ensure_tls(conf_dir, pki, reload)
+    probe = subprocess.run(
+        ["psql", f"{POSTGRES_TLS_DSN}?sslmode=verify-full&sslrootcert={pki.ca}", "-X", "-tAc",
+         "select 1"], capture_output=True, text=True, check=False,
+        env=dict(os.environ, PGPASSWORD=POSTGRES_TLS_PASSWORD))
+    if changed or probe.returncode != 0:
+        _psql_admin(role_sql(), POSTGRES_DB)
 
 
 def down() -> None:

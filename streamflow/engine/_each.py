@@ -36,6 +36,7 @@ from streamflow.model import (
     Arrival,
     Asset,
     Message,
+    Mode,
     OutMessage,
     header_int,
     mode_of,
@@ -161,22 +162,10 @@ class _Batch:
     def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str, str, str] | bool:
         """(headers, record, run id, partition key, arrival id) of a record to run here; False
         if it already ran, True if it takes the general path."""
-        st = self.st
-        h = dict(m.headers)
-        asset = st.by_topic.get(m.topic)
-        if (asset is None or len(m.value) > self.max_bytes or m.topic in st.lane_topics
-                or not _UNUSUAL.isdisjoint(h)):
+        accepted = self.accept(m)
+        if accepted is None:
             return True
-        if self.traced:
-            tp = h.get(H_TRACEPARENT)
-            if tp is not None and is_sampled(tp):
-                return True
-        try:
-            record = asset.contract.model_validate_json(m.value)
-        except ValidationError:  # dead-lettered there, with the reason
-            return True
-        arrivals = self.tally.arrivals
-        arrivals[asset.name] = arrivals.get(asset.name, 0) + 1
+        h, record = accepted
         raw_id = h.get(H_ARRIVAL_ID)
         arrival_id = raw_id.decode("utf-8", "replace") if raw_id else stable_id(
             "foreign", hashlib.blake2b(m.value, digest_size=16).hexdigest())  # by content
@@ -187,13 +176,45 @@ class _Batch:
             return False
         return h, record, run_id, partition, arrival_id
 
+    def accept(self, m: Message) -> tuple[dict[str, bytes], Any] | None:
+        """(headers, validated record) of an ordinary arrival for this lane; None for one
+        that takes the general path."""
+        st = self.st
+        h = dict(m.headers)
+        asset = st.by_topic.get(m.topic)
+        if (asset is None or len(m.value) > self.max_bytes or m.topic in st.lane_topics
+                or not _UNUSUAL.isdisjoint(h)):
+            return None
+        if self.traced:
+            tp = h.get(H_TRACEPARENT)
+            if tp is not None and is_sampled(tp):
+                return None
+        try:
+            record = asset.contract.model_validate_json(m.value)
+        except ValidationError:  # dead-lettered there, with the reason
+            return None
+        arrivals = self.tally.arrivals
+        arrivals[asset.name] = arrivals.get(asset.name, 0) + 1
+        return h, record
+
     def succeeded(self, m: Message, h: dict[str, bytes], run_id: str, partition: str,
                   arrival_id: str, outputs: list[Any], started: float) -> None:
-        st, tally = self.st, self.tally
         backfill_b = h.get(H_BACKFILL)
-        backfill = backfill_b.decode("utf-8", "replace") if backfill_b else ""
-        mode = mode_of(h.get(H_MODE))
-        tp = h.get(H_TRACEPARENT)
+        asset = h[H_ASSET].decode("utf-8", "replace") if H_ASSET in h else ""
+        pkey_in = h.get(H_PARTITION, b"default") if m.topic in self.st.placed_topics else None
+        self.record_run(
+            run_id, partition, m.partition, outputs, started, mode_of(h.get(H_MODE)),
+            h.get(H_TRACEPARENT), backfill_b.decode("utf-8", "replace") if backfill_b else "",
+            [[asset, partition, header_int(h.get(H_VERSION), 1), arrival_id]], pkey_in)
+        self.fired_add(run_id, m.partition, self.in_txn)
+
+    def record_run(self, run_id: str, partition: str, kafka_partition: int, outputs: list[Any],
+                   started: float, mode: Mode, tp: bytes | None, backfill: str,
+                   inputs: list[list[Any]], pkey_in: bytes | None,
+                   settle_at: int | None = None) -> None:
+        """A succeeded run's outputs (to ``out``), its ledger entry and its metrics.
+        ``pkey_in``: the partition key its outputs share the input's partition number with."""
+        tally = self.tally
         started_ms = int(started * 1000)
         ids = []
         if outputs:
@@ -205,19 +226,16 @@ class _Batch:
                 tail.append((H_TRACEPARENT, tp))
             if backfill:
                 tail.append((H_BACKFILL, backfill.encode()))
-            pkey_in = h.get(H_PARTITION, b"default") if m.topic in st.placed_topics else None
             for i, rec in enumerate(outputs):
-                ids.append(self.emit(rec, i, run_id, tail, started_ms, pkey_in, m.partition))
+                ids.append(self.emit(rec, i, run_id, tail, started_ms, pkey_in,
+                                     kafka_partition))
         ended = time.time()
         tally.durations.append(ended - started)
         tally.runs += 1
         tally.outputs += len(ids)
-        asset = h[H_ASSET].decode("utf-8", "replace") if H_ASSET in h else ""
-        st.book.add(m.partition, run_entry(
-            run_id, partition, 1, started_ms, int(ended * 1000),
-            [[asset, partition, header_int(h.get(H_VERSION), 1), arrival_id]], ids,
-            mode=mode, trace_id=trace_id_of(tp), backfill=backfill))
-        self.fired_add(run_id, m.partition, self.in_txn)
+        self.st.book.add(kafka_partition, run_entry(
+            run_id, partition, 1, started_ms, int(ended * 1000), inputs, ids,
+            mode=mode, trace_id=trace_id_of(tp), backfill=backfill), settle_at=settle_at)
 
     def emit(self, rec: Any, i: int, run_id: str, tail: list[tuple[str, bytes]],
              started_ms: int, pkey_in: bytes | None, partition_in: int) -> str:

@@ -227,13 +227,13 @@ def _succeeded(st: StageLike, outputs: list[BaseModel], plan: PlannedRun, attemp
         plan.run_id, plan.partition, attempt, int(started * 1000), int(time.time() * 1000),
         compact_inputs(plan.inputs), produced, mode=plan.mode, replay=plan.replay,
         trace_id=trace_id_of(plan.parent), backfill=plan.backfill, checks=plan.checks),
-        settle_at=_settle_at(st, plan, attempt))
+        settle_at=settle_at(st, plan, attempt))
     st.fire(plan)
     if st.ctx.lineage is not None:
         lineage(st, plan, attempt, time.time(), "succeeded")
 
 
-def _settle_at(st: StageLike, plan: PlannedRun, attempt: int) -> int | None:
+def settle_at(st: StageLike, plan: PlannedRun, attempt: int) -> int | None:
     """Where the run's open record on the ledger's compacted topic is, if it may have one."""
     at = st.fired.settle_at(plan.run_id)
     if at is None and (attempt > 1 or plan.replay > 0 or plan.settles):

@@ -62,6 +62,7 @@ from ._each import handle_each, lean
 from ._fired import FiredRuns, RecentRuns
 from ._lanes import LanePolling
 from ._redact import batch_redaction, names_of
+from ._triggered import handle_triggered, lean_triggered
 
 log = logging.getLogger("streamflow.stage")
 
@@ -112,6 +113,7 @@ class StageRunner(_Consumer):
         if self.gate is not None and not retry_lane:  # the input lane is its only writer
             self.gate.store.checkpoints = ctx.checkpoints
         self._lean = not retry_lane and lean(self)
+        self._lean_triggered = not retry_lane and lean_triggered(self)
 
     @property
     def max_attempts(self) -> int:
@@ -235,6 +237,9 @@ class StageRunner(_Consumer):
             if self._lean:
                 await handle_each(self, msgs, out, spans)
                 done = msgs
+            elif self._lean_triggered:
+                await handle_triggered(self, msgs, out, spans)
+                done = msgs
             else:
                 for m in msgs:
                     if self.retry_lane and not await self._wait_until_due(m):
@@ -298,7 +303,7 @@ class StageRunner(_Consumer):
             try:
                 plan = self._replan(m, arr)
             except Refused as e:
-                self._reject(f"{_where(m)}: stage {self.name!r}: {e}", m, arr, proc, out, spans)
+                self.reject(f"{_where(m)}: stage {self.name!r}: {e}", m, arr, proc, out, spans)
                 return
             plan.kafka_partition = m.partition  # by its partition key, as the input's
             await _outcomes.execute(self, plan, attempt, m, out, spans, proc)
@@ -308,7 +313,7 @@ class StageRunner(_Consumer):
         asset = self.by_asset.get(arr.asset) if self.retry_lane else self.by_topic.get(m.topic)
         record = self._checked(m, arr, asset)
         if isinstance(record, str):
-            self._reject(record, m, arr, proc, out, spans)
+            self.reject(record, m, arr, proc, out, spans)
             return
         if self.gate is not None and not self.retry_lane:
             if not self.gate.store.loaded(m.partition):
@@ -320,7 +325,7 @@ class StageRunner(_Consumer):
             try:
                 plans, state_msgs = self.gate.offer(m, arr, asset, record)
             except Refused as e:
-                self._reject(str(e), m, arr, proc, out, spans)
+                self.reject(str(e), m, arr, proc, out, spans)
                 return
             out.extend(state_msgs)
         else:
@@ -349,7 +354,7 @@ class StageRunner(_Consumer):
             return f"{_where(m)}: {why}"
         return record
 
-    def _reject(self, reason: str, m: Message, arr: Arrival, proc: RecSpan | None,
+    def reject(self, reason: str, m: Message, arr: Arrival, proc: RecSpan | None,
                 out: list[OutMessage], spans: list[RecSpan | None]) -> None:
         fail_span(proc, None, reason)
         out.append(self.dead_letter(reason, m, arr, proc, spans, None))

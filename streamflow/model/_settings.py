@@ -100,6 +100,15 @@ class Settings(BaseModel):
         7 * 86_400.0, gt=0, description="how long the run ledger keeps runs that need nothing "
                                         "more (succeeded, skipped, released); failed, held and "
                                         "parked runs stay until resolved")
+    replication_factor: int | None = Field(
+        None, ge=1, le=32,
+        description="replicas of every Kafka topic StreamFlow creates (unset: the broker's "
+                    "default.replication.factor); capped, with a warning, by the brokers alive "
+                    "at creation; the embedded transport ignores it")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, le=32,
+        description="min.insync.replicas of every Kafka topic StreamFlow creates: replicas "
+                    "that must hold a write before acks=all succeeds (unset: the broker's)")
     catalog_url: SecretStr | None = Field(
         None, description="where the catalog lives: postgresql://user:password@host/db for a "
                           "fleet (needs the postgres extra), or sqlite:PATH; unset: SQLite "
@@ -145,6 +154,15 @@ class Settings(BaseModel):
                 f"ledger_retention_s ({self.ledger_retention_s:g}) is shorter than "
                 f"dedupe_window_s ({self.dedupe_window_s:g}): a restarted worker rebuilds its "
                 "dedupe window from the ledger, so keep the ledger at least that long")
+        return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        factor, insync = self.replication_factor, self.min_insync_replicas
+        if factor is not None and insync is not None and insync > factor:
+            raise ValueError(
+                f"min_insync_replicas ({insync}) is above replication_factor ({factor}): no "
+                "write could ever be acknowledged by enough replicas")
         return self
 
     @property

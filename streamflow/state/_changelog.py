@@ -173,7 +173,13 @@ class StateStore(Generic[S]):
         ends = await self.transport.end_offsets(self.topic)
         parts = {p for p in self._restores if self.loaded(p) and p in assigned and p in ends
                  and p not in self.unsure and p not in self.unreadable}
-        snaps = self.snapshot(parts)
+        # The view is taken now; encoding it (seconds for 100,000 states) runs in a thread so
+        # the loop keeps the group's heartbeats going. Nothing changes a state meanwhile (the
+        # stage has stopped); a revoke only drops states, so its partitions are left out.
+        view = [(k, st) for k, st in self.states.items() if st.kafka_partition in parts]
+        marks = {p: self.partition_records(p) for p in parts}
+        snaps = await asyncio.to_thread(self._encode, view, marks)
+        parts = {p for p in parts if self.loaded(p) and p not in self.unsure}
         for p in sorted(parts):
             records = snaps.get(p, [])
             size = await asyncio.to_thread(cps.save, self.topic, p, ends[p], records)
@@ -183,15 +189,15 @@ class StateStore(Generic[S]):
             await asyncio.to_thread(cps.discard, self.topic, p)
         log.debug("stage %s: checkpoints took %.3fs", self.stage, time.perf_counter() - t0)
 
-    def snapshot(self, partitions: set[int]) -> dict[int, list[tuple[bytes, bytes]]]:
-        """The changelog records whose fold is this view of ``partitions``."""
-        out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
-        for key, state in self.states.items():
-            records = out.get(state.kafka_partition)
-            if records is not None:
-                records.extend((m.key or b"", m.value) for m in self.records_of(key, state))
+    def _encode(self, view: list[tuple[str, S]], marks: dict[int, list[OutMessage]]
+                ) -> dict[int, list[tuple[bytes, bytes]]]:
+        """The changelog records whose fold is this view (``marks``: each partition's own)."""
+        out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in marks}
+        for key, state in view:
+            out[state.kafka_partition].extend(
+                (m.key or b"", m.value) for m in self.records_of(key, state))
         for p, records in out.items():
-            records.extend((m.key or b"", m.value) for m in self.partition_records(p))
+            records.extend((m.key or b"", m.value) for m in marks[p])
         return out
 
     def records_of(self, key: str, state: S) -> list[OutMessage]:

@@ -179,7 +179,9 @@ class BarrierGate:
             # The arrival that completed the barrier was validated a moment ago.
             records[name] = slot.record if slot.record is not None else \
                 asset.contract.model_validate_json(slot.value)
-            slot.record = None  # kept only until the run: an open barrier holds bytes
+            # Kept only until the run (the changelog message of the arrival that fired it
+            # is made): a fired state held for its retention keeps bytes only.
+            slot.record = slot.encoded = None
             headers = dict(slot.headers)
             partition = headers.get(H_PARTITION, b"default").decode("utf-8", "replace")
             inputs.append(RunInput(name, partition, slot.version, slot.arrival_id))

@@ -24,10 +24,12 @@ class Slot:
     record: Any = None
     """The validated record, from its arrival until the run it fires (never persisted)."""
     encoded: dict[str, Any] | None = None
-    """``to_json``'s answer: a slot does not change once made, and every later arrival for
-    its partition writes it to the changelog again."""
+    """``to_json``'s answer while its barrier is open: a slot does not change once made, and
+    every later arrival for its partition writes it to the changelog again (dropped when the
+    barrier fires: a fired state may be kept for a long retention)."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, keep: bool = False) -> dict[str, Any]:
+        """``keep``: remember the answer (a barrier's slot, written again with its state)."""
         d = self.encoded
         if d is None:
             d = {"arrival_id": self.arrival_id, "version": self.version,
@@ -35,7 +37,8 @@ class Slot:
                  "headers": [[k, v.decode("latin-1")] for k, v in self.headers]}
             if self.key is not None:
                 d["key"] = self.key
-            self.encoded = d
+            if keep:
+                self.encoded = d
         return d
 
     @classmethod
@@ -61,7 +64,7 @@ class PartitionState:
              "first_seen_ms": self.first_seen_ms, "fired": self.fired,
              "window_start_ms": self.window_start_ms, "max_event_ms": self.max_event_ms}
         if slots:
-            d["slots"] = {a: s.to_json() for a, s in self.slots.items()}
+            d["slots"] = {a: s.to_json(keep=True) for a, s in self.slots.items()}
         return d
 
     @classmethod

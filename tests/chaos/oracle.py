@@ -198,8 +198,9 @@ async def drop_table(dsn: str, table: str) -> None:
         await conn.close()
 
 
-def check(report: dict[str, Any], kills: int) -> None:
-    """What the issue requires, on either transport."""
+def check(report: dict[str, Any], kills: int, recovery_bound_s: float = 10) -> None:
+    """What the issue requires, on either transport (and on the three-node cluster, where a
+    killed broker's loss is noticed before anything moves: ``recovery_bound_s``)."""
     outcome = {k: report[k] for k in ("lost", "duplicated", "unexpected", "mismatched",
                                       "dead_letter_duplicated", "dead_letter_stray",
                                       "dead_letter_without_reason", "poison_blocking")}
@@ -207,5 +208,6 @@ def check(report: dict[str, Any], kills: int) -> None:
     assert report["poison"] >= 1000
     assert report["dead_lettered"] == report["poison"], report["dead_letter_missing"]
     assert len(report["recovery_s"]) == kills, report["faults"]
-    assert all(r is not None and r < 10 for r in report["recovery_s"]), report["faults"]
+    assert all(r is not None and r < recovery_bound_s for r in report["recovery_s"]), \
+        report["faults"]
     assert all(f["unsent"] >= 0.2 for f in report["faults"]), report["faults"]

@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from streamflow.connectors import ConnectorError
 
 from ._codecs import qualified
+from ._pg_security import PgSecurity, refused
 
 log = logging.getLogger("streamflow.connectors.postgres")
 T = TypeVar("T")
@@ -79,8 +80,11 @@ class Db:
     exponential backoff, then reported as :class:`PostgresUnavailable` naming the endpoint."""
 
     def __init__(self, dsn: str, who: str, pool_size: int, max_retries: int, backoff_s: float,
-                 connect_timeout_s: float, decode_json: bool = False) -> None:
+                 connect_timeout_s: float, decode_json: bool = False,
+                 security: PgSecurity | None = None) -> None:
         self.dsn, self.who, self.where = dsn, who, endpoint(dsn)
+        self.security = security or PgSecurity()
+        self.options = self.security.connect_options()  # password, ssl
         self.pool_size, self.max_retries, self.backoff_s = pool_size, max_retries, backoff_s
         self.connect_timeout_s, self.decode_json = connect_timeout_s, decode_json
         self.pool: Any = None
@@ -98,10 +102,15 @@ class Db:
                 if self.pool is None:
                     self.pool = await asyncpg_module().create_pool(
                         self.dsn, min_size=1, max_size=self.pool_size,
-                        timeout=self.connect_timeout_s, init=self._init, reset=_no_reset)
+                        timeout=self.connect_timeout_s, init=self._init, reset=_no_reset,
+                        **self.options)
                 async with self.pool.acquire(timeout=self.connect_timeout_s) as conn:
                     return await op(conn)
             except Exception as e:
+                problem = refused(e, self.where, self.security.sslmode)
+                if problem is not None:  # retrying cannot help: say what to check
+                    await self.close()
+                    raise ConnectorError(f"{self.who}: cannot {what}: {problem}") from None
                 if not _transient(e):
                     raise
                 if attempt >= self.max_retries:
@@ -123,7 +132,7 @@ class Db:
                 pool.terminate()
 
 
-class ConnConfig(BaseModel):
+class ConnConfig(PgSecurity):
     dsn: str = Field(description="PostgreSQL URL, e.g. postgresql://user:pw@host:5432/db")
     table: str = Field(description="table name; `schema.table` to name its schema")
     max_retries: int = Field(5, ge=0, description="retries of a connection failure")

@@ -122,7 +122,8 @@ class PostgresSink:
             "server.address": host, "server.port": int(port) if port.isdigit() else 5432,
         }
         self.db = Db(config.dsn, f"postgres sink ({config.table})", config.pool_size,
-                      config.max_retries, config.retry_backoff_s, config.connect_timeout_s)
+                      config.max_retries, config.retry_backoff_s, config.connect_timeout_s,
+                      security=config)
         self._buf: dict[str, SinkRecord] = {}
         self._lock = asyncio.Lock()
         self._layout: dict[str, str] | None = None

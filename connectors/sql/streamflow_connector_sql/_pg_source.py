@@ -43,7 +43,8 @@ class PostgresSource:
         self.cfg = config
         self.ref = table_ref(config.table)
         self.db = Db(config.dsn, f"postgres source ({config.table})", 2, config.max_retries,
-                      config.retry_backoff_s, config.connect_timeout_s, decode_json=True)
+                      config.retry_backoff_s, config.connect_timeout_s, decode_json=True,
+                      security=config)
         self.name = "postgres"
         self.state_file = Path(".")
         self.keys: list[str] = []

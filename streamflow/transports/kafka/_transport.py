@@ -8,9 +8,8 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamflow.connectors import KafkaSecurity
 from streamflow.errors import TransportError
@@ -20,7 +19,9 @@ from streamflow.transports._protocol import AssignCallback
 from streamflow.transports._txn import CURRENT
 
 from ._client import KafkaClient, Listener
+from ._diagnose import start_in_time
 from ._eos import KafkaEosSubscription
+from ._replication import Replication, Resolved, create, new_topic, resolve, warn_below
 from ._subscription import KafkaSubscription
 from ._tail import KafkaTail, quiet_missing, tracked_partitions
 
@@ -68,9 +69,13 @@ class KafkaTransport:
     def __init__(self, bootstrap: str, partitions: int = 4, linger_ms: int = 0,
                  exactly_once: bool = False, session_timeout_s: float = 6.0,
                  instance_id: str | None = None,
-                 security: KafkaSecurity | None = None) -> None:
+                 security: KafkaSecurity | None = None,
+                 replication: Replication | None = None) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
+        self.replication = replication or Replication()
+        self._warned: set[str] = set()  # topics already warned about (replication)
+        self._resolved: Resolved | None = None  # once per transport: one warning if capped
         self.exactly_once = exactly_once
         self.client = KafkaClient(bootstrap, linger_ms, int(session_timeout_s * 1000),
                                   instance_id, security or KafkaSecurity())
@@ -82,18 +87,16 @@ class KafkaTransport:
         self._probing = asyncio.Lock()
 
     async def start(self) -> None:
+        """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
         self._producer = AIOKafkaProducer(**self.client.producer_config())
         try:
-            await self._producer.start()
-        except KafkaConnectionError as e:
+            await start_in_time(self._producer.start(), self.bootstrap, self.client.security,
+                                self.client.options)
+        except TransportError:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
-            raise TransportError(
-                f"cannot reach Kafka at {self.bootstrap}: {e}. Start it with "
-                "`streamflow services up kafka`, or unset STREAMFLOW_KAFKA_BOOTSTRAP to use "
-                "the embedded transport."
-            ) from e
+            raise
 
     async def close(self) -> None:
         for s in list(self._subs):
@@ -113,14 +116,17 @@ class KafkaTransport:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
+            wanted = list(dict.fromkeys([*topics, *compacted, *retained]))
+            resolved = self._resolved = self._resolved or await resolve(admin, self.replication)
             new = [
-                NewTopic(t, (partitions or {}).get(t, self.partitions), 1,
-                         topic_configs=_configs(t, compacted, retained))
-                for t in dict.fromkeys([*topics, *compacted, *retained]) if t not in existing
+                new_topic(t, (partitions or {}).get(t, self.partitions), resolved,
+                          _configs(t, compacted, retained))
+                for t in wanted if t not in existing
             ]
             if new:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(new)
+                await create(admin, new)
+            await warn_below(admin, [t for t in wanted if t in existing], resolved,
+                             self._warned)
             old = [t for t in retained if t in existing]
             if old:  # the setting may have changed since the topic was made
                 await _retain(admin, {t: _configs(t, compacted, retained) or {} for t in old})

@@ -1,0 +1,148 @@
+"""How many replicas the topics StreamFlow creates get, and a warning for those below it.
+
+A lost broker must lose no acknowledged record: with ``acks=all`` that needs each topic on
+several brokers (``replication_factor``) and a floor of replicas per write
+(``min_insync_replicas``). Unset, both follow the broker's defaults, so the dev broker's 1 and a
+cluster's 3 need no setting. A factor above the brokers alive is capped, with a warning, rather
+than refused: one settings file then serves a laptop's single broker and the production cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
+
+from streamflow.errors import TransportError
+
+log = logging.getLogger("streamflow.transports.kafka")
+
+MIN_ISR = "min.insync.replicas"
+DEFAULT_RF = "default.replication.factor"
+TOPIC_EXISTS = 36  # TOPIC_ALREADY_EXISTS: a racing worker made it first
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """What the settings ask for; None: the broker's default."""
+
+    factor: int | None = None
+    min_insync: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What topics are created with on this cluster, now."""
+
+    factor: int
+    min_insync: int | None
+    brokers: int
+
+
+async def resolve(admin: AIOKafkaAdminClient, wanted: Replication) -> Resolved:
+    """The factor to create topics with: the setting or the broker's default, capped by the
+    brokers in the cluster's metadata (with a warning naming both)."""
+    brokers = [b["node_id"] for b in (await admin.describe_cluster())["brokers"]]
+    if not brokers:
+        raise TransportError("Kafka reports no live broker: cannot create topics")
+    factor = wanted.factor
+    if factor is None:
+        factor = await _broker_default(admin, brokers[0])
+    insync = wanted.min_insync
+    if factor > len(brokers):
+        log.warning(
+            "replication_factor %d asked for, but the Kafka cluster has %d live broker(s): "
+            "topics are created with %d replica(s). Start more brokers, or set "
+            "replication_factor to at most %d to silence this.",
+            factor, len(brokers), len(brokers), len(brokers))
+        factor = len(brokers)
+    if insync is not None and insync > factor:
+        log.warning("min_insync_replicas %d is above the %d replica(s) topics get: capped to "
+                    "%d, or no write could be acknowledged", insync, factor, factor)
+        insync = factor
+    return Resolved(factor, insync, len(brokers))
+
+
+async def _broker_default(admin: AIOKafkaAdminClient, node: int) -> int:
+    """The broker's ``default.replication.factor``. Unreadable (no DescribeConfigs right on
+    the cluster), it is an error: guessing 1 would leave a production topic on one broker."""
+    res = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.BROKER, str(node), {DEFAULT_RF: None})])
+    for r in (r for resp in res for r in resp.resources):
+        value = {e[0]: e[1] for e in r[4]}.get(DEFAULT_RF)
+        if not r[0] and value is not None:
+            return int(value)
+        raise TransportError(
+            f"cannot read {DEFAULT_RF} of Kafka broker {node} "
+            f"({r[1] or (for_code(r[0]).__name__ if r[0] else 'not in its answer')}): set "
+            "replication_factor (STREAMFLOW_REPLICATION_FACTOR) to the replicas StreamFlow's "
+            "topics should have")
+    raise TransportError(f"Kafka broker {node} did not describe its {DEFAULT_RF}")
+
+
+def new_topic(name: str, partitions: int, resolved: Resolved,
+              configs: dict[str, str] | None) -> NewTopic:
+    topic_configs = dict(configs or {})
+    if resolved.min_insync is not None:
+        topic_configs[MIN_ISR] = str(resolved.min_insync)
+    return NewTopic(name, partitions, resolved.factor, topic_configs=topic_configs or None)
+
+
+async def create(admin: AIOKafkaAdminClient, new: Sequence[NewTopic]) -> None:
+    """Create the topics; a broker's refusal (too few brokers for the factor, a bad config)
+    is an error naming the topic, not a topic that silently never appears."""
+    response = await admin.create_topics(list(new))
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        if code and code != TOPIC_EXISTS:
+            raise TransportError(
+                f"Kafka refused to create topic {topic}: "
+                f"{message or for_code(code).__name__} (error {code})")
+
+
+async def warn_below(admin: AIOKafkaAdminClient, topics: Sequence[str], resolved: Resolved,
+                     warned: set[str]) -> None:
+    """One warning per existing topic with fewer replicas, or a lower min.insync.replicas,
+    than new topics get: Kafka never raises either by itself."""
+    topics = [t for t in topics if t not in warned]
+    if not topics:
+        return
+    low: dict[str, int] = {}
+    for t in await admin.describe_topics(topics):
+        replicas = [len(p["replicas"]) for p in t["partitions"]]
+        if not t["error_code"] and replicas and min(replicas) < resolved.factor:
+            low[t["topic"]] = min(replicas)
+    for topic, has in low.items():
+        warned.add(topic)
+        log.warning(
+            "Kafka topic %s has %d replica(s), below replication_factor %d: a broker's loss "
+            "can lose its records or stop it. Raise it with kafka-reassign-partitions.sh (a "
+            "reassignment naming %d brokers per partition), or delete the topic so StreamFlow "
+            "recreates it (its records go with it).", topic, has, resolved.factor,
+            resolved.factor)
+    if resolved.min_insync is not None:
+        await _warn_min_insync(admin, [t for t in topics if t not in warned], resolved, warned)
+
+
+async def _warn_min_insync(admin: AIOKafkaAdminClient, topics: Sequence[str],
+                           resolved: Resolved, warned: set[str]) -> None:
+    if not topics:
+        return
+    described = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t, {MIN_ISR: None}) for t in topics])
+    for res in (r for resp in described for r in resp.resources):
+        current = {e[0]: e[1] for e in res[4]}.get(MIN_ISR)
+        if res[0] or current is None or int(current) >= (resolved.min_insync or 0):
+            continue
+        warned.add(res[3])
+        log.warning(
+            "Kafka topic %s has min.insync.replicas=%s, below min_insync_replicas %d: a write "
+            "is acknowledged with fewer copies than asked. Raise it with kafka-configs.sh "
+            "--alter --entity-type topics --entity-name %s --add-config "
+            "min.insync.replicas=%d.", res[3], current, resolved.min_insync, res[3],
+            resolved.min_insync)
