@@ -427,3 +427,17 @@ async def test_damaged_and_newer_messages_are_skipped_and_the_projector_goes_on(
     finally:
         await store.close()
         await t.close()
+
+
+def test_catalog_url_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://u:hunter2@127.0.0.1/db\n")
+    monkeypatch.delenv("STREAMFLOW_CATALOG_URL", raising=False)
+    monkeypatch.setenv("STREAMFLOW_CATALOG_URL_FILE", str(secret))
+    s = Settings.load()
+    assert s.catalog_url is not None
+    assert s.catalog_url.get_secret_value() == "postgresql://u:hunter2@127.0.0.1/db"
+    assert "hunter2" not in repr(s)
+    monkeypatch.setenv("STREAMFLOW_CATALOG_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="STREAMFLOW_CATALOG_URL_FILE"):
+        Settings.load()

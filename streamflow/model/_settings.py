@@ -190,6 +190,13 @@ class Settings(BaseModel):
                 if twin in KAFKA_SECURITY_KEYS and os.environ.get(ENV_PREFIX + twin.upper()) \
                         in (None, ""):
                     values.pop(twin, None)
+        url_file = os.environ.get(ENV_PREFIX + "CATALOG_URL_FILE")
+        if url_file and not os.environ.get(ENV_PREFIX + "CATALOG_URL"):
+            try:  # a password in the URL stays out of the environment (a mounted secret)
+                values["catalog_url"] = Path(url_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"cannot read STREAMFLOW_CATALOG_URL_FILE {url_file}: "
+                                  f"{e.strerror}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)
