@@ -441,3 +441,29 @@ def test_catalog_url_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("STREAMFLOW_CATALOG_URL_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="STREAMFLOW_CATALOG_URL_FILE"):
         Settings.load()
+
+
+async def test_numbers_past_64_bits_skip_their_record_not_the_batch(
+        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+        schemas: list[str]) -> None:
+    """Past BIGINT (orjson reads up to 2**64 - 1): PostgreSQL would refuse the whole batch,
+    again at every try; the record is skipped instead."""
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
+    try:
+        await traffic.ensure_topics(t, settings)
+        huge = {"v": 1, "run_id": "r-huge", "stage": "s", "partition": "p", "status": "retrying",
+                "attempt": 2**63 + 5, "max_attempts": 3, "started_ms": 1, "ended_ms": 2,
+                "inputs": [], "outputs": []}
+        hold = {"partition": "p", "kafka_partition": 0, "since_ms": 2**63}
+        await t.publish([OutMessage(runs_topic(namespace), orjson.dumps(huge), b"r-huge", []),
+                         OutMessage(hold_topic(namespace, "gate"), orjson.dumps(hold), b"p", [])])
+        await traffic.publish_runs(t, settings, batches=1, per_batch=2, parts=1)
+        await Projector(t, store, settings).catch_up()
+        assert await _count(store, "runs") == 2
+        assert await _count(store, "holds") == 0
+    finally:
+        await store.close()
+        await t.close()

@@ -6,9 +6,9 @@ registry's fold, ``BackfillJob`` for jobs); this module only lays their results 
 Every row carries ``ver``, a string compared byte by byte, and an upsert replaces a row only
 with a greater one, so two projectors converge and no row ever goes back:
 
-- a run: ``(ended_ms, topic rank, partition, offset)``. Within one ledger partition that is
-  log order; across the two ledger topics it is what ``merge`` does (the later-ended record,
-  the retained topic's on a tie);
+- a run: ``(ended_ms, topic rank, partition, offset)``, zero-padded. Within one ledger
+  partition that is log order; across the two ledger topics it is what ``merge`` does (the
+  later-ended record, the retained topic's on a tie);
 - any other row: ``(partition, offset)`` on its one topic, log order.
 """
 
@@ -141,6 +141,15 @@ def _opt(v: Any) -> str | None:
     return None if v is None else _text(v)
 
 
+def _int(v: Any) -> int:
+    """An integer a BIGINT column takes; ValueError otherwise (the record is skipped, where
+    PostgreSQL would refuse the whole batch again and again)."""
+    n = int(v)
+    if not -(2**63) <= n < 2**63:
+        raise ValueError(f"{n} does not fit in 64 bits")
+    return n
+
+
 def _ver(m: Message) -> str:
     return f"{m.partition:06d}{m.offset:019d}"
 
@@ -175,14 +184,14 @@ def _runs(source: Source, m: Message, batch: Batch) -> None:
 
 def _run(source: Source, m: Message, rid: str, r: dict[str, Any], batch: Batch) -> None:
     """One run's rows, all built before any is added: a damaged record adds none."""
-    ended = max(0, int(r.get("ended_ms") or 0))
-    ver = f"{ended:015d}{source.rank}{_ver(m)}"
+    ended = max(0, _int(r.get("ended_ms") or 0))
+    ver = f"{ended:019d}{source.rank}{_ver(m)}"
     run = (rid, _text(r["stage"]), _text(r["partition"]), _text(r["status"]),
-           int(r["attempt"]), int(r["max_attempts"]), int(r.get("started_ms") or 0), ended,
-           _text(r.get("mode") or "live"), int(r.get("replay") or 0), _opt(r.get("output")),
+           _int(r["attempt"]), _int(r["max_attempts"]), _int(r.get("started_ms") or 0), ended,
+           _text(r.get("mode") or "live"), _int(r.get("replay") or 0), _opt(r.get("output")),
            _opt(r.get("backfill") or None), _opt(r.get("trace_id")), _json(r.get("error")),
            _json(r.get("checks")), ver, m.topic, m.partition, m.offset)
-    ins = [(rid, pos, _text(i["asset"]), _text(i["partition"]), int(i["version"]),
+    ins = [(rid, pos, _text(i["asset"]), _text(i["partition"]), _int(i["version"]),
             _text(i["arrival_id"]), ver) for pos, i in enumerate(r.get("inputs") or ())]
     outs = [(rid, pos, _text(o), ver) for pos, o in enumerate(r.get("outputs") or ())]
     batch.add("runs", run)
@@ -209,7 +218,8 @@ def _dead_letter(source: Source, m: Message, batch: Batch) -> None:
     batch.add("dead_letters", (
         f"{m.partition}:{m.offset}", _text(d.get("kind", "stage")), _text(d.get("stage", "")),
         _text(d.get("reason", "")), _opt(d.get("arrival_id")), _opt(d.get("run_id")),
-        int(attempts) if isinstance(attempts, int) else None, int(m.timestamp_ms or 0), payload,
+        attempts if isinstance(attempts, int) and -(2**63) <= attempts < 2**63 else None,
+        int(m.timestamp_ms or 0), payload,
         _json(d.get("origin")), _json(d.get("error")), _json(names), _json(d.get("truncated")),
         _ver(m), m.topic, m.partition, m.offset))
 
@@ -222,9 +232,9 @@ def _hold(source: Source, m: Message, batch: Batch) -> None:
                         "StreamFlow to read it)", d.get("v"), m.topic)
             return
         key = _text(m.key.decode(errors="replace") if m.key else d["partition"])
-        row = (source.stage, key, 1, int(d["kafka_partition"]), int(d["since_ms"]),
+        row = (source.stage, key, 1, _int(d["kafka_partition"]), _int(d["since_ms"]),
                _json(d.get("held_by", {})), _json(d.get("checks", [])),
-               len(d.get("parked", ())), int(d.get("parked_bytes", 0)))
+               len(d.get("parked", ())), _int(d.get("parked_bytes", 0)))
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return
     batch.add("holds", (*row, _ver(m), m.topic, m.partition, m.offset))
@@ -234,6 +244,8 @@ def _contract(source: Source, m: Message, batch: Batch) -> None:
     for asset, versions in fold_contracts([m]).items():
         for version, rec in versions.items():
             at = rec.get("registered_ms")
+            if not -(2**63) <= version < 2**63:
+                continue
             batch.add("contracts", (
                 _text(asset), version, _opt(rec.get("contract")),
                 _json(rec.get("fields", {})) or "{}", at if isinstance(at, int) else None,
@@ -242,7 +254,8 @@ def _contract(source: Source, m: Message, batch: Batch) -> None:
 
 def _backfill(source: Source, m: Message, batch: Batch) -> None:
     job = read_job(m.value)
-    if job is None:
+    if job is None or not all(-(2**63) <= n < 2**63 for n in (
+            job.keys_total, job.records_total, job.updated_ms, job.created_ms)):
         return
     batch.add("backfills", (
         job.id, job.status, job.pipeline, job.asset, job.target, _json(job.stages) or "[]",
