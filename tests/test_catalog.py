@@ -16,6 +16,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,28 @@ async def transport(settings: Settings) -> AsyncIterator[Transport]:
     await t.close()
 
 
-def _embedded(settings: Settings) -> Settings:
-    return settings.model_copy(update={"kafka_bootstrap": None})
+@dataclass
+class Bare:
+    """An embedded namespace with its control topics, and a catalog of its own."""
+
+    settings: Settings
+    t: Transport
+    store: SqlCatalog
+
+
+@pytest.fixture
+async def bare(tmp_path: Path, namespace: str, store_kind: str, dsn: str,
+               schemas: list[str]) -> AsyncIterator[Bare]:
+    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
+    t = make_transport(settings)
+    await t.start()
+    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
+    try:
+        await traffic.ensure_topics(t, settings)
+        yield Bare(settings, t, store)
+    finally:
+        await store.close()
+        await t.close()
 
 
 async def test_runs_equal_the_ledgers_fold_on_both_stores_and_transports(
@@ -397,36 +418,27 @@ def test_a_catalog_url_that_is_neither_postgresql_nor_sqlite_is_refused_unrepeat
 
 
 async def test_damaged_and_newer_messages_are_skipped_and_the_projector_goes_on(
-        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
-        schemas: list[str]) -> None:
+        bare: Bare) -> None:
     """Garbage, records missing fields, a NUL character (PostgreSQL's text refuses it) and a
     newer ledger format: each is passed (its position moves on), the rest is folded."""
-    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
-    t = make_transport(settings)
-    await t.start()
-    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
-    try:
-        await traffic.ensure_topics(t, settings)
-        ns, runs = settings.namespace, runs_topic(settings.namespace)
-        bad = [b"not json", b"[1, 2]", orjson.dumps({"v": 1, "run_id": "r-bad", "stage": "s"}),
-               orjson.dumps({"v": 1, "run_id": "r-bad2", "stage": "s", "partition": "p",
-                             "status": "retrying", "attempt": "one", "max_attempts": 3}),
-               orjson.dumps({"v": 99, "runs": [{"run_id": "from-the-future"}]})]
-        await t.publish([OutMessage(runs, v, f"k{i}".encode(), []) for i, v in enumerate(bad)])
-        await t.publish([OutMessage(settings.dead_letter_topic, b"\x00garbage\x00", b"k", []),
-                         OutMessage(hold_topic(ns, "gate"), b"{}", b"k", []),
-                         OutMessage(jobs_topic(ns), b"{\"id\": 1}", b"k", []),
-                         OutMessage(contracts_topic(ns), b"[]", b"k", [])])
-        await traffic.publish_runs(t, settings, batches=1, per_batch=3, parts=1)
-        await traffic.publish_lifecycles(t, settings)
-        assert await Projector(t, store, settings).catch_up() > 0
-        assert await _count(store, "runs") == 3 + 4
-        (payload,) = (await store.fetch("SELECT payload FROM dead_letters"))[0]
-        assert "garbage" in payload and "\x00" not in payload
-        assert all(f.lag_records == 0 for f in await freshness(t, store))
-    finally:
-        await store.close()
-        await t.close()
+    settings, t, store = bare.settings, bare.t, bare.store
+    ns, runs = settings.namespace, runs_topic(settings.namespace)
+    bad = [b"not json", b"[1, 2]", orjson.dumps({"v": 1, "run_id": "r-bad", "stage": "s"}),
+           orjson.dumps({"v": 1, "run_id": "r-bad2", "stage": "s", "partition": "p",
+                         "status": "retrying", "attempt": "one", "max_attempts": 3}),
+           orjson.dumps({"v": 99, "runs": [{"run_id": "from-the-future"}]})]
+    await t.publish([OutMessage(runs, v, f"k{i}".encode(), []) for i, v in enumerate(bad)])
+    await t.publish([OutMessage(settings.dead_letter_topic, b"\x00garbage\x00", b"k", []),
+                     OutMessage(hold_topic(ns, "gate"), b"{}", b"k", []),
+                     OutMessage(jobs_topic(ns), b"{\"id\": 1}", b"k", []),
+                     OutMessage(contracts_topic(ns), b"[]", b"k", [])])
+    await traffic.publish_runs(t, settings, batches=1, per_batch=3, parts=1)
+    await traffic.publish_lifecycles(t, settings)
+    assert await Projector(t, store, settings).catch_up() > 0
+    assert await _count(store, "runs") == 3 + 4
+    (payload,) = (await store.fetch("SELECT payload FROM dead_letters"))[0]
+    assert "garbage" in payload and "\x00" not in payload
+    assert all(f.lag_records == 0 for f in await freshness(t, store))
 
 
 def test_catalog_url_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -443,27 +455,19 @@ def test_catalog_url_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         Settings.load()
 
 
-async def test_numbers_past_64_bits_skip_their_record_not_the_batch(
-        tmp_path: Path, namespace: str, store_kind: str, dsn: str,
-        schemas: list[str]) -> None:
+async def test_numbers_past_64_bits_skip_their_record_not_the_batch(bare: Bare) -> None:
     """Past BIGINT (orjson reads up to 2**64 - 1): PostgreSQL would refuse the whole batch,
     again at every try; the record is skipped instead."""
-    settings = Settings(state_dir=tmp_path / "state", namespace=namespace, http_port=0)
-    t = make_transport(settings)
-    await t.start()
-    store = await _started(catalog_settings(settings, store_kind, dsn, schemas))
-    try:
-        await traffic.ensure_topics(t, settings)
-        huge = {"v": 1, "run_id": "r-huge", "stage": "s", "partition": "p", "status": "retrying",
-                "attempt": 2**63 + 5, "max_attempts": 3, "started_ms": 1, "ended_ms": 2,
-                "inputs": [], "outputs": []}
-        hold = {"partition": "p", "kafka_partition": 0, "since_ms": 2**63}
-        await t.publish([OutMessage(runs_topic(namespace), orjson.dumps(huge), b"r-huge", []),
-                         OutMessage(hold_topic(namespace, "gate"), orjson.dumps(hold), b"p", [])])
-        await traffic.publish_runs(t, settings, batches=1, per_batch=2, parts=1)
-        await Projector(t, store, settings).catch_up()
-        assert await _count(store, "runs") == 2
-        assert await _count(store, "holds") == 0
-    finally:
-        await store.close()
-        await t.close()
+    settings, t, store = bare.settings, bare.t, bare.store
+    namespace = settings.namespace
+    huge = {"v": 1, "run_id": "r-huge", "stage": "s", "partition": "p", "status": "retrying",
+            "attempt": 2**63 + 5, "max_attempts": 3, "started_ms": 1, "ended_ms": 2,
+            "inputs": [], "outputs": []}
+    hold = {"partition": "p", "kafka_partition": 0, "since_ms": 2**63}
+    await t.publish([OutMessage(runs_topic(namespace), orjson.dumps(huge), b"r-huge", []),
+                     OutMessage(hold_topic(namespace, "gate"), orjson.dumps(hold), b"p", [])])
+    await traffic.publish_runs(t, settings, batches=1, per_batch=2, parts=1)
+    await Projector(t, store, settings).catch_up()
+    assert await _count(store, "runs") == 2
+    assert await _count(store, "holds") == 0
+
