@@ -39,6 +39,7 @@ from streamflow.catalog import (
     sources,
 )
 from streamflow.catalog._rows import add_messages
+from streamflow.cli._main import build_parser
 from streamflow.errors import ConfigError
 from streamflow.model import OutMessage, contracts_topic, hold_topic, jobs_topic, runs_topic
 from streamflow.ops import list_dead_letters, list_runs
@@ -471,3 +472,10 @@ async def test_numbers_past_64_bits_skip_their_record_not_the_batch(bare: Bare) 
     assert await _count(store, "runs") == 2
     assert await _count(store, "holds") == 0
 
+
+
+@pytest.mark.parametrize("sub", ["rebuild", "status", "follow"])
+def test_every_catalog_command_has_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["catalog", sub, "--help"])
+    assert e.value.code == 0 and "--namespace" in capsys.readouterr().out
