@@ -479,3 +479,15 @@ def test_every_catalog_command_has_help(sub: str, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["catalog", sub, "--help"])
     assert e.value.code == 0 and "--namespace" in capsys.readouterr().out
+
+
+async def test_a_stopped_follower_ends_after_the_batch_it_is_writing(bare: Bare) -> None:
+    """SIGTERM during a long catch-up: the batch being written commits, the rest is left for
+    the next start, which goes on from there."""
+    await traffic.publish_runs(bare.t, bare.settings, batches=10, per_batch=10)
+    projector = Projector(bare.t, bare.store, bare.settings, batch_rows=40)
+    # Stopped as its first batch is written (progress is told after each batch).
+    assert 0 < await projector.catch_up(lambda done, total: projector.stop.set()) < 20
+    assert 0 < await _count(bare.store, "runs") < 200
+    assert await Projector(bare.t, bare.store, bare.settings).catch_up() > 0
+    assert await _count(bare.store, "runs") == 200

@@ -73,6 +73,8 @@ class Projector:
         self._missing: dict[str, float] = {}
         """Topics not there yet: when they were last looked for."""
         self._gated_read = False
+        self.stop = asyncio.Event()
+        """Set: a catch-up ends after the batch it is writing (``follow``'s stop)."""
 
     async def catch_up(self, progress: Progress | None = None) -> int:
         """Every source read from the catalog's positions to its end as of now (and hold
@@ -95,6 +97,8 @@ class Projector:
             total += sum(max(0, e - start.get(p, 0)) for _, ends, start in plan
                          for p, e in ends.items())
             for source, ends, start in plan:
+                if self.stop.is_set():
+                    return done
                 if any(start.get(p, 0) < e for p, e in ends.items()):
                     done += await self._scan(source, ends, start, done, total, progress)
         await self.store.mark_caught_up(idle, read_at)
@@ -118,14 +122,18 @@ class Projector:
         read_at = int(time.time() * 1000)
         keyed = {(source.topic, p): e for p, e in ends.items()}
         n, batch, size = 0, Batch(), self.batch_rows
-        async for chunk in self.transport.scan_topic(source.topic, from_offsets=start):
-            for m in chunk:
-                add_message(source, m, batch)
-                if batch.size >= size:
-                    n += await self._apply(batch, keyed, read_at)
-                    batch = Batch()
-                    if progress is not None:
-                        progress(before + n, total)
+        scan = self.transport.scan_topic(source.topic, from_offsets=start)
+        async with contextlib.aclosing(scan):
+            async for chunk in scan:
+                for m in chunk:
+                    add_message(source, m, batch)
+                    if batch.size >= size:
+                        n += await self._apply(batch, keyed, read_at)
+                        batch = Batch()
+                        if progress is not None:
+                            progress(before + n, total)
+                        if self.stop.is_set():  # the rest of the batch is read again
+                            return n
         # The scan read everything below each end: offsets with no message (a transaction
         # marker, a compacted gap) are passed too, or the partition would never catch up.
         for (topic, p), end in keyed.items():
@@ -156,7 +164,8 @@ class Projector:
 
     async def follow(self, stop: asyncio.Event, report_every_s: float = 30.0) -> None:
         """Catch up, again and again, until ``stop``; prunes past ``catalog_retention_s`` and
-        logs the freshness now and then."""
+        logs the freshness now and then. A long catch-up ends after its current batch."""
+        self.stop = stop
         last_report = last_prune = 0.0
         while not stop.is_set():
             try:
