@@ -20,6 +20,9 @@ Faults:
     SIGKILL the process at its Nth transaction commit that produced something, after the
     outputs were produced and before the commit, as a power cut would
     (seam: ``streamflow.transports._txn.BEFORE_COMMIT``).
+``STREAMFLOW_FAULT_CATALOG_CRASH_BEFORE_COMMIT=N``
+    SIGKILL a catalog projector at its Nth batch, after the batch's statements and before
+    its commit (seam: ``streamflow.catalog.BEFORE_COMMIT``).
 ``STREAMFLOW_FAULT_BACKFILL_CRASH_AFTER=N``
     SIGKILL the backfill driver once N of the job's slices are done (a crash mid-backfill;
     seam: ``streamflow.backfill._driver.AFTER_SLICE``).
@@ -35,12 +38,14 @@ from pathlib import Path
 
 import pytest
 
+from streamflow import catalog
 from streamflow.backfill import _driver
 from streamflow.transports import _txn
 
 PREFIX = "STREAMFLOW_FAULT_"
 CRASH_BEFORE_COMMIT = "STREAMFLOW_FAULT_CRASH_BEFORE_COMMIT"
 BACKFILL_CRASH_AFTER = "STREAMFLOW_FAULT_BACKFILL_CRASH_AFTER"
+CATALOG_CRASH_BEFORE_COMMIT = "STREAMFLOW_FAULT_CATALOG_CRASH_BEFORE_COMMIT"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,6 +93,9 @@ def install(env: Mapping[str, str] = os.environ) -> list[str]:
     if (nth := _positive(env, CRASH_BEFORE_COMMIT)) is not None:
         _txn.BEFORE_COMMIT.append(crash_before_commit(nth))
         installed.append(CRASH_BEFORE_COMMIT)
+    if (nth := _positive(env, CATALOG_CRASH_BEFORE_COMMIT)) is not None:
+        catalog.BEFORE_COMMIT.append(crash_before_commit(nth))
+        installed.append(CATALOG_CRASH_BEFORE_COMMIT)
     if (n := _positive(env, BACKFILL_CRASH_AFTER)) is not None:
         _driver.AFTER_SLICE.append(crash_after_slices(n))
         installed.append(BACKFILL_CRASH_AFTER)

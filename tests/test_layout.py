@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "streamflow"
 PACKAGES = ["model", "transports", "observability", "state", "triggers", "gates", "engine",
-            "backfill", "ops", "cli", "devservices", "connectors"]
+            "backfill", "ops", "catalog", "cli", "devservices", "connectors"]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Argument-parser builders: one add_argument after another, clearer long than split.

@@ -13,6 +13,7 @@ from ._jobs import (
     load_jobs,
     new_id,
     parse_time,
+    read_job,
     target_stages,
 )
 from ._planner import Plan, Planner
@@ -28,6 +29,7 @@ __all__ = [
     "load_jobs",
     "new_id",
     "parse_time",
+    "read_job",
     "run_counts",
     "set_status",
     "target_stages",

@@ -129,18 +129,25 @@ class BackfillJob(BaseModel):
                           self.id.encode(), [])
 
 
+def read_job(value: bytes) -> BackfillJob | None:
+    """One job record; None when unreadable, or of a newer format (warned, not misread)."""
+    try:
+        job = BackfillJob.model_validate_json(value)
+    except ValidationError:
+        return None
+    if job.v > JOB_VERSION:
+        log.warning("backfill job %s is of format v%d, newer than this StreamFlow's v%d; "
+                    "skipped (upgrade to manage it)", job.id, job.v, JOB_VERSION)
+        return None
+    return job
+
+
 async def load_jobs(transport: Transport, namespace: str) -> dict[str, BackfillJob]:
     jobs: dict[str, BackfillJob] = {}
     for m in await transport.read_topic(jobs_topic(namespace)):
-        try:
-            job = BackfillJob.model_validate_json(m.value)
-        except ValidationError:
-            continue
-        if job.v > JOB_VERSION:
-            log.warning("backfill job %s is of format v%d, newer than this StreamFlow's v%d; "
-                        "skipped (upgrade to manage it)", job.id, job.v, JOB_VERSION)
-            continue
-        jobs[job.id] = job
+        job = read_job(m.value)
+        if job is not None:
+            jobs[job.id] = job
     return jobs
 
 

@@ -20,6 +20,7 @@ from streamflow.model import Settings, load_pipeline
 from streamflow.observability import configure_logging
 
 from ._backfill import add_cli as backfill_cli
+from ._catalog import add_cli as catalog_cli
 from ._lineage import add_cli as lineage_cli
 from ._obs import add_cli as obs_cli
 from ._ops import add_cli as ops_cli
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=_connectors_list)
 
-    for add in (obs_cli, ops_cli, backfill_cli, lineage_cli, services_cli):
+    for add in (obs_cli, ops_cli, backfill_cli, catalog_cli, lineage_cli, services_cli):
         add(sub)
     return parser
 

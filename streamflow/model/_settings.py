@@ -109,6 +109,14 @@ class Settings(BaseModel):
         None, ge=1, le=32,
         description="min.insync.replicas of every Kafka topic StreamFlow creates: replicas "
                     "that must hold a write before acks=all succeeds (unset: the broker's)")
+    catalog_url: SecretStr | None = Field(
+        None, description="where the catalog lives: postgresql://user:password@host/db for a "
+                          "fleet (needs the postgres extra), or sqlite:PATH; unset: SQLite "
+                          "in <state_dir>/<namespace>/catalog.db")
+    catalog_retention_s: float | None = Field(
+        None, gt=0, description="how long the catalog keeps runs and dead letters after they "
+                                "ended (unset: for ever; the catalog is the history, kept "
+                                "past the ledger's own retention)")
     lineage: str | None = Field(
         None, description="where OpenLineage run events go: file:PATH, http(s)://URL, console, "
                           "or 'openlineage' for the client's own OPENLINEAGE_* configuration "
@@ -182,6 +190,13 @@ class Settings(BaseModel):
                 if twin in KAFKA_SECURITY_KEYS and os.environ.get(ENV_PREFIX + twin.upper()) \
                         in (None, ""):
                     values.pop(twin, None)
+        url_file = os.environ.get(ENV_PREFIX + "CATALOG_URL_FILE")
+        if url_file and not os.environ.get(ENV_PREFIX + "CATALOG_URL"):
+            try:  # a password in the URL stays out of the environment (a mounted secret)
+                values["catalog_url"] = Path(url_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"cannot read STREAMFLOW_CATALOG_URL_FILE {url_file}: "
+                                  f"{e.strerror}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)

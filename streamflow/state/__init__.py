@@ -8,6 +8,7 @@ from ._changelog import StateStore
 from ._checkpoint import Checkpoints
 from ._claims import ClaimTopic, TopicClaims
 from ._contracts import check_contracts, compare, signature
+from ._contracts import fold as fold_contracts
 from ._ledger import (
     HISTORY,
     LEDGER_VERSION,
@@ -48,6 +49,7 @@ __all__ = [
     "ensure_ledger",
     "fired_of",
     "fold",
+    "fold_contracts",
     "fold_raw",
     "fold_topic",
     "input_count",

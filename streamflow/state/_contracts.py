@@ -149,7 +149,7 @@ def fold(messages: Iterable[Message]) -> dict[str, dict[int, dict[str, Any]]]:
                             "to read it)", m.key, rec.get("v"))
                 continue
             out.setdefault(str(rec["asset"]), {})[int(rec["version"])] = rec
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             continue
     return out
 
