@@ -139,3 +139,45 @@ def test_up_again_changes_nothing(pki: DevPki, capfd: pytest.CaptureFixture[str]
     conf = next(Path("/etc/postgresql").glob("*/streamflow/pg_hba.conf"))
     assert conf.read_text().startswith("# streamflow devservices: TLS-only role (begin)\n"
                                        "hostssl all streamflow_tls 127.0.0.1/32 scram-sha-256\n")
+
+
+def test_up_again_reads_no_configuration_when_the_tls_login_works(
+        pki: DevPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's TLS folder is postgres's own (0700): a user other than root must still be
+    able to run `up` on a warm machine, so a working TLS login skips the install entirely."""
+    from streamflow.devservices import _postgres
+
+    def unreadable(*_: object) -> bool:
+        raise PermissionError(13, "Permission denied", "/etc/postgresql/…/tls/server.key")
+
+    monkeypatch.setattr(_postgres, "ensure_tls", unreadable)
+    assert dev.up(["postgres"])["postgres"].running
+
+
+def test_a_failing_tls_login_reinstalls_with_the_password_off_the_command_line(
+        pki: DevPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role is reset through psql's stdin: no process's arguments show the password."""
+    from streamflow.devservices import _base, _postgres
+
+    real_logs_in, real_run = _postgres._logs_in, _base.subprocess.run
+    argv: list[list[str]] = []
+    failed: list[str] = []
+
+    def first_tls_login_fails(user: str, password: str, params: str = "") -> bool:
+        if user == dev.POSTGRES_TLS_USER and not failed:
+            failed.append(user)
+            return False
+        return real_logs_in(user, password, params)
+
+    def recording(cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        argv.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(_postgres, "_logs_in", first_tls_login_fails)
+    monkeypatch.setattr(_base.subprocess, "run", recording)
+    assert dev.up(["postgres"])["postgres"].running
+    monkeypatch.undo()
+    assert failed and any("psql" in part for cmd in argv for part in cmd)  # role was reset
+    assert not any(dev.POSTGRES_TLS_PASSWORD in part for cmd in argv for part in cmd)
+    assert _postgres._logs_in(dev.POSTGRES_TLS_USER, dev.POSTGRES_TLS_PASSWORD,
+                              f"sslmode=verify-full sslrootcert={pki.ca}")
