@@ -81,7 +81,8 @@ async def test_sink_and_source_over_verified_tls_with_scram(
     assert sorted(r.data["id"] for r in batch.records) == list(range(5))
 
 
-@pytest.mark.parametrize("case", ["untrusted CA", "wrong password", "no TLS"])
+@pytest.mark.parametrize("case", ["untrusted CA", "untrusted CA with require",
+                                  "wrong password", "no TLS"])
 async def test_a_refused_connection_says_what_to_check(
         case: str, pki: DevPki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -93,14 +94,17 @@ async def test_a_refused_connection_says_what_to_check(
         "untrusted CA": "(sslmode verify-full): the server's certificate is not trusted "
                         "(self-signed certificate in certificate chain): check that "
                         "sslrootcert",
+        "untrusted CA with require": "(sslmode require): the server's certificate is not "
+                                     "trusted (self-signed certificate in certificate chain)",
         "wrong password": "refused the login (InvalidPasswordError: password authentication "
                           "failed for user \"streamflow_tls\"): check the user in dsn, the "
                           "password",
         "no TLS": "refused the login (InvalidAuthorizationSpecificationError: pg_hba.conf "
                   "rejects connection",
     }[case]
-    if case == "untrusted CA":
+    if case.startswith("untrusted CA"):  # require with a CA checks it, as libpq does
         cfg["sslrootcert"] = str(pki.untrusted_ca)
+        cfg["sslmode"] = "require" if case.endswith("require") else "verify-full"
     elif case == "wrong password":
         cfg["password"] = wrong
     else:
@@ -119,6 +123,34 @@ async def test_a_refused_connection_says_what_to_check(
     assert "PostgreSQL at 127.0.0.1:5432/streamflow" in message and says in message, message
     for text in (message, caplog.text, repr(sink.cfg)):  # type: ignore[attr-defined]
         assert wrong not in text and dev.POSTGRES_TLS_PASSWORD not in text
+
+
+@pytest.mark.parametrize("ca", [False, True])
+async def test_require_presents_the_client_certificate(
+        ca: bool, pki: DevPki, table: str, tmp_path: Path) -> None:
+    """sslmode require with sslcert/sslkey: the certificate is presented (the server saw its
+    subject), not dropped because require checks nothing of the server's."""
+    cfg: dict[str, Any] = {"dsn": dev.POSTGRES_TLS_DSN, "table": table, "sslmode": "require",
+                           "sslcert": str(pki.client_cert), "sslkey": str(pki.client_key),
+                           "password": dev.POSTGRES_TLS_PASSWORD,
+                           **({"sslrootcert": str(pki.ca)} if ca else {})}
+    sink = build_sink("postgres", cfg)
+    await sink.setup(_ctx(tmp_path))
+    seen = await sink.db.run("check", lambda c: c.fetchrow(  # type: ignore[attr-defined]
+        "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"))
+    await sink.stop()
+    assert seen["ssl"] and seen["client_dn"] == "/CN=streamflow-client"
+
+
+def test_ssl_files_without_a_tls_mode_are_refused(pki: DevPki) -> None:
+    """prefer or allow would drop them silently (they may end in plain text)."""
+    for mode in ("prefer", "allow"):
+        with pytest.raises((ValidationError, ConnectorError),
+                           match=f"need sslmode require, verify-ca or verify-full .sslmode "
+                                 f"is {mode}: they would be ignored"):
+            build_sink("postgres", {"dsn": dev.POSTGRES_TLS_DSN, "table": "t", "sslmode": mode,
+                                    "sslcert": str(pki.client_cert),
+                                    "sslkey": str(pki.client_key)})
 
 
 def test_password_settings_are_checked_up_front(tmp_path: Path, secret_file: Path) -> None:
