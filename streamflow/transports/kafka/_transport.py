@@ -87,12 +87,14 @@ class KafkaTransport:
         self._probing = asyncio.Lock()
 
     async def start(self) -> None:
-        """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
-        self._producer = AIOKafkaProducer(**self.client.producer_config())
+        """Connect, or fail within 15 s with one error saying why (``_diagnose``); longer
+        only while a bootstrap host answers and aiokafka is still trying a dead one."""
+        config = self.client.producer_config()
+        self._producer = AIOKafkaProducer(**config)
         try:
             await start_in_time(self._producer.start(), self.bootstrap, self.client.security,
-                                self.client.options)
-        except TransportError:
+                                self.client.options, config["request_timeout_ms"] / 1000)
+        except BaseException:  # a refusal, a cancelled start, a bad host: nothing left open
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
