@@ -257,3 +257,14 @@ def test_the_dev_pki_folder_is_private_on_every_use() -> None:
     pki = services.dev_pki()
     pki.root.chmod(0o755)  # made earlier, by an older version or another umask
     assert services.dev_pki().root.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_failed_psql_statement_does_not_show_the_tls_roles_password() -> None:
+    """psql quotes the line of a statement that failed: the password in it is masked."""
+    from streamflow.devservices._postgres import _psql_admin
+
+    services.up(["postgres"])
+    with pytest.raises(ServiceError) as exc:
+        _psql_admin(f"ALTER ROL nobody PASSWORD '{services.POSTGRES_TLS_PASSWORD}'")
+    assert "syntax error" in str(exc.value)
+    assert services.POSTGRES_TLS_PASSWORD not in str(exc.value)

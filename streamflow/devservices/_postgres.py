@@ -197,7 +197,11 @@ def _psql_admin(sql: str, db: str = "postgres") -> str:
            "-d", db, "-f", "-"]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return run(cmd, "postgres: psql", cwd=Path("/"), stdin=sql, timeout=PSQL_TIMEOUT_S).strip()
+    try:
+        return run(cmd, "postgres: psql", cwd=Path("/"), stdin=sql,
+                   timeout=PSQL_TIMEOUT_S).strip()
+    except ServiceError as e:  # psql quotes a failed statement's line, password and all
+        raise ServiceError(str(e).replace(POSTGRES_TLS_PASSWORD, "**********")) from None
 
 
 def _logs_in(user: str, password: str, params: str = "") -> bool:
