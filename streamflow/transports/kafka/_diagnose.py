@@ -91,11 +91,15 @@ async def start_in_time(start: Awaitable[None], bootstrap: str, security: KafkaS
                 if reason is not None and not reason.startswith(_UNSURE):
                     # every host refused: no use waiting (silence may be a slow broker)
                     raise TransportError(_head(bootstrap, security) + reason)
-                until = cap if reason is None else deadline  # None: a host answers
-                wait = min(until, loop.time() + REPROBE_S) if reason is None else until
-                done, _ = await asyncio.wait({task}, timeout=max(0.0, wait - loop.time()))
-                if not done and loop.time() >= until:
+                if reason is not None:  # silence: maybe only slow, up to the start's bound
+                    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+                    if not done:
+                        raise TimeoutError
+                elif loop.time() >= cap:  # a host answers, yet the client never got there
                     raise TimeoutError
+                else:  # a host answers: aiokafka may be waiting on a dead one before it
+                    wait = min(cap, loop.time() + REPROBE_S) - loop.time()
+                    done, _ = await asyncio.wait({task}, timeout=max(0.0, wait))
             task.result()
     except (KafkaError, OSError, TimeoutError) as e:
         raise await _explain(bootstrap, hosts, security, options, e) from e
