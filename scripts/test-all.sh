@@ -65,19 +65,24 @@ tests() {
 # The three-broker phase: replication and coordinator kills (tests/cluster) on a local
 # three-node KRaft cluster. The single broker is stopped meanwhile (three more JVMs beside it
 # would slow both) and started again after, so a developer's machine is left as it was. Run
-# only for the whole suite: arguments (a subset of the tests) skip it.
-cluster() {
-  local rc=0
-  "$VENV/bin/streamflow" services down kafka
-  if "$VENV/bin/streamflow" services up --brokers 3 kafka; then
-    tests tests/cluster || rc=$?
-  else
-    rc=1
-  fi
-  "$VENV/bin/streamflow" services down --brokers 3 kafka || { [ "$rc" -ne 0 ] || rc=1; }
-  "$VENV/bin/streamflow" services up kafka || { [ "$rc" -ne 0 ] || rc=1; }
-  return "$rc"
-}
+# only for the whole suite: arguments (a subset of the tests) skip it. However the phase ends
+# (a failure, a timeout's SIGTERM, Ctrl-C), the cluster is stopped and the single broker
+# started again: the restore runs in the subshell's EXIT trap, and keeps the exit status.
+cluster() (
+  restore() {
+    local rc=$?
+    trap - EXIT INT TERM
+    "$VENV/bin/streamflow" services down --brokers 3 kafka || { [ "$rc" -ne 0 ] || rc=1; }
+    "$VENV/bin/streamflow" services up kafka || { [ "$rc" -ne 0 ] || rc=1; }
+    exit "$rc"
+  }
+  trap restore EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  "$VENV/bin/streamflow" services down kafka || exit  # (set -e is off inside `phase`'s if)
+  "$VENV/bin/streamflow" services up --brokers 3 kafka || exit
+  tests tests/cluster
+)
 
 phase venv make_venv
 phase deps install_deps

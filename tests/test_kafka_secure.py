@@ -221,3 +221,85 @@ async def test_a_listener_that_never_answers_ends_within_15s_not_40() -> None:
             w.close()
         server.close()
     assert accepted and time.monotonic() - started < 14.5
+
+
+def test_bootstrap_hosts_are_read_as_aiokafka_reads_them() -> None:
+    from streamflow.transports.kafka._diagnose import bootstrap_hosts
+
+    assert bootstrap_hosts("broker1, broker2:9093,[::1]:9094,[fe80::1]") == [
+        ("broker1", 9092), ("broker2", 9093), ("::1", 9094), ("fe80::1", 9092)]
+    with pytest.raises(TransportError, match=r"Kafka bootstrap 'broker1:ninety': a host's "
+                                             r"port is not a number"):
+        bootstrap_hosts("broker1:ninety")
+
+
+async def _silent_server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    return await asyncio.start_server(silent, "127.0.0.1", 0), accepted
+
+
+async def test_a_host_without_port_or_every_host_refusing_is_said_plainly() -> None:
+    """No ValueError from the missing port (9092, as aiokafka), and every host is dialled."""
+    for bootstrap in ("127.0.0.2", "127.0.0.1:1,127.0.0.1:2"):
+        t = KafkaTransport(bootstrap, security=KafkaSecurity())
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=rf"listener {bootstrap} with PLAINTEXT: "
+                                                 r"nothing accepts connections there"):
+            await t.start()
+        await t.close()
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.timeout(90)
+async def test_a_dead_first_host_does_not_fail_a_start_the_others_serve(
+        kafka_bootstrap: str) -> None:
+    """aiokafka tries hosts in (random) turn and waits its request timeout (30 s) on a silent
+    one: the start goes on while another host answers, and a refused first host is no reason
+    to give up either."""
+    import random
+
+    server, accepted = await _silent_server()
+    silent = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    def order(seed: int) -> list[int]:
+        random.seed(seed)
+        hosts = [0, 1]
+        random.shuffle(hosts)
+        return hosts
+
+    seed = next(k for k in range(100) if order(k) == [0, 1])
+    try:
+        for bootstrap in (f"127.0.0.1:1,{kafka_bootstrap}", f"{silent},{kafka_bootstrap}"):
+            t = KafkaTransport(bootstrap, security=KafkaSecurity())
+            random.seed(seed)  # aiokafka shuffles the hosts: the silent one first
+            started = time.monotonic()
+            try:
+                await t.start()
+                assert await t.partition_count("__consumer_offsets") > 0
+            finally:
+                await t.close()
+        assert accepted and time.monotonic() - started > 20  # it did wait on the silent one
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+
+
+async def test_a_cancelled_start_leaves_no_client_open() -> None:
+    server, accepted = await _silent_server()
+    t = KafkaTransport(f"127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                       security=KafkaSecurity())
+    try:
+        task = asyncio.ensure_future(t.start())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert t._producer is None
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()

@@ -13,7 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from streamflow import Settings
 from streamflow.errors import ConfigError, TransportError
 from streamflow.transports import make_transport
-from streamflow.transports.kafka import KafkaTransport
+from streamflow.transports.kafka import KafkaTransport, _replication
 from streamflow.transports.kafka._replication import Replication, create
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,9 +89,10 @@ async def test_a_factor_above_the_brokers_is_capped_with_one_warning(
     finally:
         await t.close()
     capped = [r.getMessage() for r in caplog.records if "live broker" in r.getMessage()]
-    assert capped == ["replication_factor 3 asked for, but the Kafka cluster has 1 live "
-                      "broker(s): topics are created with 1 replica(s). Start more brokers, "
-                      "or set replication_factor to at most 1 to silence this."]
+    assert capped == ["replication_factor 3 asked for (the setting replication_factor), but "
+                      "the Kafka cluster has 1 live broker(s): topics created now get 1 "
+                      "replica(s). Start more brokers, or set replication_factor to at most 1 "
+                      "to silence this."]
     assert any("min_insync_replicas 2 is above the 1 replica(s)" in r.getMessage()
                for r in caplog.records)
     for name in ("a", "b", "c"):
@@ -110,3 +111,65 @@ async def test_a_topic_the_broker_refuses_is_an_error_naming_it(
         assert f"{namespace}.x" not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+@pytest.mark.kafka
+async def test_existing_topics_need_no_right_to_read_the_brokers_settings(
+        kafka_bootstrap: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker without DescribeConfigs on the cluster starts on topics that exist; only a
+    topic it must create needs the broker's default (or the setting)."""
+    t = KafkaTransport(kafka_bootstrap, partitions=1)
+    await t.start()
+    try:
+        await t.ensure_topics([f"{namespace}.there"])
+
+        async def denied(*_: object) -> tuple[str | None, str]:
+            return None, "Cluster authorization failed."
+
+        monkeypatch.setattr(_replication, "_broker_config", denied)
+        await t.ensure_topics([f"{namespace}.there"])
+        await KafkaTransport(kafka_bootstrap, replication=Replication(1)).ensure_topics(
+            [f"{namespace}.there"])
+        with pytest.raises(TransportError, match=r"cannot read default\.replication\.factor of "
+                                                 r"Kafka broker \d+ \(Cluster authorization "
+                                                 r"failed\.\): set replication_factor"):
+            await t.ensure_topics([f"{namespace}.new"])
+    finally:
+        await t.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker_min_isr", ["2", None])
+async def test_a_capped_factor_caps_the_brokers_min_insync_too(
+        kafka_bootstrap: str, namespace: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, broker_min_isr: str | None) -> None:
+    """A cluster with min.insync.replicas=2 and one broker left: a topic made with one replica
+    must not keep 2, or every acks=all write to it would fail. None: the broker's value cannot
+    be read (no right), so the topic gets at most its replicas all the same."""
+    real = _replication._broker_config
+
+    async def cluster_like(admin: AIOKafkaAdminClient, node: int,
+                           key: str) -> tuple[str | None, str]:
+        if key == "min.insync.replicas":
+            return broker_min_isr, "Cluster authorization failed."
+        return await real(admin, node, key)
+
+    monkeypatch.setattr(_replication, "_broker_config", cluster_like)
+    t = KafkaTransport(kafka_bootstrap, partitions=1, replication=Replication(3))
+    await t.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamflow.transports.kafka"):
+            await t.ensure_topics([f"{namespace}.a"])
+            await t.ensure_topics([f"{namespace}.b"])  # computed again, said once
+    finally:
+        await t.close()
+    for name in ("a", "b"):
+        assert await _replicas(kafka_bootstrap, f"{namespace}.{name}") == ({1}, "1")
+    said = [r.getMessage() for r in caplog.records if "min.insync.replicas" in r.getMessage()]
+    assert said == [
+        "the broker's min.insync.replicas 2 is above the 1 replica(s) topics created now get: "
+        "they get min.insync.replicas=1, or no acks=all write could succeed"
+        if broker_min_isr else
+        "cannot read min.insync.replicas of Kafka broker 1 (Cluster authorization failed.): "
+        "topics created now with 1 replica(s) get min.insync.replicas=1, at most their "
+        "replicas, or no acks=all write could succeed; set min_insync_replicas to choose it"]

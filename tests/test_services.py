@@ -218,3 +218,53 @@ def test_cli_brokers_3_names_the_cluster_in_kafkas_place(
     with pytest.raises(SystemExit):
         _parser().parse_args(["services", "up", "--help"])
     assert "--brokers" in capsys.readouterr().out
+
+
+def test_a_failed_setup_command_shows_no_argument(tmp_path: Path) -> None:
+    """Arguments may hold a secret (a password in SQL, a keystore's): the error and the log
+    name the program and what it was for, and keep its output."""
+    from streamflow.devservices._base import run
+
+    log = tmp_path / "setup.log"
+    with pytest.raises(ServiceError) as exc:
+        run([sys.executable, "-c", "import sys; print('it broke'); sys.exit(3)",
+             "hunter2-secret"], "demo: a step", log=log)
+    message = str(exc.value)
+    assert message.startswith("demo: a step failed (") and "exit 3" in message
+    assert "it broke" in message
+    assert "hunter2" not in message and "hunter2" not in log.read_text()
+    assert run([sys.executable, "-c", "print(input())"], "demo: stdin",
+               stdin="hunter2-secret\n") == "hunter2-secret\n"
+
+
+def test_a_secret_file_is_never_readable_by_others(tmp_path: Path) -> None:
+    from streamflow.devservices._base import write_private
+
+    fresh, older = tmp_path / "fresh.properties", tmp_path / "older.properties"
+    older.write_text("old")
+    older.chmod(0o644)
+    old_umask = os.umask(0)  # the most permissive umask: the mode must not come from it
+    try:
+        write_private(fresh, "password=x\n")
+        write_private(older, "password=y\n")
+    finally:
+        os.umask(old_umask)
+    assert (fresh.stat().st_mode & 0o777, older.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert older.read_text() == "password=y\n"
+
+
+def test_the_dev_pki_folder_is_private_on_every_use() -> None:
+    pki = services.dev_pki()
+    pki.root.chmod(0o755)  # made earlier, by an older version or another umask
+    assert services.dev_pki().root.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_failed_psql_statement_does_not_show_the_tls_roles_password() -> None:
+    """psql quotes the line of a statement that failed: the password in it is masked."""
+    from streamflow.devservices._postgres import _psql_admin
+
+    services.up(["postgres"])
+    with pytest.raises(ServiceError) as exc:
+        _psql_admin(f"ALTER ROL nobody PASSWORD '{services.POSTGRES_TLS_PASSWORD}'")
+    assert "syntax error" in str(exc.value)
+    assert services.POSTGRES_TLS_PASSWORD not in str(exc.value)

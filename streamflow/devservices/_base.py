@@ -263,25 +263,46 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
+    stdin: str | None = None,
+    timeout: float | None = None,
 ) -> str:
-    """Run a setup command; on failure raise a ServiceError carrying its output tail."""
-    result = subprocess.run(
-        list(cmd),
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """Run a setup command; on failure raise a ServiceError carrying its output tail.
+
+    Errors and ``log`` name only the program and ``what``, never the arguments: some carry
+    secrets (pass those through ``stdin``, a file or the environment instead).
+    """
+    program = Path(cmd[0]).name
+    try:
+        result = subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"{what}: {program} did not finish within {timeout:.0f}s") from None
     output = (result.stdout or "") + (result.stderr or "")
     if log is not None:
         with log.open("a") as fh:
-            fh.write(f"$ {' '.join(cmd)}\n{output}\n")
+            fh.write(f"$ {program} ({what})\n{output}\n")
     if result.returncode != 0:
         tail = "\n".join(output.splitlines()[-25:])
-        raise ServiceError(f"{what} failed (exit {result.returncode}): {' '.join(cmd)}\n{tail}")
+        raise ServiceError(f"{what} failed ({program} exit {result.returncode}):\n{tail}")
     return result.stdout
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only this user may read, from its first byte (it holds a secret): an
+    existing file's mode is tightened before the new content goes in."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(text)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from ._base import (
     stop_pid_service,
     tcp_connectable,
     terminate,
+    write_private,
 )
 from ._config import (
     HOST,
@@ -232,8 +233,7 @@ def _start(properties_text: str) -> ServiceStatus:
     data = rdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = _config_path()
-    config.write_text(properties_text)
-    config.chmod(0o600)  # it holds the keystore password
+    write_private(config, properties_text)  # it holds the keystore password
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         progress(f"kafka: formatting storage in {data}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from streamflow.errors import ServiceError
 
-from ._base import locked, progress, run
+from ._base import env_with, locked, progress, run
 from ._config import HOST, PKI_STORE_PASSWORD, run_dir
 
 _EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -99,6 +99,7 @@ class DevPki:
 def dev_pki() -> DevPki:
     """The dev CA and its certificates, made on first use (about a second)."""
     pki = DevPki(run_dir("pki"))
+    os.chmod(pki.root, 0o700)  # a folder made before (or by an older version) is tightened too
     if pki.complete():
         return pki
     if shutil.which("openssl") is None:
@@ -111,8 +112,8 @@ def dev_pki() -> DevPki:
     return pki
 
 
-def _openssl(root: Path, *args: str) -> None:
-    run(["openssl", *args], "pki: openssl", cwd=root)
+def _openssl(root: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    run(["openssl", *args], f"pki: openssl {args[0]}", cwd=root, env=env)
 
 
 def _make(root: Path) -> None:
@@ -130,7 +131,8 @@ def _make(root: Path) -> None:
     _sign(root, "untrusted", "untrusted-ca", _CLIENT_EXT, "/CN=untrusted-client")
     _expired(root)
     _openssl(root, "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key",
-             "-name", "server", "-out", "server.p12", "-passout", f"pass:{PKI_STORE_PASSWORD}")
+             "-name", "server", "-out", "server.p12", "-passout", "env:STREAMFLOW_PKI_STORE",
+             env=env_with(STREAMFLOW_PKI_STORE=PKI_STORE_PASSWORD))  # not on a command line
     for f in root.glob("*.key"):
         os.chmod(f, 0o600)
 

@@ -32,8 +32,8 @@ from ._config import (
     POSTGRES_DSN,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
-    POSTGRES_TLS_DSN,
     POSTGRES_TLS_PASSWORD,
+    POSTGRES_TLS_USER,
     POSTGRES_USER,
     run_dir,
 )
@@ -186,35 +186,41 @@ def _check_port(ver: str) -> None:
     check_port_free(POSTGRES_PORT, NAME, hint)
 
 
+PSQL_TIMEOUT_S = 30.0
+"""A psql call that hangs (a server stuck in recovery, a lock) ends ``up`` with an error."""
+
+
 def _psql_admin(sql: str, db: str = "postgres") -> str:
-    cmd = [
-        "psql",
-        "-X",
-        "-q",
-        "-tA",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-p",
-        str(POSTGRES_PORT),
-        "-d",
-        db,
-        "-c",
-        sql,
-    ]
+    """Run SQL as the cluster's superuser. It goes through stdin: it may hold a password,
+    which a command line would show to every user (``ps``)."""
+    cmd = ["psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-p", str(POSTGRES_PORT),
+           "-d", db, "-f", "-"]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return run(cmd, "postgres: psql", cwd=Path("/")).strip()
+    try:
+        return run(cmd, "postgres: psql", cwd=Path("/"), stdin=sql,
+                   timeout=PSQL_TIMEOUT_S).strip()
+    except ServiceError as e:  # psql quotes a failed statement's line, password and all
+        raise ServiceError(str(e).replace(POSTGRES_TLS_PASSWORD, "**********")) from None
+
+
+def _logs_in(user: str, password: str, params: str = "") -> bool:
+    """Whether ``user`` logs in now (the password in the environment, not on the command
+    line); a server that does not answer within 5 s counts as no."""
+    dsn = (f"host={HOST} port={POSTGRES_PORT} dbname={POSTGRES_DB} user={user} "
+           f"connect_timeout=5 {params}")
+    try:
+        probe = subprocess.run(["psql", dsn, "-X", "-tAc", "select 1"], capture_output=True,
+                               text=True, check=False, timeout=15, stdin=subprocess.DEVNULL,
+                               env=dict(os.environ, PGPASSWORD=password))
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
 
 
 def _ensure_role_and_db() -> None:
     """Create role and database once; skipped when the DSN already logs in."""
-    probe = subprocess.run(
-        ["psql", POSTGRES_DSN, "-X", "-tAc", "select 1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode == 0:
+    if _logs_in(POSTGRES_USER, POSTGRES_PASSWORD):
         return
     progress(f"postgres: creating role and database {POSTGRES_DB!r}")
     _psql_admin(
@@ -277,7 +283,15 @@ def up() -> ServiceStatus:
 
 
 def _ensure_tls() -> None:
-    """TLS from the dev CA and the TLS-only role, on a new cluster or one made before them."""
+    """TLS from the dev CA and the TLS-only role, on a new cluster or one made before them.
+
+    A TLS login that already works (verified against the dev CA) means all is in place: the
+    cluster's configuration (root's or postgres's, 0700) is then not even read, so any user
+    may run ``up`` on a warm machine."""
+    pki = dev_pki()
+    verified = f"sslmode=verify-full sslrootcert={pki.ca}"
+    if _logs_in(POSTGRES_TLS_USER, POSTGRES_TLS_PASSWORD, verified):
+        return
     cluster = _ours()
     assert cluster is not None
     conf_dir = Path("/etc/postgresql") / cluster.version / cluster.name
@@ -286,14 +300,8 @@ def _ensure_tls() -> None:
         run(["pg_ctlcluster", cluster.version, cluster.name, "reload"],
             "postgres: pg_ctlcluster reload")
 
-    pki = dev_pki()
-    changed = ensure_tls(conf_dir, pki, reload)
-    probe = subprocess.run(
-        ["psql", f"{POSTGRES_TLS_DSN}?sslmode=verify-full&sslrootcert={pki.ca}", "-X", "-tAc",
-         "select 1"], capture_output=True, text=True, check=False,
-        env=dict(os.environ, PGPASSWORD=POSTGRES_TLS_PASSWORD))
-    if changed or probe.returncode != 0:
-        _psql_admin(role_sql(), POSTGRES_DB)
+    ensure_tls(conf_dir, pki, reload)
+    _psql_admin(role_sql(), POSTGRES_DB)
 
 
 def down() -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from streamflow.connectors import ConnectorError
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+_TLS = ("require", "verify-ca", "verify-full")  # the modes that never fall back to plain
 
 
 class PgSecurity(BaseModel):
@@ -39,7 +40,9 @@ class PgSecurity(BaseModel):
                                   "certificate and name; default: the DSN's, else prefer")
     sslrootcert: Path | None = Field(
         default=None, description="CA (PEM) that signed the server's certificate, for "
-                                  "verify-ca and verify-full; default: the system's CAs")
+                                  "verify-ca and verify-full (with require, as in libpq, it "
+                                  "makes require check it like verify-ca); default: the "
+                                  "system's CAs")
     sslcert: Path | None = Field(
         default=None, description="client certificate (PEM), if the server asks for one")
     sslkey: Path | None = Field(default=None, description="the client certificate's key (PEM)")
@@ -55,8 +58,10 @@ class PgSecurity(BaseModel):
             raise ValueError(f"{' and '.join(given)} are all set: keep one")
         if (self.sslcert is None) != (self.sslkey is None):
             raise ValueError("sslcert and sslkey go together")
-        if self.sslmode in (None, "disable") and (self.sslrootcert or self.sslcert):
-            raise ValueError("sslrootcert/sslcert need sslmode (verify-full, say)")
+        if self.sslmode not in _TLS and (self.sslrootcert or self.sslcert):
+            raise ValueError(f"sslrootcert/sslcert need sslmode require, verify-ca or "
+                             f"verify-full (sslmode is {self.sslmode or 'unset'}: they would "
+                             "be ignored)")
         for name in ("password_file", "sslrootcert", "sslcert", "sslkey"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -68,7 +73,8 @@ class PgSecurity(BaseModel):
         out: dict[str, Any] = {}
         if self.password is not None or self.password_file or self.password_env:
             out["password"] = self._password
-        if self.sslmode in ("verify-ca", "verify-full"):
+        if self.sslmode in _TLS and (self.sslmode != "require" or self.sslrootcert
+                                     or self.sslcert):
             out["ssl"] = self._context()
         elif self.sslmode is not None:
             out["ssl"] = self.sslmode
@@ -89,10 +95,14 @@ class PgSecurity(BaseModel):
         return value
 
     def _context(self) -> ssl.SSLContext:
+        """libpq's rules: ``require`` checks nothing unless ``sslrootcert`` is given, and
+        then checks the chain like ``verify-ca``; the client certificate goes in any mode."""
         try:
             ctx = ssl.create_default_context(
                 cafile=str(self.sslrootcert) if self.sslrootcert else None)
             ctx.check_hostname = self.sslmode == "verify-full"
+            if self.sslmode == "require" and self.sslrootcert is None:
+                ctx.verify_mode = ssl.CERT_NONE
             if self.sslcert is not None:
                 ctx.load_cert_chain(self.sslcert, self.sslkey)
         except (OSError, ssl.SSLError) as e:

@@ -81,7 +81,8 @@ async def test_sink_and_source_over_verified_tls_with_scram(
     assert sorted(r.data["id"] for r in batch.records) == list(range(5))
 
 
-@pytest.mark.parametrize("case", ["untrusted CA", "wrong password", "no TLS"])
+@pytest.mark.parametrize("case", ["untrusted CA", "untrusted CA with require",
+                                  "wrong password", "no TLS"])
 async def test_a_refused_connection_says_what_to_check(
         case: str, pki: DevPki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -93,14 +94,17 @@ async def test_a_refused_connection_says_what_to_check(
         "untrusted CA": "(sslmode verify-full): the server's certificate is not trusted "
                         "(self-signed certificate in certificate chain): check that "
                         "sslrootcert",
+        "untrusted CA with require": "(sslmode require): the server's certificate is not "
+                                     "trusted (self-signed certificate in certificate chain)",
         "wrong password": "refused the login (InvalidPasswordError: password authentication "
                           "failed for user \"streamflow_tls\"): check the user in dsn, the "
                           "password",
         "no TLS": "refused the login (InvalidAuthorizationSpecificationError: pg_hba.conf "
                   "rejects connection",
     }[case]
-    if case == "untrusted CA":
+    if case.startswith("untrusted CA"):  # require with a CA checks it, as libpq does
         cfg["sslrootcert"] = str(pki.untrusted_ca)
+        cfg["sslmode"] = "require" if case.endswith("require") else "verify-full"
     elif case == "wrong password":
         cfg["password"] = wrong
     else:
@@ -121,6 +125,34 @@ async def test_a_refused_connection_says_what_to_check(
         assert wrong not in text and dev.POSTGRES_TLS_PASSWORD not in text
 
 
+@pytest.mark.parametrize("ca", [False, True])
+async def test_require_presents_the_client_certificate(
+        ca: bool, pki: DevPki, table: str, tmp_path: Path) -> None:
+    """sslmode require with sslcert/sslkey: the certificate is presented (the server saw its
+    subject), not dropped because require checks nothing of the server's."""
+    cfg: dict[str, Any] = {"dsn": dev.POSTGRES_TLS_DSN, "table": table, "sslmode": "require",
+                           "sslcert": str(pki.client_cert), "sslkey": str(pki.client_key),
+                           "password": dev.POSTGRES_TLS_PASSWORD,
+                           **({"sslrootcert": str(pki.ca)} if ca else {})}
+    sink = build_sink("postgres", cfg)
+    await sink.setup(_ctx(tmp_path))
+    seen = await sink.db.run("check", lambda c: c.fetchrow(  # type: ignore[attr-defined]
+        "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"))
+    await sink.stop()
+    assert seen["ssl"] and seen["client_dn"] == "/CN=streamflow-client"
+
+
+def test_ssl_files_without_a_tls_mode_are_refused(pki: DevPki) -> None:
+    """prefer or allow would drop them silently (they may end in plain text)."""
+    for mode in ("prefer", "allow"):
+        with pytest.raises((ValidationError, ConnectorError),
+                           match=f"need sslmode require, verify-ca or verify-full .sslmode "
+                                 f"is {mode}: they would be ignored"):
+            build_sink("postgres", {"dsn": dev.POSTGRES_TLS_DSN, "table": "t", "sslmode": mode,
+                                    "sslcert": str(pki.client_cert),
+                                    "sslkey": str(pki.client_key)})
+
+
 def test_password_settings_are_checked_up_front(tmp_path: Path, secret_file: Path) -> None:
     base = {"dsn": "postgresql://u:inline@h/db", "table": "t"}
     with pytest.raises((ValidationError, ConnectorError),
@@ -139,3 +171,45 @@ def test_up_again_changes_nothing(pki: DevPki, capfd: pytest.CaptureFixture[str]
     conf = next(Path("/etc/postgresql").glob("*/streamflow/pg_hba.conf"))
     assert conf.read_text().startswith("# streamflow devservices: TLS-only role (begin)\n"
                                        "hostssl all streamflow_tls 127.0.0.1/32 scram-sha-256\n")
+
+
+def test_up_again_reads_no_configuration_when_the_tls_login_works(
+        pki: DevPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's TLS folder is postgres's own (0700): a user other than root must still be
+    able to run `up` on a warm machine, so a working TLS login skips the install entirely."""
+    from streamflow.devservices import _postgres
+
+    def unreadable(*_: object) -> bool:
+        raise PermissionError(13, "Permission denied", "/etc/postgresql/…/tls/server.key")
+
+    monkeypatch.setattr(_postgres, "ensure_tls", unreadable)
+    assert dev.up(["postgres"])["postgres"].running
+
+
+def test_a_failing_tls_login_reinstalls_with_the_password_off_the_command_line(
+        pki: DevPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role is reset through psql's stdin: no process's arguments show the password."""
+    from streamflow.devservices import _base, _postgres
+
+    real_logs_in, real_run = _postgres._logs_in, _base.subprocess.run
+    argv: list[list[str]] = []
+    failed: list[str] = []
+
+    def first_tls_login_fails(user: str, password: str, params: str = "") -> bool:
+        if user == dev.POSTGRES_TLS_USER and not failed:
+            failed.append(user)
+            return False
+        return real_logs_in(user, password, params)
+
+    def recording(cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        argv.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(_postgres, "_logs_in", first_tls_login_fails)
+    monkeypatch.setattr(_base.subprocess, "run", recording)
+    assert dev.up(["postgres"])["postgres"].running
+    monkeypatch.undo()
+    assert failed and any("psql" in part for cmd in argv for part in cmd)  # role was reset
+    assert not any(dev.POSTGRES_TLS_PASSWORD in part for cmd in argv for part in cmd)
+    assert _postgres._logs_in(dev.POSTGRES_TLS_USER, dev.POSTGRES_TLS_PASSWORD,
+                              f"sslmode=verify-full sslrootcert={pki.ca}")

@@ -3,10 +3,12 @@
 aiokafka's bootstrap logs each host's failure and raises only "Unable to bootstrap"; a
 listener that never answers, or a refused OAUTHBEARER token (aiokafka takes the broker's error
 challenge for success), leaves it retrying until a request timeout or for ever. So a start is
-bounded, and when it fails, or is still running after ``EARLY_PROBE_S``, the first bootstrap
-host is dialled once more, alone, to learn the reason: refused, credentials, a token, an
-untrusted or expired certificate, TLS where plaintext was expected. The error names the
-listener, the protocol and mechanism and what to check; never a secret.
+bounded, and when it fails, or is still running after ``EARLY_PROBE_S``, every bootstrap
+host is dialled once more, all at once, to learn the reason: refused, credentials, a token,
+an untrusted or expired certificate, TLS where plaintext was expected. Only when every host
+refuses does the start end early; while one answers it is left to go on (aiokafka may still
+be waiting on a dead host before it). The error names the listener, the protocol and
+mechanism and what to check; never a secret.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
-from aiokafka.conn import create_conn
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -37,6 +39,8 @@ START_TIMEOUT_S = 10.0
 EARLY_PROBE_S = 2.0
 """A start still running then is probed beside it: a definite refusal ends it at once."""
 PROBE_TIMEOUT_S = 3.0
+REPROBE_S = 4.0
+"""While some host answers but the start has not finished, the hosts are probed this often."""
 _CLOSED = "closed"
 _UNSURE = ("no answer within", "the broker's metadata names no broker")
 _NOISE = ("Unable connect to", "Unable to request metadata", "Unable to update metadata from",
@@ -68,28 +72,54 @@ def bootstrap_errors_demoted() -> Iterator[None]:
 
 
 async def start_in_time(start: Awaitable[None], bootstrap: str, security: KafkaSecurity,
-                        options: KafkaOptions) -> None:
-    """Await a client's ``start()``, or raise one TransportError saying why it cannot."""
+                        options: KafkaOptions, host_timeout_s: float = 30.0) -> None:
+    """Await a client's ``start()``, or raise one TransportError saying why it cannot.
+
+    ``host_timeout_s`` is the client's request timeout: aiokafka tries the bootstrap hosts in
+    turn and waits that long on a silent one, so while a probe finds a host that answers, the
+    start is given up to that per host before it is called stuck."""
     task = asyncio.ensure_future(start)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
     try:
+        hosts = bootstrap_hosts(bootstrap)
+        cap = deadline + host_timeout_s * len(hosts)
         with bootstrap_errors_demoted():
             done, _ = await asyncio.wait({task}, timeout=EARLY_PROBE_S)
-            if not done:
-                reason = await _reason(bootstrap, security, options)
+            while not done:
+                reason = await _reason(hosts, security, options)
                 if reason is not None and not reason.startswith(_UNSURE):
-                    # a definite refusal: no use waiting (silence may be a slow broker)
+                    # every host refused: no use waiting (silence may be a slow broker)
                     raise TransportError(_head(bootstrap, security) + reason)
-                await asyncio.wait_for(task, max(0.0, deadline - loop.time()))
+                if reason is not None:  # silence: maybe only slow, up to the start's bound
+                    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+                    if not done:
+                        raise TimeoutError
+                elif loop.time() >= cap:  # a host answers, yet the client never got there
+                    raise TimeoutError
+                else:  # a host answers: aiokafka may be waiting on a dead one before it
+                    wait = min(cap, loop.time() + REPROBE_S) - loop.time()
+                    done, _ = await asyncio.wait({task}, timeout=max(0.0, wait))
             task.result()
     except (KafkaError, OSError, TimeoutError) as e:
-        raise await _explain(bootstrap, security, options, e) from e
+        raise await _explain(bootstrap, hosts, security, options, e) from e
     finally:
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+
+def bootstrap_hosts(bootstrap: str) -> list[tuple[str, int]]:
+    """The hosts as aiokafka reads them (port 9092 when none is given, IPv6 in brackets)."""
+    try:
+        hosts = [(h, p) for h, p, _ in collect_hosts(bootstrap, randomize=False)]
+    except ValueError as e:
+        raise TransportError(f"Kafka bootstrap {bootstrap!r}: a host's port is not a number "
+                             f"({e}); write host:port, [ipv6]:port or host") from None
+    if not hosts or any(not h for h, _ in hosts):
+        raise TransportError(f"Kafka bootstrap {bootstrap!r}: an empty host")
+    return hosts
 
 
 def _head(bootstrap: str, security: KafkaSecurity) -> str:
@@ -98,23 +128,43 @@ def _head(bootstrap: str, security: KafkaSecurity) -> str:
     return f"cannot connect to Kafka listener {bootstrap} with {what}: "
 
 
-async def _reason(bootstrap: str, security: KafkaSecurity, options: KafkaOptions) -> str | None:
-    """What one fresh connection to the first host shows; None if it works."""
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+async def _reason(hosts: list[tuple[str, int]], security: KafkaSecurity,
+                  options: KafkaOptions) -> str | None:
+    """What one fresh connection to each host shows, all at once; None if one works.
+    Definite only when every host refused (one silent host leaves it unsure)."""
+    reasons = await asyncio.gather(*(_one(h, p, security, options) for h, p in hosts))
+    if any(r is None for r in reasons):
+        return None
+    said = [str(r) for r in reasons]
+    unsure = [r for r in said if r.startswith(_UNSURE)]
+    if unsure:
+        return unsure[0] if len(hosts) == 1 else f"{unsure[0]} ({_each(hosts, said)})"
+    return said[0] if len(set(said)) == 1 else _each(hosts, said)
+
+
+def _each(hosts: list[tuple[str, int]], said: list[str]) -> str:
+    return "; ".join(f"{_where(h, p)}: {r}" for (h, p), r in zip(hosts, said, strict=True))
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _one(host: str, port: int, security: KafkaSecurity,
+               options: KafkaOptions) -> str | None:
     try:
-        reason = await asyncio.wait_for(_probe(host, int(port or 9092), security, options),
-                                        PROBE_TIMEOUT_S)
+        reason = await asyncio.wait_for(_probe(host, port, security, options), PROBE_TIMEOUT_S)
     except TimeoutError:
         return (f"no answer within {PROBE_TIMEOUT_S:.0f}s: check that this port is a Kafka "
                 f"listener expecting {security.security_protocol}")
     return _closed(security) if reason is _CLOSED else reason
 
 
-async def _explain(bootstrap: str, security: KafkaSecurity, options: KafkaOptions,
-                   error: BaseException) -> TransportError:
-    reason = await _reason(bootstrap, security, options)
+async def _explain(bootstrap: str, hosts: list[tuple[str, int]], security: KafkaSecurity,
+                   options: KafkaOptions, error: BaseException) -> TransportError:
+    reason = await _reason(hosts, security, options)
     if reason is None:  # one connection works: the client failed for another reason
-        reason = (f"the client did not start within {START_TIMEOUT_S:.0f}s"
+        reason = ("the client did not start in time, though a bootstrap host answers"
                   if isinstance(error, TimeoutError) else _said(error, options))
     return TransportError(_head(bootstrap, security) + reason)
 

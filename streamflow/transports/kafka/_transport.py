@@ -21,7 +21,7 @@ from streamflow.transports._txn import CURRENT
 from ._client import KafkaClient, Listener
 from ._diagnose import start_in_time
 from ._eos import KafkaEosSubscription
-from ._replication import Replication, Resolved, create, new_topic, resolve, warn_below
+from ._replication import Replication, create, new_topic, resolve, warn_below
 from ._subscription import KafkaSubscription
 from ._tail import KafkaTail, quiet_missing, seen, tracked_partitions
 
@@ -75,7 +75,7 @@ class KafkaTransport:
         self.partitions = partitions
         self.replication = replication or Replication()
         self._warned: set[str] = set()  # topics already warned about (replication)
-        self._resolved: Resolved | None = None  # once per transport: one warning if capped
+        self._said: set[str] = set()  # replication warnings already logged (capped factor)
         self.exactly_once = exactly_once
         self.client = KafkaClient(bootstrap, linger_ms, int(session_timeout_s * 1000),
                                   instance_id, security or KafkaSecurity())
@@ -87,12 +87,14 @@ class KafkaTransport:
         self._probing = asyncio.Lock()
 
     async def start(self) -> None:
-        """Connect, or fail within 15 s with one error saying why (``_diagnose``)."""
-        self._producer = AIOKafkaProducer(**self.client.producer_config())
+        """Connect, or fail within 15 s with one error saying why (``_diagnose``); longer
+        only while a bootstrap host answers and aiokafka is still trying a dead one."""
+        config = self.client.producer_config()
+        self._producer = AIOKafkaProducer(**config)
         try:
             await start_in_time(self._producer.start(), self.bootstrap, self.client.security,
-                                self.client.options)
-        except TransportError:
+                                self.client.options, config["request_timeout_ms"] / 1000)
+        except BaseException:  # a refusal, a cancelled start, a bad host: nothing left open
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
@@ -117,15 +119,13 @@ class KafkaTransport:
         try:
             existing = set(await admin.list_topics())
             wanted = list(dict.fromkeys([*topics, *compacted, *retained]))
-            resolved = self._resolved = self._resolved or await resolve(admin, self.replication)
-            new = [
-                new_topic(t, (partitions or {}).get(t, self.partitions), resolved,
-                          _configs(t, compacted, retained))
-                for t in wanted if t not in existing
-            ]
-            if new:
-                await create(admin, new)
-            await warn_below(admin, [t for t in wanted if t in existing], resolved,
+            new = [t for t in wanted if t not in existing]
+            if new:  # the brokers' settings are read only then (a right a reader may lack)
+                resolved = await resolve(admin, self.replication, self._said)
+                await create(admin, [
+                    new_topic(t, (partitions or {}).get(t, self.partitions), resolved,
+                              _configs(t, compacted, retained)) for t in new])
+            await warn_below(admin, [t for t in wanted if t in existing], self.replication,
                              self._warned)
             old = [t for t in retained if t in existing]
             if old:  # the setting may have changed since the topic was made
@@ -133,7 +133,7 @@ class KafkaTransport:
         finally:
             await admin.close()
         if new:
-            await self._await_leaders([t.name for t in new])
+            await self._await_leaders(new)
 
     async def _await_leaders(self, topics: Sequence[str], timeout: float = 30.0) -> None:
         """New topics take a moment to elect leaders; consuming before that only logs errors."""
