@@ -69,7 +69,10 @@ def test_the_ledger_folds_both_formats_in_log_order() -> None:
 
 
 def test_a_ledger_format_newer_than_the_worker_is_skipped_with_a_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamflow.state import _ledger
+
+    monkeypatch.setattr(_ledger, "_warned", set())  # warned once a process: not yet here
     future = orjson.dumps({"v": 99, "runs": [{"run_id": "r9"}]})
     with caplog.at_level(logging.WARNING, "streamflow.state"):
         runs = fold_raw([_msg(future), _msg(_v1("r1", "succeeded", versioned=True))])
