@@ -21,20 +21,9 @@ from streamflow import AllOf, AnyOf, Asset, Inputs, OnEach, Pipeline, Settings, 
 from streamflow.model import Message
 
 from .helpers import memory_source, read_topic
+from .test_barrier import Rate, Sale
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Sale(BaseModel):
-    id: int
-    day: str
-    amount: float
-
-
-class Rate(BaseModel):
-    id: str
-    day: str
-    usd: float
 
 
 class Report(BaseModel):

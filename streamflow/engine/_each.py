@@ -19,19 +19,15 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from streamflow.model import (
-    BACKFILL_MODE,
-    FORMAT_HEADER,
     H_ARRIVAL_ID,
     H_ASSET,
     H_ATTEMPT,
     H_BACKFILL,
-    H_EVENT_TIME,
     H_MODE,
     H_PARTITION,
     H_PLANNED,
     H_REPLAY,
     H_RERUN,
-    H_RUN,
     H_TRACEPARENT,
     H_VERSION,
     Arrival,
@@ -39,9 +35,11 @@ from streamflow.model import (
     Message,
     Mode,
     OutMessage,
+    assemble_headers,
     header_int,
     mode_of,
     output_id,
+    run_headers,
     stable_id,
     stable_id3,
 )
@@ -156,7 +154,6 @@ class _Batch:
             self.asset_h = (H_ASSET, st.out_asset_b)
             self.version_h = (H_VERSION, st.out_version_b)
             self.key_and_partition = asset.key_and_partition
-            self.event_time = asset.event_time is not None
             self.event_time_ms = asset.event_time_ms
 
     def admit(self, m: Message) -> tuple[dict[str, bytes], Any, str, str, str] | bool:
@@ -218,14 +215,7 @@ class _Batch:
         started_ms = int(started * 1000)
         ids = []
         if outputs:
-            # What every output of the run shares, in arrival_headers' order.
-            tail: list[tuple[str, bytes]] = [(H_RUN, run_id.encode())]
-            if mode == "backfill":
-                tail.append(BACKFILL_MODE)
-            if tp is not None:
-                tail.append((H_TRACEPARENT, tp))
-            if backfill:
-                tail.append((H_BACKFILL, backfill.encode()))
+            tail = run_headers(run_id, mode, tp, backfill=backfill)
             for i, rec in enumerate(outputs):
                 ids.append(self.emit(rec, i, run_id, tail, started_ms, pkey_in,
                                      kafka_partition))
@@ -243,11 +233,8 @@ class _Batch:
         the same message, the same id."""
         oid = output_id(run_id, i)
         key, pkey = self.key_and_partition(rec)
-        hdrs = [FORMAT_HEADER, (H_ARRIVAL_ID, oid.encode()), self.asset_h, self.version_h,
-                (H_PARTITION, pkey),
-                (H_EVENT_TIME, b"%d" % (self.event_time_ms(rec, started_ms)
-                                        if self.event_time else started_ms)),
-                *tail]
+        hdrs = assemble_headers(oid.encode(), self.asset_h, self.version_h, pkey,
+                                self.event_time_ms(rec, started_ms), tail)
         self.out.append(OutMessage(self.out_topic, rec.__pydantic_serializer__.to_json(rec),
                                    key, hdrs, pkey,
                                    partition_in if pkey == pkey_in else None))

@@ -7,7 +7,13 @@ only, never aiokafka, aiosqlite or the OpenTelemetry SDK (import-linter enforces
 """
 
 from ._alerts import Alert, AlertKind, AlertSink
-from ._arrivals import BACKFILL_MODE, FORMAT_HEADER, Arrival, DeadLetter, arrival_headers
+from ._arrivals import (
+    Arrival,
+    DeadLetter,
+    arrival_headers,
+    assemble_headers,
+    run_headers,
+)
 from ._assets import Asset, output_id, stable_id, stable_id3
 from ._checks import MAX_VALUES, Check, CheckResult, passed, run_checks, withhold_values
 from ._deadletters import dead_letter_message, describe_validation, error_info
@@ -77,9 +83,7 @@ from ._topics import (
 from ._triggers import AllOf, AnyOf, DeadlinePolicy, Inputs, OnEach, Window, WindowRecords
 
 __all__ = [
-    "BACKFILL_MODE",
     "FINAL",
-    "FORMAT_HEADER",
     "H_ARRIVAL_ID",
     "H_ASSET",
     "H_ATTEMPT",
@@ -132,6 +136,7 @@ __all__ = [
     "Window",
     "WindowRecords",
     "arrival_headers",
+    "assemble_headers",
     "asset_topic",
     "check_record",
     "claims_topic",
@@ -158,6 +163,7 @@ __all__ = [
     "reject_id",
     "replay_topic",
     "run_checks",
+    "run_headers",
     "run_id_of",
     "runs_topic",
     "sensitive_fields",

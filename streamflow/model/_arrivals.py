@@ -85,26 +85,33 @@ class Arrival:
         )
 
 
-FORMAT_HEADER = (H_FORMAT, HEADERS_VERSION)
-BACKFILL_MODE = (H_MODE, b"backfill")
+_FORMAT = (H_FORMAT, HEADERS_VERSION)
+_BACKFILL_MODE = (H_MODE, b"backfill")
 
 
 def arrival_headers(arrival_id: bytes, asset: bytes, version: bytes, partition: bytes,
                     event_time_ms: int, run: str, mode: Mode, traceparent: bytes | None,
                     replay: int = 0, backfill: str = "", rerun: str = "") -> Headers:
-    """An arrival's headers, the format's one definition: ``Arrival.headers`` and the engine's
-    per-batch path (which has most of them as bytes already) both build them here."""
-    h: Headers = [
-        FORMAT_HEADER,
-        (H_ARRIVAL_ID, arrival_id),
-        (H_ASSET, asset),
-        (H_VERSION, version),
-        (H_PARTITION, partition),
-        (H_EVENT_TIME, b"%d" % event_time_ms),
-        (H_RUN, run.encode()),
-    ]
+    """An arrival's headers, the format's one definition (with ``assemble_headers`` and
+    ``run_headers``, which the engine's per-batch path calls with what it made once)."""
+    return assemble_headers(arrival_id, (H_ASSET, asset), (H_VERSION, version), partition,
+                            event_time_ms,
+                            run_headers(run, mode, traceparent, replay, backfill, rerun))
+
+
+def assemble_headers(arrival_id: bytes, asset: tuple[str, bytes], version: tuple[str, bytes],
+                     partition: bytes, event_time_ms: int, run: Headers) -> Headers:
+    """An arrival's headers from its own parts and ``run``'s (``run_headers``)."""
+    return [_FORMAT, (H_ARRIVAL_ID, arrival_id), asset, version, (H_PARTITION, partition),
+            (H_EVENT_TIME, b"%d" % event_time_ms), *run]
+
+
+def run_headers(run: str, mode: Mode, traceparent: bytes | None, replay: int = 0,
+                backfill: str = "", rerun: str = "") -> Headers:
+    """What every output of one run shares."""
+    h: Headers = [(H_RUN, run.encode())]
     if mode == "backfill":  # absent is live, for every reader since the first format
-        h.append(BACKFILL_MODE)
+        h.append(_BACKFILL_MODE)
     if traceparent is not None:
         h.append((H_TRACEPARENT, traceparent))
     if replay:
